@@ -1,0 +1,71 @@
+// The cache database: recent results in SQLite (WAL), schema in
+// schemas/cache.sql. The collector writes through store(); the manager reads
+// through query_latency() on its own connection. One Cache per thread.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+
+namespace flexmon {
+
+namespace wire {
+class Result;
+}
+
+struct StoreOutcome {
+  std::size_t stored = 0;      // new rows
+  std::size_t duplicates = 0;  // already present: acknowledged, not stored again
+};
+
+struct LatencyQuery {
+  std::optional<std::string> src;
+  std::optional<std::string> dst;
+  std::optional<UtcNs> from;   // inclusive
+  std::optional<UtcNs> to;     // exclusive
+  std::uint32_t limit = 1000;  // newest first
+  bool latest_per_path = false;  // only the newest result of each path
+};
+
+struct LatencyRow {
+  std::string src;
+  std::string dst;
+  UtcNs start_ns = 0;
+  std::string status;
+  std::string error;
+  std::int64_t sent = 0;
+  std::int64_t received = 0;
+  std::int64_t duplicates = 0;
+  // Empty when no packet came back.
+  std::optional<std::int64_t> min_ns, avg_ns, median_ns, max_ns, stddev_ns;
+  std::vector<std::int64_t> rtts_ns;  // per packet; -1 = lost
+};
+
+class Cache {
+ public:
+  // Opens or creates the cache and applies the schema (unless read-only).
+  explicit Cache(const std::filesystem::path& file, bool read_only = false);
+  ~Cache();
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+
+  // Stores results of one node's boot epoch in one transaction. A result
+  // already present (same node, epoch, seq) is counted, not stored again.
+  StoreOutcome store(const std::string& node, std::uint64_t boot_epoch,
+                     const std::vector<const wire::Result*>& results);
+
+  std::vector<LatencyRow> query_latency(const LatencyQuery& query);
+
+  std::int64_t count_results();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flexmon

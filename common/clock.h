@@ -1,0 +1,25 @@
+// Time: UTC wall time with nanoseconds labels results; the monotonic clock
+// schedules and measures intervals. The two never share a variable.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace flexmon {
+
+// Nanoseconds since the Unix epoch, UTC.
+using UtcNs = std::int64_t;
+
+inline UtcNs utc_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+using MonoClock = std::chrono::steady_clock;
+
+// "2026-11-22T06:30:00.123456789Z"
+std::string format_utc(UtcNs t);
+
+}  // namespace flexmon

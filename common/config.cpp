@@ -1,0 +1,362 @@
+#include "common/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+namespace flexmon {
+namespace {
+
+// A YAML mapping being read: every key must be consumed, so whatever is left
+// at the end is an unknown key and an error. Messages: "FILE:LINE: KEY: why".
+class Section {
+ public:
+  Section(YAML::Node node, std::string path, const std::string& file)
+      : node_(std::move(node)), path_(std::move(path)), file_(file) {}
+
+  [[noreturn]] void error_at(const YAML::Node& at, const std::string& key,
+                             const std::string& why) const {
+    throw ConfigError(fmt::format("{}:{}: {}: {}", file_, at.Mark().line + 1, key, why));
+  }
+
+  std::string key_path(const std::string& key) const {
+    return path_.empty() ? key : path_ + "." + key;
+  }
+
+  bool has(const std::string& key) const { return node_[key].IsDefined(); }
+
+  // An error about `key` of this section, at the line of its value.
+  [[noreturn]] void fail(const std::string& key, const std::string& why) const {
+    YAML::Node value = node_[key];
+    error_at(value.IsDefined() ? value : node_, key_path(key), why);
+  }
+
+  YAML::Node take(const std::string& key) {
+    seen_.insert(key);
+    return node_[key];
+  }
+
+  template <typename T>
+  void optional(const std::string& key, T& into) {
+    YAML::Node value = take(key);
+    if (!value.IsDefined() || value.IsNull()) return;
+    into = convert<T>(value, key_path(key));
+  }
+
+  template <typename T>
+  T required(const std::string& key) {
+    YAML::Node value = take(key);
+    if (!value.IsDefined() || value.IsNull())
+      error_at(node_, key_path(key), "required key is missing");
+    return convert<T>(value, key_path(key));
+  }
+
+  Section section(const std::string& key) {
+    YAML::Node value = take(key);
+    if (value.IsDefined() && !value.IsNull() && !value.IsMap())
+      error_at(value, key_path(key), "expected a mapping");
+    return Section(value.IsMap() ? value : YAML::Node(YAML::NodeType::Map), key_path(key), file_);
+  }
+
+  // Calls `read` for each item of a sequence of mappings.
+  void each(const std::string& key, const std::function<void(Section&)>& read) {
+    YAML::Node value = take(key);
+    if (!value.IsDefined() || value.IsNull()) return;
+    if (!value.IsSequence()) error_at(value, key_path(key), "expected a list");
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      std::string item_path = fmt::format("{}[{}]", key_path(key), i);
+      if (!value[i].IsMap()) error_at(value[i], item_path, "expected a mapping");
+      Section item(value[i], item_path, file_);
+      read(item);
+      item.finish();
+    }
+  }
+
+  // Rejects keys that nobody read.
+  void finish() const {
+    if (!node_.IsMap()) return;
+    for (const auto& entry : node_) {
+      std::string key = entry.first.as<std::string>();
+      if (!seen_.count(key)) error_at(entry.first, key_path(key), "unknown key");
+    }
+  }
+
+  template <typename T>
+  T convert(const YAML::Node& value, const std::string& key) const;
+
+  const std::string& file() const { return file_; }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  const std::string& file_;
+  std::set<std::string> seen_;
+};
+
+template <>
+std::string Section::convert<std::string>(const YAML::Node& value, const std::string& key) const {
+  if (!value.IsScalar()) error_at(value, key, "expected a string");
+  return value.Scalar();
+}
+
+template <typename Int>
+Int convert_integer(const Section& section, const YAML::Node& value, const std::string& key) {
+  if (!value.IsScalar()) section.error_at(value, key, "expected an integer");
+  const std::string& text = value.Scalar();
+  Int result{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), result);
+  if (ec == std::errc::result_out_of_range)
+    section.error_at(value, key,
+                     fmt::format("{} is out of range ({}..{})", text,
+                                 std::numeric_limits<Int>::min(), std::numeric_limits<Int>::max()));
+  if (ec != std::errc() || end != text.data() + text.size())
+    section.error_at(value, key, fmt::format("expected an integer, got '{}'", text));
+  return result;
+}
+
+template <>
+std::uint16_t Section::convert<std::uint16_t>(const YAML::Node& value,
+                                              const std::string& key) const {
+  return convert_integer<std::uint16_t>(*this, value, key);
+}
+
+template <>
+std::uint32_t Section::convert<std::uint32_t>(const YAML::Node& value,
+                                              const std::string& key) const {
+  return convert_integer<std::uint32_t>(*this, value, key);
+}
+
+template <>
+double Section::convert<double>(const YAML::Node& value, const std::string& key) const {
+  if (!value.IsScalar()) error_at(value, key, "expected a number");
+  const std::string& text = value.Scalar();
+  double result = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), result);
+  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(result))
+    error_at(value, key, fmt::format("expected a number, got '{}'", text));
+  return result;
+}
+
+template <>
+std::filesystem::path Section::convert<std::filesystem::path>(const YAML::Node& value,
+                                                              const std::string& key) const {
+  std::string text = convert<std::string>(value, key);
+  if (text.empty()) error_at(value, key, "expected a path, got an empty string");
+  return text;
+}
+
+template <>
+Endpoint Section::convert<Endpoint>(const YAML::Node& value, const std::string& key) const {
+  std::string text = convert<std::string>(value, key);
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    error_at(value, key, fmt::format("expected HOST:PORT, got '{}'", text));
+  std::string host = text.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  std::string port_text = text.substr(colon + 1);
+  unsigned port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
+      port > 65535)
+    error_at(value, key, fmt::format("port must be 1..65535, got '{}'", port_text));
+  return Endpoint{host, static_cast<std::uint16_t>(port)};
+}
+
+template <>
+Role Section::convert<Role>(const YAML::Node& value, const std::string& key) const {
+  std::string text = convert<std::string>(value, key);
+  if (text == "user") return Role::user;
+  if (text == "admin") return Role::admin;
+  error_at(value, key, fmt::format("expected 'user' or 'admin', got '{}'", text));
+}
+
+std::string decode_key(const Section& section, const YAML::Node& at, const std::string& key,
+                       const std::string& hex) {
+  if (hex.size() % 2 != 0 || hex.size() < 32 || hex.size() > 128)
+    section.error_at(at, key, "expected 32 to 128 hex digits (16 to 64 bytes)");
+  std::string bytes;
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    unsigned byte = 0;
+    auto [end, ec] = std::from_chars(hex.data() + i, hex.data() + i + 2, byte, 16);
+    if (ec != std::errc() || end != hex.data() + i + 2)
+      section.error_at(at, key, fmt::format("not a hex digit pair: '{}'", hex.substr(i, 2)));
+    bytes.push_back(static_cast<char>(byte));
+  }
+  return bytes;
+}
+
+void read_limits(Section s, Limits& limits) {
+  s.optional("min_interval_s", limits.min_interval_s);
+  s.optional("max_interval_s", limits.max_interval_s);
+  s.optional("max_duration_s", limits.max_duration_s);
+  s.optional("max_paths_per_request", limits.max_paths_per_request);
+  Section latency = s.section("latency");
+  // Lower bounds above upper bounds would refuse every request: say so now.
+  auto& l = limits.latency;
+  latency.optional("max_count", l.max_count);
+  latency.optional("min_spacing_ms", l.min_spacing_ms);
+  latency.optional("max_spacing_ms", l.max_spacing_ms);
+  latency.optional("min_size", l.min_size);
+  latency.optional("max_size", l.max_size);
+  latency.optional("min_timeout_ms", l.min_timeout_ms);
+  latency.optional("max_timeout_ms", l.max_timeout_ms);
+  if (l.min_spacing_ms > l.max_spacing_ms) latency.fail("min_spacing_ms", "above max_spacing_ms");
+  if (l.min_size > l.max_size) latency.fail("min_size", "above max_size");
+  if (l.min_timeout_ms > l.max_timeout_ms) latency.fail("min_timeout_ms", "above max_timeout_ms");
+  if (l.max_count == 0) latency.fail("max_count", "must be at least 1");
+  if (!(limits.min_interval_s > 0)) s.fail("min_interval_s", "must be positive");
+  if (limits.min_interval_s > limits.max_interval_s) s.fail("min_interval_s", "above max_interval_s");
+  latency.finish();
+  s.finish();
+}
+
+std::filesystem::path resolve(const std::filesystem::path& base, const std::filesystem::path& p) {
+  return p.is_absolute() ? p : base / p;
+}
+
+}  // namespace
+
+std::string Endpoint::to_string() const {
+  return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
+                                             : fmt::format("{}:{}", host, port);
+}
+
+const NodeConfig* Config::find_node(const std::string& id) const {
+  auto it = std::find_if(nodes.begin(), nodes.end(), [&](const auto& n) { return n.id == id; });
+  return it == nodes.end() ? nullptr : &*it;
+}
+
+const UserConfig* Config::find_user(const std::string& name) const {
+  auto it = std::find_if(users.begin(), users.end(), [&](const auto& u) { return u.name == name; });
+  return it == users.end() ? nullptr : &*it;
+}
+
+Endpoint Config::manager_for_probers() const {
+  return prober.manager ? *prober.manager : manager.control;
+}
+
+std::vector<Endpoint> Config::collectors_for_probers() const {
+  return prober.collectors.empty() ? std::vector<Endpoint>{collector.listen} : prober.collectors;
+}
+
+std::uint16_t Config::responder_port(const NodeConfig& node) const {
+  return node.responder_port != 0 ? node.responder_port : prober.responder_port;
+}
+
+Config parse_config(const std::string& text, const std::string& name,
+                    const std::filesystem::path& base_dir) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(fmt::format("{}:{}: not valid YAML: {}", name, e.mark.line + 1, e.msg));
+  }
+  if (!root.IsMap()) throw ConfigError(fmt::format("{}:1: expected a mapping at the top", name));
+
+  Config config;
+  config.file = name;
+  Section top(root, "", name);
+
+  std::filesystem::path data_dir = ".";
+  top.optional("data_dir", data_dir);
+  config.data_dir = resolve(base_dir, data_dir).lexically_normal();
+
+  {
+    Section s = top.section("manager");
+    auto& m = config.manager;
+    s.optional("xmlrpc_listen", m.xmlrpc);
+    s.optional("control_listen", m.control);
+    s.optional("state_db", m.state_db);
+    s.optional("max_connections", m.max_connections);
+    s.optional("http_timeout_s", m.http_timeout_s);
+    s.optional("max_request_bytes", m.max_request_bytes);
+    s.optional("max_nesting", m.max_nesting);
+    s.optional("dead_after_s", m.dead_after_s);
+    if (m.max_connections == 0) s.fail("max_connections", "must be at least 1");
+    if (m.max_request_bytes < 1024) s.fail("max_request_bytes", "must be at least 1024");
+    if (!(m.dead_after_s > 0)) s.fail("dead_after_s", "must be positive");
+    s.finish();
+    m.state_db = resolve(config.data_dir, m.state_db);
+  }
+  {
+    Section s = top.section("collector");
+    s.optional("listen", config.collector.listen);
+    s.optional("cache_db", config.collector.cache_db);
+    s.finish();
+    config.collector.cache_db = resolve(config.data_dir, config.collector.cache_db);
+  }
+  {
+    Section s = top.section("prober");
+    auto& p = config.prober;
+    if (s.has("manager")) p.manager = s.required<Endpoint>("manager");
+    YAML::Node collectors = s.take("collectors");
+    if (collectors.IsDefined() && !collectors.IsNull()) {
+      if (!collectors.IsSequence()) s.error_at(collectors, "prober.collectors", "expected a list");
+      for (std::size_t i = 0; i < collectors.size(); ++i)
+        p.collectors.push_back(
+            s.convert<Endpoint>(collectors[i], fmt::format("prober.collectors[{}]", i)));
+    }
+    s.optional("responder_port", p.responder_port);
+    s.optional("state_dir", p.state_dir);
+    s.optional("heartbeat_s", p.heartbeat_s);
+    if (!(p.heartbeat_s > 0)) s.fail("heartbeat_s", "must be positive");
+    s.finish();
+    p.state_dir = resolve(config.data_dir, p.state_dir);
+  }
+  read_limits(top.section("limits"), config.limits);
+
+  top.each("nodes", [&](Section& s) {
+    NodeConfig node;
+    node.id = s.required<std::string>("id");
+    node.site = s.required<std::string>("site");
+    node.address = s.required<std::string>("address");
+    s.optional("responder_port", node.responder_port);
+    std::string hex = s.required<std::string>("key");
+    node.key = decode_key(s, s.take("key"), s.key_path("key"), hex);
+    if (node.id.empty() || node.id.size() > 64 ||
+        node.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789-_.") != std::string::npos)
+      s.fail("id", "1 to 64 letters, digits, '-', '_' or '.'");
+    if (config.find_node(node.id))
+      s.fail("id", fmt::format("duplicate node id '{}'", node.id));
+    config.nodes.push_back(std::move(node));
+  });
+  top.each("users", [&](Section& s) {
+    UserConfig user;
+    user.name = s.required<std::string>("name");
+    user.token = s.required<std::string>("token");
+    s.optional("role", user.role);
+    if (user.name.empty() || user.name.find(':') != std::string::npos || user.name.size() > 64)
+      s.fail("name", "1 to 64 characters, no ':'");
+    if (user.token.size() < 16 || user.token.size() > 256)
+      s.fail("token", "must be 16 to 256 characters");
+    if (config.find_user(user.name))
+      s.fail("name", fmt::format("duplicate user '{}'", user.name));
+    config.users.push_back(std::move(user));
+  });
+  top.finish();
+  return config;
+}
+
+Config load_config(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError(fmt::format("{}: cannot read the config file", file.string()));
+  std::stringstream text;
+  text << in.rdbuf();
+  auto base = std::filesystem::absolute(file).parent_path();
+  Config config = parse_config(text.str(), file.string(), base);
+  config.file = file;
+  return config;
+}
+
+}  // namespace flexmon

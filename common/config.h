@@ -1,0 +1,114 @@
+// flexmon's configuration: one YAML file shared by every process (each reads
+// the sections it needs). Reference: schemas/config.md and
+// schemas/config.example.yaml. Defaults live here, in one place.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace flexmon {
+
+// A config error: the message names the file, the line and the key.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string to_string() const;
+};
+
+struct NodeConfig {
+  std::string id;
+  std::string site;
+  std::string address;               // where the node's responder listens
+  std::uint16_t responder_port = 0;  // 0: prober.responder_port
+  std::string key;                   // raw bytes (hex in the file), >= 16 bytes
+};
+
+enum class Role { user, admin };
+
+struct UserConfig {
+  std::string name;
+  std::string token;
+  Role role = Role::user;
+};
+
+// Bounds of the latency tool's arguments, checked by the manager.
+struct LatencyLimits {
+  std::uint32_t max_count = 100;
+  std::uint32_t min_spacing_ms = 10;
+  std::uint32_t max_spacing_ms = 10'000;
+  std::uint32_t min_size = 16;
+  std::uint32_t max_size = 1472;
+  std::uint32_t min_timeout_ms = 10;
+  std::uint32_t max_timeout_ms = 10'000;
+};
+
+struct Limits {
+  double min_interval_s = 1.0;
+  double max_interval_s = 86'400.0;
+  double max_duration_s = 30.0 * 86'400.0;
+  std::uint32_t max_paths_per_request = 10'000;
+  LatencyLimits latency;
+};
+
+struct ManagerConfig {
+  Endpoint xmlrpc{"127.0.0.1", 8470};
+  Endpoint control{"127.0.0.1", 8471};
+  std::filesystem::path state_db = "manager.db";
+  std::uint32_t max_connections = 32;       // concurrent HTTP connections
+  std::uint32_t http_timeout_s = 15;        // per request, and keep-alive idle
+  std::uint32_t max_request_bytes = 1 << 20;
+  std::uint32_t max_nesting = 16;
+  double dead_after_s = 30.0;               // no contact for this long: dead
+};
+
+struct CollectorConfig {
+  Endpoint listen{"127.0.0.1", 8472};
+  std::filesystem::path cache_db = "cache.db";
+};
+
+struct ProberConfig {
+  std::optional<Endpoint> manager;          // default: manager.control
+  std::vector<Endpoint> collectors;         // default: [collector.listen]
+  std::uint16_t responder_port = 8473;
+  std::filesystem::path state_dir = "prober";  // per node: STATE_DIR/NODE_ID
+  double heartbeat_s = 5.0;
+};
+
+struct Config {
+  std::filesystem::path file;      // where it was read from
+  std::filesystem::path data_dir;  // relative paths below are resolved here
+  ManagerConfig manager;
+  CollectorConfig collector;
+  ProberConfig prober;
+  Limits limits;
+  std::vector<NodeConfig> nodes;
+  std::vector<UserConfig> users;
+
+  const NodeConfig* find_node(const std::string& id) const;
+  const UserConfig* find_user(const std::string& name) const;
+  // The manager endpoint probers dial, and the collectors they send to.
+  Endpoint manager_for_probers() const;
+  std::vector<Endpoint> collectors_for_probers() const;
+  // The port a node's responder listens on.
+  std::uint16_t responder_port(const NodeConfig& node) const;
+};
+
+// Reads and validates a config file. Throws ConfigError naming file, line and
+// key for unknown keys, wrong types, bad values and missing required keys.
+Config load_config(const std::filesystem::path& file);
+
+// The same, from text (for tests); `name` stands for the file in messages.
+Config parse_config(const std::string& text, const std::string& name,
+                    const std::filesystem::path& base_dir);
+
+}  // namespace flexmon

@@ -1,0 +1,50 @@
+// The daemon life cycle, written once for every flexmon process: command line
+// (--help, --config, --check-config, --log-level), config loading, signals,
+// and an orderly stop on SIGINT or SIGTERM.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "common/config.h"
+
+namespace flexmon {
+
+// Exit codes (sysexits.h).
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 64;
+constexpr int kExitConfig = 78;
+
+// A started daemon. stop() may be called from any thread; wait() returns
+// when every thread of the daemon has ended.
+class Daemon {
+ public:
+  virtual ~Daemon() = default;
+  virtual void stop() = 0;
+  virtual void wait() = 0;
+};
+
+struct DaemonSpec {
+  std::string name;     // "flexmon-manager"
+  std::string summary;  // one line for --help
+  // Adds the daemon's own options to the command line.
+  std::function<void(CLI::App&)> add_options;
+  // Checks what the config must hold for this daemon (throws ConfigError).
+  std::function<void(const Config&)> check;
+  // Starts the daemon's threads; throws on a start-up failure.
+  std::function<std::unique_ptr<Daemon>(const Config&)> start;
+};
+
+// Runs a daemon: parses the command line, loads and checks the config, starts
+// the daemon, and stops it on SIGINT or SIGTERM. Returns the exit code.
+int daemon_main(int argc, char** argv, const DaemonSpec& spec);
+
+// Asks the running daemon to stop as if signalled, with this exit code: for a
+// thread that meets a failure it cannot recover from.
+void request_exit(int code);
+
+}  // namespace flexmon

@@ -1,0 +1,499 @@
+// flexmon-netlab-relay: a delay/jitter emulator between two TUN devices.
+//
+// The relay attaches to two existing (persistent) TUN devices, each possibly in
+// another network namespace, reads every IP packet from one side, holds it
+// for `delay + jitter` and writes it to the other side. Order is kept per
+// direction (FIFO):
+//
+//   release = max(previous release, arrival + delay + jitter)
+//
+// Jitter is drawn from a seeded std::mt19937_64:
+//   uniform: jitter ~ U(-J, +J)          (mean delay = D while D >= J)
+//   normal:  jitter ~ N(0, J) clamped to [-D, 4J]
+// and the sum is clamped at 0.
+//
+// Timing: CLOCK_MONOTONIC absolute deadlines on a timerfd armed `spin` early,
+// then a busy-wait until the deadline (the TUN fds are still drained while
+// spinning, so arrival stamps stay fresh). Timer slack is set to 1 ns.
+//
+// Output: one line "ready" on stdout once both devices are attached; on exit
+// (SIGTERM/SIGINT, or when a device disappears) a statistics line on stderr.
+// SIGUSR1 prints the statistics without exiting.
+
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+volatile sig_atomic_t g_stop = 0;
+volatile sig_atomic_t g_dump = 0;
+
+void OnSignal(int sig) {
+  if (sig == SIGUSR1) {
+    g_dump = 1;
+  } else {
+    g_stop = 1;
+  }
+}
+
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "flexmon-netlab-relay: %s: %s\n", what.c_str(), std::strerror(errno));
+  std::exit(1);
+}
+
+// One direction's settings.
+struct DirConfig {
+  int64_t delay_ns = 0;
+  int64_t jitter_ns = 0;
+};
+
+struct Config {
+  std::string a_ns, a_dev, b_ns, b_dev;  // netns name ("" = current) and device
+  DirConfig ab, ba;
+  bool normal = false;  // jitter distribution
+  uint64_t seed = 1;
+  int64_t spin_ns = 50'000;  // busy-wait before each release
+  bool poll = false;         // never sleep (lowest error, one core at 100 %)
+  size_t queue_packets = 4096;
+  size_t slot_bytes = 2048;  // >= MTU of the TUN devices
+  bool die_with_parent = false;
+  int rt_priority = 0;  // SCHED_FIFO priority, 0 = normal scheduling
+};
+
+// Opens /dev/net/tun attached to device `dev` in network namespace `ns`.
+int OpenTun(const std::string& ns, const std::string& dev) {
+  int self_ns = -1;
+  if (!ns.empty()) {
+    self_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (self_ns < 0) Die("open /proc/self/ns/net");
+    std::string path = "/run/netns/" + ns;
+    int target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (target < 0) Die("open " + path);
+    if (setns(target, CLONE_NEWNET) != 0) Die("setns " + path);
+    close(target);
+  }
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) Die("open /dev/net/tun");
+  ifreq ifr{};
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+  if (dev.size() >= IFNAMSIZ) {
+    errno = ENAMETOOLONG;
+    Die("device " + dev);
+  }
+  std::memcpy(ifr.ifr_name, dev.data(), dev.size());
+  if (ioctl(fd, TUNSETIFF, &ifr) != 0) Die("TUNSETIFF " + dev + " in netns '" + ns + "'");
+  if (self_ns >= 0) {
+    if (setns(self_ns, CLONE_NEWNET) != 0) Die("setns back");
+    close(self_ns);
+  }
+  return fd;
+}
+
+// Fixed-capacity FIFO of packets with their release deadlines.
+class PacketQueue {
+ public:
+  PacketQueue(size_t capacity, size_t slot_bytes)
+      : slot_bytes_(slot_bytes), data_(capacity * slot_bytes), len_(capacity), due_(capacity) {}
+
+  bool Empty() const { return count_ == 0; }
+  bool Full() const { return count_ == len_.size(); }
+  int64_t HeadDue() const { return due_[head_]; }
+  int64_t LastDue() const { return last_due_; }
+
+  // Returns the slot to read the next packet into (valid while !Full()).
+  uint8_t* TailSlot() { return &data_[Tail() * slot_bytes_]; }
+  void Push(size_t len, int64_t due) {
+    size_t t = Tail();
+    len_[t] = len;
+    due_[t] = due;
+    last_due_ = due;
+    ++count_;
+  }
+  const uint8_t* HeadData() const { return &data_[head_ * slot_bytes_]; }
+  size_t HeadLen() const { return len_[head_]; }
+  void Pop() {
+    head_ = (head_ + 1) % len_.size();
+    --count_;
+  }
+
+ private:
+  size_t Tail() const { return (head_ + count_) % len_.size(); }
+  size_t slot_bytes_;
+  std::vector<uint8_t> data_;
+  std::vector<size_t> len_;
+  std::vector<int64_t> due_;
+  size_t head_ = 0, count_ = 0;
+  int64_t last_due_ = 0;
+};
+
+struct Stats {
+  uint64_t packets = 0, bytes = 0, queue_drops = 0, oversize_drops = 0, write_errors = 0;
+  std::vector<int32_t> late_ns;  // release lateness samples (bounded reservoir)
+};
+
+// One direction: read from `in`, delay, write to `out`.
+class Direction {
+ public:
+  Direction(const char* name, int in, int out, const DirConfig& cfg, const Config& all,
+            std::mt19937_64* rng)
+      : name_(name),
+        in_(in),
+        out_(out),
+        cfg_(cfg),
+        normal_(all.normal),
+        rng_(rng),
+        queue_(all.queue_packets, all.slot_bytes),
+        slot_bytes_(all.slot_bytes),
+        scratch_(65536) {
+    stats_.late_ns.reserve(kMaxSamples);
+  }
+
+  // Reads every packet that is waiting. Returns false if the device is gone.
+  bool Drain() {
+    for (int i = 0; i < 256; ++i) {  // bounded so one side cannot starve the other
+      uint8_t* buf = queue_.Full() ? scratch_.data() : queue_.TailSlot();
+      size_t cap = queue_.Full() ? scratch_.size() : slot_bytes_;
+      ssize_t n = read(in_, buf, cap);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return true;
+        return false;  // EBADFD / EIO: device removed
+      }
+      if (n == 0) return true;
+      int64_t now = NowNs();
+      if (queue_.Full()) {
+        ++stats_.queue_drops;
+        continue;
+      }
+      if (static_cast<size_t>(n) >= cap) {  // possibly truncated: bigger than a slot
+        ++stats_.oversize_drops;
+        continue;
+      }
+      int64_t due = now + cfg_.delay_ns + Jitter();
+      if (due < now) due = now;
+      if (!queue_.Empty() || have_last_) due = std::max(due, queue_.LastDue());
+      have_last_ = true;
+      queue_.Push(static_cast<size_t>(n), due);
+    }
+    return true;
+  }
+
+  // Writes every packet whose deadline has passed.
+  void Release(int64_t now) {
+    while (!queue_.Empty() && queue_.HeadDue() <= now) {
+      int64_t due = queue_.HeadDue();
+      ssize_t n = write(out_, queue_.HeadData(), queue_.HeadLen());
+      int64_t after = NowNs();
+      if (n < 0) {
+        ++stats_.write_errors;
+      } else {
+        ++stats_.packets;
+        stats_.bytes += static_cast<uint64_t>(n);
+        Sample(after - due);
+      }
+      queue_.Pop();
+    }
+  }
+
+  bool HasNext() const { return !queue_.Empty(); }
+  int64_t NextDue() const { return queue_.HeadDue(); }
+
+  void Print() {
+    auto& v = stats_.late_ns;
+    int64_t p50 = 0, p99 = 0, mx = 0;
+    if (!v.empty()) {
+      std::vector<int32_t> s = v;
+      std::sort(s.begin(), s.end());
+      p50 = s[s.size() / 2];
+      p99 = s[std::min(s.size() - 1, s.size() * 99 / 100)];
+      mx = s.back();
+    }
+    std::fprintf(stderr,
+                 "flexmon-netlab-relay: %s packets=%" PRIu64 " bytes=%" PRIu64
+                 " queue_drops=%" PRIu64 " oversize_drops=%" PRIu64 " write_errors=%" PRIu64
+                 " late_us_p50=%.1f late_us_p99=%.1f late_us_max=%.1f\n",
+                 name_, stats_.packets, stats_.bytes, stats_.queue_drops, stats_.oversize_drops,
+                 stats_.write_errors, p50 / 1e3, p99 / 1e3, mx / 1e3);
+  }
+
+ private:
+  static constexpr size_t kMaxSamples = 100000;
+
+  int64_t Jitter() {
+    if (cfg_.jitter_ns == 0) return 0;
+    double j = static_cast<double>(cfg_.jitter_ns);
+    if (normal_) {
+      std::normal_distribution<double> d(0.0, j);
+      double x = std::clamp(d(*rng_), -static_cast<double>(cfg_.delay_ns), 4 * j);
+      return static_cast<int64_t>(x);
+    }
+    std::uniform_real_distribution<double> d(-j, j);
+    return static_cast<int64_t>(d(*rng_));
+  }
+
+  void Sample(int64_t late) {
+    late = std::clamp<int64_t>(late, INT32_MIN, INT32_MAX);
+    if (stats_.late_ns.size() < kMaxSamples) {
+      stats_.late_ns.push_back(static_cast<int32_t>(late));
+    } else {  // reservoir sampling keeps the percentile estimate unbiased
+      std::uniform_int_distribution<uint64_t> d(0, stats_.packets - 1);
+      uint64_t k = d(sample_rng_);
+      if (k < kMaxSamples) stats_.late_ns[k] = static_cast<int32_t>(late);
+    }
+  }
+
+  const char* name_;
+  int in_, out_;
+  DirConfig cfg_;
+  bool normal_;
+  std::mt19937_64* rng_;
+  std::mt19937_64 sample_rng_{12345};
+  PacketQueue queue_;
+  size_t slot_bytes_;
+  std::vector<uint8_t> scratch_;
+  bool have_last_ = false;
+  Stats stats_;
+};
+
+int64_t ParseDuration(std::string_view s) {
+  // Accepts "<number>[ns|us|ms|s]"; plain numbers are microseconds.
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) throw std::invalid_argument("bad duration: " + std::string(s));
+  double v = std::stod(std::string(s.substr(0, i)));
+  std::string_view unit = s.substr(i);
+  double mul = 1e3;
+  if (unit == "ns") {
+    mul = 1;
+  } else if (unit == "us" || unit.empty()) {
+    mul = 1e3;
+  } else if (unit == "ms") {
+    mul = 1e6;
+  } else if (unit == "s") {
+    mul = 1e9;
+  } else {
+    throw std::invalid_argument("bad duration unit: " + std::string(s));
+  }
+  return static_cast<int64_t>(v * mul + 0.5);
+}
+
+void SplitNsDev(const std::string& arg, std::string* ns, std::string* dev) {
+  auto colon = arg.find(':');
+  if (colon == std::string::npos) {
+    ns->clear();
+    *dev = arg;
+  } else {
+    *ns = arg.substr(0, colon);
+    *dev = arg.substr(colon + 1);
+  }
+}
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: flexmon-netlab-relay --a NETNS:DEV --b NETNS:DEV [options]\n"
+               "  --delay D         one-way delay, both directions (e.g. 10ms, 250us)\n"
+               "  --delay-ab D / --delay-ba D   per direction\n"
+               "  --jitter J        jitter, both directions; --jitter-ab / --jitter-ba\n"
+               "  --dist uniform|normal   jitter distribution (uniform: U(-J,J); normal: "
+               "N(0,J))\n"
+               "  --seed N          RNG seed (default 1)\n"
+               "  --spin D          busy-wait before each release (default 50us)\n"
+               "  --poll            never sleep; lowest error, burns one core\n"
+               "  --queue N         packets queued per direction before tail drop (4096)\n"
+               "  --slot N          max packet size in bytes (2048; must exceed MTU)\n"
+               "  --rt N            SCHED_FIFO priority N\n"
+               "  --die-with-parent exit when the parent process exits\n"
+               "  --lab NAME        label only (lets 'netlab cleanup' find the process)\n");
+}
+
+Config ParseArgs(int argc, char** argv) {
+  Config c;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument("missing value for " + a);
+      return argv[++i];
+    };
+    if (a == "--a") {
+      SplitNsDev(next(), &c.a_ns, &c.a_dev);
+    } else if (a == "--b") {
+      SplitNsDev(next(), &c.b_ns, &c.b_dev);
+    } else if (a == "--delay") {
+      c.ab.delay_ns = c.ba.delay_ns = ParseDuration(next());
+    } else if (a == "--delay-ab") {
+      c.ab.delay_ns = ParseDuration(next());
+    } else if (a == "--delay-ba") {
+      c.ba.delay_ns = ParseDuration(next());
+    } else if (a == "--jitter") {
+      c.ab.jitter_ns = c.ba.jitter_ns = ParseDuration(next());
+    } else if (a == "--jitter-ab") {
+      c.ab.jitter_ns = ParseDuration(next());
+    } else if (a == "--jitter-ba") {
+      c.ba.jitter_ns = ParseDuration(next());
+    } else if (a == "--dist") {
+      std::string d = next();
+      if (d != "uniform" && d != "normal") throw std::invalid_argument("bad --dist " + d);
+      c.normal = d == "normal";
+    } else if (a == "--seed") {
+      c.seed = std::stoull(next());
+    } else if (a == "--spin") {
+      c.spin_ns = ParseDuration(next());
+    } else if (a == "--poll") {
+      c.poll = true;
+    } else if (a == "--queue") {
+      c.queue_packets = std::max<size_t>(1, std::stoul(next()));
+    } else if (a == "--slot") {
+      c.slot_bytes = std::max<size_t>(128, std::stoul(next()));
+    } else if (a == "--rt") {
+      c.rt_priority = std::stoi(next());
+    } else if (a == "--die-with-parent") {
+      c.die_with_parent = true;
+    } else if (a == "--lab") {
+      next();
+    } else if (a == "-h" || a == "--help") {
+      Usage();
+      std::exit(0);
+    } else {
+      throw std::invalid_argument("unknown argument " + a);
+    }
+  }
+  if (c.a_dev.empty() || c.b_dev.empty()) throw std::invalid_argument("--a and --b are required");
+  return c;
+}
+
+void SetTimer(int tfd, int64_t abs_ns) {
+  itimerspec its{};
+  if (abs_ns > 0) {
+    its.it_value.tv_sec = abs_ns / 1'000'000'000;
+    its.it_value.tv_nsec = abs_ns % 1'000'000'000;
+  }
+  if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, nullptr) != 0) Die("timerfd_settime");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  try {
+    cfg = ParseArgs(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "flexmon-netlab-relay: %s\n", e.what());
+    Usage();
+    return 2;
+  }
+  if (cfg.die_with_parent) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1) return 0;  // parent already gone
+  }
+  prctl(PR_SET_TIMERSLACK, 1UL);
+
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: epoll_wait returns EINTR
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaction(s, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  int fa = OpenTun(cfg.a_ns, cfg.a_dev);
+  int fb = OpenTun(cfg.b_ns, cfg.b_dev);
+
+  if (cfg.rt_priority > 0) {
+    sched_param sp{};
+    sp.sched_priority = cfg.rt_priority;
+    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) Die("sched_setscheduler");
+  }
+  mlockall(MCL_CURRENT | MCL_FUTURE);  // best effort: avoid page faults on the fast path
+
+  std::mt19937_64 rng(cfg.seed);
+  Direction ab("a->b", fa, fb, cfg.ab, cfg, &rng);
+  Direction ba("b->a", fb, fa, cfg.ba, cfg, &rng);
+
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (ep < 0 || tfd < 0) Die("epoll/timerfd");
+  for (int fd : {fa, fb, tfd}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) Die("epoll_ctl");
+  }
+
+  std::printf("ready\n");
+  std::fflush(stdout);
+
+  int64_t armed = 0;
+  int rc = 0;
+  while (!g_stop) {
+    if (g_dump) {
+      g_dump = 0;
+      ab.Print();
+      ba.Print();
+    }
+    if (!ab.Drain() || !ba.Drain()) {
+      std::fprintf(stderr, "flexmon-netlab-relay: device gone, exiting\n");
+      rc = 0;
+      break;
+    }
+    int64_t now = NowNs();
+    ab.Release(now);
+    ba.Release(now);
+
+    int64_t next = 0;
+    if (ab.HasNext()) next = ab.NextDue();
+    if (ba.HasNext()) next = next ? std::min(next, ba.NextDue()) : ba.NextDue();
+
+    if (cfg.poll) continue;  // spin on everything
+    now = NowNs();
+    if (next != 0 && next - now <= cfg.spin_ns) continue;  // busy-wait close to the deadline
+
+    int64_t wake = next ? next - cfg.spin_ns : 0;
+    if (wake != armed) {
+      SetTimer(tfd, wake);
+      armed = wake;
+    }
+    epoll_event evs[4];
+    int n = epoll_wait(ep, evs, 4, -1);
+    if (n < 0 && errno != EINTR) Die("epoll_wait");
+    for (int i = 0; i < n; ++i) {
+      if (evs[i].data.fd == tfd) {
+        uint64_t expirations;
+        if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) Die("timerfd");
+        armed = 0;
+      } else if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+        g_stop = 1;
+      }
+    }
+  }
+  ab.Print();
+  ba.Print();
+  return rc;
+}
