@@ -27,7 +27,8 @@ std::vector<std::int64_t> parse_rtts(const std::string& text) {
   if (text.empty()) return rtts;
   auto array = nlohmann::json::parse(text, nullptr, false);
   if (!array.is_array()) return rtts;
-  for (const auto& item : array) rtts.push_back(item.is_number_integer() ? item.get<std::int64_t>() : -1);
+  for (const auto& item : array)
+    rtts.push_back(item.is_number_integer() ? item.get<std::int64_t>() : -1);
   return rtts;
 }
 

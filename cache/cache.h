@@ -26,9 +26,9 @@ struct StoreOutcome {
 struct LatencyQuery {
   std::optional<std::string> src;
   std::optional<std::string> dst;
-  std::optional<UtcNs> from;   // inclusive
-  std::optional<UtcNs> to;     // exclusive
-  std::uint32_t limit = 1000;  // newest first
+  std::optional<UtcNs> from;     // inclusive
+  std::optional<UtcNs> to;       // exclusive
+  std::uint32_t limit = 1000;    // newest first
   bool latest_per_path = false;  // only the newest result of each path
 };
 

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <limits>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -166,8 +166,7 @@ Endpoint Section::convert<Endpoint>(const YAML::Node& value, const std::string& 
   std::string port_text = text.substr(colon + 1);
   unsigned port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
-      port > 65535)
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 || port > 65535)
     error_at(value, key, fmt::format("port must be 1..65535, got '{}'", port_text));
   return Endpoint{host, static_cast<std::uint16_t>(port)};
 }
@@ -215,7 +214,8 @@ void read_limits(Section s, Limits& limits) {
   if (l.min_timeout_ms > l.max_timeout_ms) latency.fail("min_timeout_ms", "above max_timeout_ms");
   if (l.max_count == 0) latency.fail("max_count", "must be at least 1");
   if (!(limits.min_interval_s > 0)) s.fail("min_interval_s", "must be positive");
-  if (limits.min_interval_s > limits.max_interval_s) s.fail("min_interval_s", "above max_interval_s");
+  if (limits.min_interval_s > limits.max_interval_s)
+    s.fail("min_interval_s", "above max_interval_s");
   latency.finish();
   s.finish();
 }
@@ -327,8 +327,7 @@ Config parse_config(const std::string& text, const std::string& name,
         node.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   "0123456789-_.") != std::string::npos)
       s.fail("id", "1 to 64 letters, digits, '-', '_' or '.'");
-    if (config.find_node(node.id))
-      s.fail("id", fmt::format("duplicate node id '{}'", node.id));
+    if (config.find_node(node.id)) s.fail("id", fmt::format("duplicate node id '{}'", node.id));
     config.nodes.push_back(std::move(node));
   });
   top.each("users", [&](Section& s) {
@@ -340,8 +339,7 @@ Config parse_config(const std::string& text, const std::string& name,
       s.fail("name", "1 to 64 characters, no ':'");
     if (user.token.size() < 16 || user.token.size() > 256)
       s.fail("token", "must be 16 to 256 characters");
-    if (config.find_user(user.name))
-      s.fail("name", fmt::format("duplicate user '{}'", user.name));
+    if (config.find_user(user.name)) s.fail("name", fmt::format("duplicate user '{}'", user.name));
     config.users.push_back(std::move(user));
   });
   top.finish();

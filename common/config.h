@@ -64,11 +64,11 @@ struct ManagerConfig {
   Endpoint xmlrpc{"127.0.0.1", 8470};
   Endpoint control{"127.0.0.1", 8471};
   std::filesystem::path state_db = "manager.db";
-  std::uint32_t max_connections = 32;       // concurrent HTTP connections
-  std::uint32_t http_timeout_s = 15;        // per request, and keep-alive idle
+  std::uint32_t max_connections = 32;  // concurrent HTTP connections
+  std::uint32_t http_timeout_s = 15;   // per request, and keep-alive idle
   std::uint32_t max_request_bytes = 1 << 20;
   std::uint32_t max_nesting = 16;
-  double dead_after_s = 30.0;               // no contact for this long: dead
+  double dead_after_s = 30.0;  // no contact for this long: dead
 };
 
 struct CollectorConfig {
@@ -77,8 +77,8 @@ struct CollectorConfig {
 };
 
 struct ProberConfig {
-  std::optional<Endpoint> manager;          // default: manager.control
-  std::vector<Endpoint> collectors;         // default: [collector.listen]
+  std::optional<Endpoint> manager;   // default: manager.control
+  std::vector<Endpoint> collectors;  // default: [collector.listen]
   std::uint16_t responder_port = 8473;
   std::filesystem::path state_dir = "prober";  // per node: STATE_DIR/NODE_ID
   double heartbeat_s = 5.0;

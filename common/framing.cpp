@@ -21,8 +21,8 @@ Result<std::size_t> frame_length(const std::uint8_t (&header)[kFrameHeaderBytes]
                        (std::size_t{header[2]} << 8) | std::size_t{header[3]};
   if (length == 0) return fail("empty control frame");
   if (length > kMaxControlFrame)
-    return fail(fmt::format("control frame of {} bytes exceeds the limit of {}", length,
-                            kMaxControlFrame));
+    return fail(
+        fmt::format("control frame of {} bytes exceeds the limit of {}", length, kMaxControlFrame));
   return length;
 }
 

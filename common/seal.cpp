@@ -42,9 +42,9 @@ std::array<std::uint8_t, kMacBytes> Sealer::mac(std::string_view data) const {
   EVP_MAC_CTX* ctx = EVP_MAC_CTX_dup(impl_->keyed);
   if (!ctx) throw std::runtime_error("OpenSSL: cannot duplicate an HMAC context");
   std::size_t length = 0;
-  bool ok = EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(data.data()), data.size()) ==
-                1 &&
-            EVP_MAC_final(ctx, out.data(), &length, out.size()) == 1 && length == out.size();
+  bool ok =
+      EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1 &&
+      EVP_MAC_final(ctx, out.data(), &length, out.size()) == 1 && length == out.size();
   EVP_MAC_CTX_free(ctx);
   if (!ok) throw std::runtime_error("OpenSSL: HMAC-SHA256 failed");
   return out;
@@ -91,8 +91,8 @@ Result<wire::Message> parse_body(const wire::Sealed& frame) {
   wire::Message message;
   if (!message.ParseFromString(frame.body())) return fail("malformed message body");
   if (message.node() != frame.node())
-    return fail(fmt::format("body names node '{}' but the frame is sealed for '{}'",
-                            message.node(), frame.node()));
+    return fail(fmt::format("body names node '{}' but the frame is sealed for '{}'", message.node(),
+                            frame.node()));
   return message;
 }
 
@@ -112,8 +112,7 @@ Result<wire::Message> open_from(std::string_view bytes, const std::string& node,
 Result<wire::Message> open_hello(std::string_view bytes) {
   auto frame = parse_outer(bytes);
   if (!frame) return frame.error();
-  if (!frame->node().empty() || !frame->mac().empty())
-    return fail("expected an unsealed hello");
+  if (!frame->node().empty() || !frame->mac().empty()) return fail("expected an unsealed hello");
   auto message = parse_body(*frame);
   if (!message) return message;
   if (!message->has_hello()) return fail("expected a hello");

@@ -59,8 +59,7 @@ class KeyRing {
 };
 
 // Opens a frame that must be sealed by `node` under `key`.
-Result<wire::Message> open_from(std::string_view frame, const std::string& node,
-                                const Sealer& key);
+Result<wire::Message> open_from(std::string_view frame, const std::string& node, const Sealer& key);
 
 // Opens an unsealed Hello frame.
 Result<wire::Message> open_hello(std::string_view frame);
