@@ -81,11 +81,15 @@ class Section {
     }
   }
 
-  // Rejects keys that nobody read.
+  // Rejects keys that nobody read, and keys given twice (yaml-cpp would
+  // silently keep one of them).
   void finish() const {
     if (!node_.IsMap()) return;
+    std::set<std::string> keys;
     for (const auto& entry : node_) {
-      std::string key = entry.first.as<std::string>();
+      if (!entry.first.IsScalar()) error_at(entry.first, path_, "keys must be plain strings");
+      std::string key = entry.first.Scalar();
+      if (!keys.insert(key).second) error_at(entry.first, key_path(key), "duplicate key");
       if (!seen_.count(key)) error_at(entry.first, key_path(key), "unknown key");
     }
   }
