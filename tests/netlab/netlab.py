@@ -254,13 +254,15 @@ def _parse_yaml_subset(text: str, path: str) -> dict:
 
 def find_binary(name: str) -> str:
     """Finds a lab tool: $FLEXMON_NETLAB_RELAY / $FLEXMON_NETLAB_UDPGEN, then
-    build*/tests/netlab/ under the repo, then /tmp/netlab-build, then PATH."""
+    build*/bin/ or build*/tests/netlab/ under the repo, then /tmp/netlab-build,
+    then PATH."""
     env = os.environ.get("FLEXMON_NETLAB_" + name.rsplit("-", 1)[-1].upper())
     if env:
         if os.access(env, os.X_OK):
             return env
         raise NetlabError(f"{env} (from environment) is not executable")
-    candidates = sorted(glob.glob(os.path.join(_REPO, "build*", "tests", "netlab", name)),
+    candidates = sorted(glob.glob(os.path.join(_REPO, "build*", "bin", name)) +
+                        glob.glob(os.path.join(_REPO, "build*", "tests", "netlab", name)),
                         key=lambda p: -os.path.getmtime(p))
     candidates += [os.path.join("/tmp/netlab-build", name)]
     for c in candidates:
