@@ -1,0 +1,99 @@
+#include "prober/prober.h"
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "prober/boot_epoch.h"
+#include "prober/control_client.h"
+#include "prober/event_loop.h"
+#include "prober/latency_prober.h"
+#include "prober/responder.h"
+#include "prober/result_sender.h"
+#include "prober/stream_runner.h"
+#include "wire.pb.h"
+
+#ifndef FLEXMON_VERSION
+#define FLEXMON_VERSION "unknown"
+#endif
+
+namespace flexmon {
+
+using namespace prober;
+
+void check_prober_config(const Config& config, const std::string& node_id) {
+  if (!config.find_node(node_id))
+    throw ConfigError(fmt::format("{}: --node {}: no such node in nodes[]", config.file.string(),
+                                  node_id));
+}
+
+namespace {
+
+class ProberDaemon : public Daemon {
+ public:
+  ProberDaemon(const Config& config, const NodeConfig& node) {
+    auto log = logger("prober");
+    std::uint64_t epoch = next_boot_epoch(config.prober.state_dir / node.id);
+    responder_ = std::make_unique<Responder>(loop_, node.address, config.responder_port(node),
+                                             std::max<std::size_t>(16, config.limits.latency.min_size),
+                                             config.limits.latency.max_size);
+    latency_ = std::make_unique<LatencyProber>(loop_, node.address, node.id);
+    SenderOptions s;
+    s.node = node.id;
+    s.key = node.key;
+    s.boot_epoch = epoch;
+    s.source_address = node.address;
+    s.collectors = config.collectors_for_probers();
+    sender_ = std::make_unique<ResultSender>(loop_, s, std::make_unique<MemorySpool>());
+    runner_ = std::make_unique<StreamRunner>(
+        loop_, node.id, config.limits,
+        [this](const wire::Stream& stream, std::function<void(wire::Result)> done) {
+          latency_->measure(stream, std::move(done));
+        },
+        [this](wire::Result result) { sender_->submit(std::move(result)); });
+    ControlOptions c;
+    c.node = node.id;
+    c.key = node.key;
+    c.manager = config.manager_for_probers();
+    c.boot_epoch = epoch;
+    c.software_version = FLEXMON_VERSION;
+    c.heartbeat_s = config.prober.heartbeat_s;
+    control_ = std::make_unique<ControlClient>(
+        loop_, c,
+        [this](std::vector<wire::Stream> streams) { runner_->assign(std::move(streams)); },
+        [this](wire::Heartbeat& h) {
+          h.set_load(runner_->load());
+          h.set_streams(static_cast<std::uint32_t>(runner_->streams()));
+          h.set_spooled(sender_->counters().spooled);
+        });
+    loop_.start();
+    log->info("prober {}: boot epoch {}, responder on {}:{}, manager {}, collector {}", node.id,
+              epoch, node.address, responder_->port(), c.manager.to_string(),
+              s.collectors.front().to_string());
+  }
+
+  ~ProberDaemon() override {
+    stop();
+    wait();
+    // Components go before the loop (declared first), which outlives them.
+  }
+
+  void stop() override { loop_.stop(); }
+  void wait() override { loop_.join(); }
+
+ private:
+  EventLoop loop_;
+  std::unique_ptr<Responder> responder_;
+  std::unique_ptr<LatencyProber> latency_;
+  std::unique_ptr<ResultSender> sender_;
+  std::unique_ptr<StreamRunner> runner_;
+  std::unique_ptr<ControlClient> control_;
+};
+
+}  // namespace
+
+std::unique_ptr<Daemon> start_prober(const Config& config, const std::string& node_id) {
+  check_prober_config(config, node_id);
+  return std::make_unique<ProberDaemon>(config, *config.find_node(node_id));
+}
+
+}  // namespace flexmon

@@ -1,0 +1,193 @@
+#include "prober/stream_runner.h"
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "prober/asio_loop.h"
+#include "prober/schedule.h"
+#include "wire.pb.h"
+
+namespace flexmon::prober {
+
+using Mono = std::chrono::steady_clock;
+
+std::string check_stream(const wire::Stream& s, const std::string& node, const Limits& limits) {
+  const auto& l = limits.latency;
+  const auto& a = s.latency();
+  if (s.key().empty()) return "stream has no key";
+  if (s.src() != node) return fmt::format("src '{}' is not this node '{}'", s.src(), node);
+  if (s.tool() != "latency") return fmt::format("tool '{}' is not supported", s.tool());
+  if (a.method() != "udp") return fmt::format("latency method '{}' is not supported", a.method());
+  if (!(s.interval_s() >= 0.001 && s.interval_s() <= limits.max_interval_s) && !s.oneshot())
+    return fmt::format("interval_s {} is out of bounds", s.interval_s());
+  if (a.count() < 1 || a.count() > l.max_count || a.count() > 65535)
+    return fmt::format("count {} is out of bounds 1..{}", a.count(), l.max_count);
+  if (a.spacing_ms() > l.max_spacing_ms)
+    return fmt::format("spacing_ms {} exceeds {}", a.spacing_ms(), l.max_spacing_ms);
+  if (a.size() < l.min_size || a.size() > l.max_size || a.size() < 16)
+    return fmt::format("size {} is out of bounds {}..{}", a.size(), l.min_size, l.max_size);
+  if (a.timeout_ms() < 1 || a.timeout_ms() > l.max_timeout_ms)
+    return fmt::format("timeout_ms {} is out of bounds 1..{}", a.timeout_ms(), l.max_timeout_ms);
+  if (s.dst_port() == 0 || s.dst_port() > 65535)
+    return fmt::format("dst_port {} is not a port", s.dst_port());
+  return {};
+}
+
+namespace {
+
+struct Running {
+  wire::Stream stream;
+  std::uint64_t instance = 0;  // tells a replaced stream's callbacks apart
+  Schedule schedule;
+  std::uint64_t slot = 0;
+  bool busy = false;
+  std::unique_ptr<asio::steady_timer> timer;
+};
+
+}  // namespace
+
+struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
+  asio::io_context& io;
+  std::string node;
+  Limits limits;
+  Measure measure;
+  Sink sink;
+  RunnerCounters counters;
+  std::map<std::string, Running> streams;
+  std::set<std::string> oneshots_done;  // kept while assignments still list them
+  std::uint64_t next_instance = 1;
+  std::atomic<std::size_t> stream_count{0};
+  std::atomic<double> load{0};
+  std::mt19937_64 random{std::random_device{}()};
+  std::shared_ptr<spdlog::logger> log = logger("prober");
+
+  Impl(asio::io_context& context, std::string n, Limits l, Measure m, Sink s)
+      : io(context), node(std::move(n)), limits(l), measure(std::move(m)), sink(std::move(s)) {}
+
+  void assign(std::vector<wire::Stream> incoming) {
+    std::map<std::string, wire::Stream> wanted;
+    for (auto& s : incoming) {
+      if (auto why = check_stream(s, node, limits); !why.empty()) {
+        ++counters.rejected_streams;
+        log->warn("prober {}: stream '{}' left out: {}", node, s.key().substr(0, 200), why);
+        continue;
+      }
+      wanted.insert_or_assign(s.key(), std::move(s));
+    }
+    for (auto it = oneshots_done.begin(); it != oneshots_done.end();)
+      it = wanted.contains(*it) ? std::next(it) : oneshots_done.erase(it);
+    for (auto it = streams.begin(); it != streams.end();) {
+      auto w = wanted.find(it->first);
+      if (w == wanted.end()) {
+        it = streams.erase(it);  // the timer's cancelled wait finds no stream
+        continue;
+      }
+      bool same_timing = w->second.interval_s() == it->second.stream.interval_s() &&
+                         w->second.oneshot() == it->second.stream.oneshot();
+      it->second.stream = w->second;
+      if (!same_timing) {
+        it = streams.erase(it);
+        continue;  // rescheduled below with the new interval
+      }
+      wanted.erase(w);
+      ++it;
+    }
+    for (auto& [key, s] : wanted) {
+      if (s.oneshot() && oneshots_done.contains(key)) continue;
+      add(std::move(s));
+    }
+    refresh_stats();
+  }
+
+  void add(wire::Stream s) {
+    auto interval = std::chrono::duration_cast<Nanos>(
+        std::chrono::duration<double>(s.oneshot() ? 1.0 : s.interval_s()));
+    // Spread: the first slot falls anywhere in the first interval (a one-shot
+    // within the first 100 ms).
+    auto spread = s.oneshot() ? Nanos(100'000'000) : interval;
+    auto offset = Nanos(std::uniform_int_distribution<std::int64_t>(0, spread.count() - 1)(random));
+    Running r{std::move(s), next_instance++, Schedule(Mono::now() + offset, interval), 0, false,
+              std::make_unique<asio::steady_timer>(io)};
+    auto key = r.stream.key();
+    auto [it, inserted] = streams.insert_or_assign(key, std::move(r));
+    arm(it->second);
+  }
+
+  void arm(Running& r) {
+    r.timer->expires_at(r.schedule.slot_time(r.slot));
+    r.timer->async_wait([weak = weak_from_this(), key = r.stream.key(),
+                         instance = r.instance](const boost::system::error_code& ec) {
+      if (ec == asio::error::operation_aborted) return;
+      if (auto self = weak.lock()) self->fire(key, instance);
+    });
+  }
+
+  Running* find(const std::string& key, std::uint64_t instance) {
+    auto it = streams.find(key);
+    return it != streams.end() && it->second.instance == instance ? &it->second : nullptr;
+  }
+
+  void fire(const std::string& key, std::uint64_t instance) {
+    Running* r = find(key, instance);
+    if (!r) return;
+    if (r->busy) {
+      ++counters.skipped_slots;  // the previous run outlasts the interval
+    } else {
+      r->busy = true;
+      ++counters.started;
+      measure(r->stream, [weak = weak_from_this(), key, instance](wire::Result result) {
+        auto self = weak.lock();
+        if (!self) return;
+        self->sink(std::move(result));
+        if (Running* r = self->find(key, instance)) {
+          r->busy = false;
+          if (r->stream.oneshot()) {
+            self->oneshots_done.insert(key);
+            self->streams.erase(key);
+            self->refresh_stats();
+          }
+        }
+      });
+      if (r->stream.oneshot()) return;  // dropped once its result is in
+    }
+    Slot next = r->schedule.next_after(r->slot, Mono::now());
+    if (next.skipped > 0) {
+      counters.skipped_slots += next.skipped;
+      log->debug("prober {}: stream '{}' skipped {} slots", node, key, next.skipped);
+    }
+    r->slot = next.index;
+    arm(*r);
+  }
+
+  void refresh_stats() {
+    double per_second = 0;
+    for (const auto& [key, r] : streams)
+      if (!r.stream.oneshot()) per_second += 1.0 / r.stream.interval_s();
+    stream_count = streams.size();
+    load = per_second;
+  }
+};
+
+StreamRunner::StreamRunner(EventLoop& loop, std::string node, Limits limits, Measure measure,
+                           Sink sink)
+    : impl_(std::make_shared<Impl>(io_of(loop), std::move(node), limits, std::move(measure),
+                                   std::move(sink))) {}
+
+StreamRunner::~StreamRunner() = default;
+
+void StreamRunner::assign(std::vector<wire::Stream> streams) {
+  asio::post(impl_->io, [weak = std::weak_ptr<Impl>(impl_), streams = std::move(streams)]() mutable {
+    if (auto self = weak.lock()) self->assign(std::move(streams));
+  });
+}
+
+std::size_t StreamRunner::streams() const { return impl_->stream_count; }
+double StreamRunner::load() const { return impl_->load; }
+const RunnerCounters& StreamRunner::counters() const { return impl_->counters; }
+
+}  // namespace flexmon::prober
