@@ -1,0 +1,201 @@
+#include "manager/api.h"
+
+#include <fmt/format.h>
+
+#include "manager/api_types.h"
+#include "manager/spec.h"
+
+namespace flexmon::manager {
+
+namespace {
+
+using xmlrpc_c::value;
+
+value seconds(UtcNs t) { return xmlrpc_c::value_double(static_cast<double>(t) / 1e9); }
+value ms(std::int64_t ns) { return xmlrpc_c::value_double(static_cast<double>(ns) / 1e6); }
+value str(std::string_view s) { return xmlrpc_c::value_string(std::string(s)); }
+value integer(std::int64_t x) {
+  // XML-RPC ints are 32-bit; counts here are far below that.
+  return xmlrpc_c::value_int(static_cast<int>(std::clamp<std::int64_t>(x, 0, INT32_MAX)));
+}
+
+void expect_params(const xmlrpc_c::paramList& params, std::size_t min, std::size_t max,
+                   const std::string& method, const std::string& names) {
+  if (params.size() < min || params.size() > max)
+    throw ApiFault(kBadArgument,
+                   fmt::format("{}: expected {} argument{} ({}), got {}", method,
+                               min == max ? std::to_string(min) : fmt::format("{} to {}", min, max),
+                               max == 1 ? "" : "s", names, params.size()));
+}
+
+value node_value(const NodeView& n) {
+  xmlrpc_c::cstruct s{{"id", str(n.id)},
+                      {"site", str(n.site)},
+                      {"address", str(n.address)},
+                      {"state", str(liveness_name(n.state))},
+                      {"load", xmlrpc_c::value_double(n.load)},
+                      {"streams", integer(n.streams)}};
+  if (n.last_contact) s.emplace("last_contact", seconds(*n.last_contact));
+  return xmlrpc_c::value_struct(s);
+}
+
+value latency_value(const LatencyRow& row) {
+  xmlrpc_c::cstruct s{{"src", str(row.src)},
+                      {"dst", str(row.dst)},
+                      {"time", seconds(row.start_ns)},
+                      {"status", str(row.status)},
+                      {"sent", integer(row.sent)},
+                      {"received", integer(row.received)},
+                      {"duplicates", integer(row.duplicates)}};
+  if (row.status == "error") s.emplace("error", str(row.error));
+  if (row.received > 0) {
+    if (row.min_ns) s.emplace("rtt_min_ms", ms(*row.min_ns));
+    if (row.avg_ns) s.emplace("rtt_avg_ms", ms(*row.avg_ns));
+    if (row.median_ns) s.emplace("rtt_median_ms", ms(*row.median_ns));
+    if (row.max_ns) s.emplace("rtt_max_ms", ms(*row.max_ns));
+    if (row.stddev_ns) s.emplace("rtt_stddev_ms", ms(*row.stddev_ns));
+  }
+  xmlrpc_c::carray rtts;
+  for (auto ns : row.rtts_ns) rtts.push_back(ns < 0 ? xmlrpc_c::value_double(-1.0) : ms(ns));
+  s.emplace("rtts_ms", xmlrpc_c::value_array(rtts));
+  return xmlrpc_c::value_struct(s);
+}
+
+const char* kSpecHelp =
+    "probe.request(spec) -> {id, paths, streams}. Asks for measurements. spec: tool "
+    "('latency'), nodes (array of node ids: every ordered pair) or paths (array of [src, dst]), "
+    "interval (seconds; required for continuous), mode ('continuous' default or 'oneshot'), "
+    "duration (seconds, continuous only; absent: until cancelled), args (latency: method 'udp', "
+    "count, spacing_ms, size, timeout_ms). Faults: 4001 bad argument, 4002 unknown node, 4010 "
+    "not authenticated. See schemas/xmlrpc-api.md.";
+
+}  // namespace
+
+std::vector<LatencyRow> CachePool::query(const LatencyQuery& query) {
+  std::unique_ptr<Cache> cache;
+  {
+    std::lock_guard lock(mu_);
+    if (!idle_.empty()) {
+      cache = std::move(idle_.back());
+      idle_.pop_back();
+    }
+  }
+  // Read-write, so that a cache not created yet by the collector is created
+  // (with its schema) rather than failing the query.
+  if (!cache) cache = std::make_unique<Cache>(file_);
+  auto rows = cache->query_latency(query);
+  std::lock_guard lock(mu_);
+  idle_.push_back(std::move(cache));
+  return rows;
+}
+
+value request_value(const Request& r) {
+  const auto& a = r.spec.latency;
+  xmlrpc_c::cstruct args{{"method", str(a.method)},
+                         {"count", integer(a.count)},
+                         {"spacing_ms", integer(a.spacing_ms)},
+                         {"size", integer(a.size)},
+                         {"timeout_ms", integer(a.timeout_ms)}};
+  xmlrpc_c::carray paths;
+  for (const auto& p : r.spec.paths)
+    paths.push_back(xmlrpc_c::value_array({str(p.src), str(p.dst)}));
+  xmlrpc_c::cstruct s{{"id", str(r.id())},
+                      {"owner", str(r.owner)},
+                      {"tool", str(r.spec.tool)},
+                      {"mode", str(mode_name(r.spec.mode))},
+                      {"state", str(state_name(r.state))},
+                      {"interval", xmlrpc_c::value_double(r.spec.interval_s)},
+                      {"args", xmlrpc_c::value_struct(args)},
+                      {"paths", xmlrpc_c::value_array(paths)},
+                      {"created", seconds(r.created_ns)}};
+  if (r.spec.duration_s) s.emplace("duration", xmlrpc_c::value_double(*r.spec.duration_s));
+  if (r.ends_ns) s.emplace("ends", seconds(*r.ends_ns));
+  return xmlrpc_c::value_struct(s);
+}
+
+std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& cache) {
+  std::vector<ApiMethod> methods;
+  auto visible = [](const Request& r, const UserConfig& caller) {
+    return r.owner == caller.name || caller.role == Role::admin;
+  };
+
+  methods.push_back({"probe.request", "S:S", kSpecHelp,
+                     [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+                       expect_params(p, 1, 1, "probe.request", "spec");
+                       RequestSpec spec = parse_spec(p[0], config);
+                       Request r = core.add_request(caller.name, spec);
+                       // Streams this request maps to (shared ones included).
+                       return value(xmlrpc_c::value_struct(
+                           {{"id", str(r.id())},
+                            {"paths", integer(static_cast<std::int64_t>(spec.paths.size()))},
+                            {"streams", integer(static_cast<std::int64_t>(spec.paths.size()))}}));
+                     }});
+
+  methods.push_back(
+      {"probe.get", "S:s",
+       "probe.get(id) -> struct. One request: id, owner, tool, mode, state (active, cancelled, "
+       "expired, done), interval, duration, args, paths, created, ends. Faults: 4001, 4010, "
+       "4030 not yours, 4040 no such request.",
+       [&core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+         expect_params(p, 1, 1, "probe.get", "id");
+         auto num = parse_id_arg(p[0], "id");
+         auto r = core.find(num);
+         if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
+         if (!visible(*r, caller))
+           throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
+         return request_value(*r);
+       }});
+
+  methods.push_back(
+      {"probe.list", "A:",
+       "probe.list() -> array. The caller's requests (every request for an admin), oldest "
+       "first, each as probe.get returns it. Faults: 4010.",
+       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+         expect_params(p, 0, 0, "probe.list", "none");
+         auto requests =
+             core.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
+         xmlrpc_c::carray out;
+         for (const auto& r : requests) out.push_back(request_value(r));
+         return value(xmlrpc_c::value_array(out));
+       }});
+
+  methods.push_back(
+      {"probe.cancel", "S:s",
+       "probe.cancel(id) -> {id, state}. Cancels an active request of the caller (an admin may "
+       "cancel any); a finished request is returned in its state. Faults: 4001, 4010, 4030, "
+       "4040.",
+       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+         expect_params(p, 1, 1, "probe.cancel", "id");
+         Request r = core.cancel(parse_id_arg(p[0], "id"), caller);
+         return value(
+             xmlrpc_c::value_struct({{"id", str(r.id())}, {"state", str(state_name(r.state))}}));
+       }});
+
+  methods.push_back({"node.list", "A:",
+                     "node.list() -> array of {id, site, address, state (alive, suspect, "
+                     "dead), last_contact, load, streams}. Faults: 4010.",
+                     [&core](const UserConfig&, const xmlrpc_c::paramList& p) {
+                       expect_params(p, 0, 0, "node.list", "none");
+                       xmlrpc_c::carray out;
+                       for (const auto& n : core.nodes()) out.push_back(node_value(n));
+                       return value(xmlrpc_c::value_array(out));
+                     }});
+
+  methods.push_back(
+      {"query.latency", "A:S,A:",
+       "query.latency(filter) -> array of latency results, newest first. filter (all "
+       "optional): src, dst, from, to (epoch seconds or dateTime.iso8601, UTC), limit "
+       "(1..10000, default 1000), latest (only the newest result per path). Faults: 4001, 4002, "
+       "4010.",
+       [&config, &cache](const UserConfig&, const xmlrpc_c::paramList& p) {
+         expect_params(p, 0, 1, "query.latency", "filter");
+         LatencyQuery q;
+         if (p.size() == 1) q = parse_latency_filter(p[0], config);
+         xmlrpc_c::carray out;
+         for (const auto& row : cache.query(q)) out.push_back(latency_value(row));
+         return value(xmlrpc_c::value_array(out));
+       }});
+  return methods;
+}
+
+}  // namespace flexmon::manager

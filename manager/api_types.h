@@ -1,0 +1,29 @@
+// The XML-RPC API's fault codes and the exception that carries one to the
+// method boundary. Reference: schemas/xmlrpc-api.md.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace flexmon::manager {
+
+enum FaultCode : int {
+  kBadArgument = 4001,       // an argument is missing, of the wrong type or out of bounds
+  kUnknownNode = 4002,       // a node id that is not in the configuration
+  kNotAuthenticated = 4010,  // missing or malformed credentials, unknown user or wrong token
+  kNotPermitted = 4030,      // the request belongs to someone else
+  kNoSuchRequest = 4040,     // no request has this id
+  kInternal = 5000,          // a bug or a failing disk: logged by the manager
+};
+
+// Thrown inside a method; turned into an XML-RPC fault at the boundary.
+class ApiFault : public std::runtime_error {
+ public:
+  ApiFault(FaultCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  FaultCode code() const { return code_; }
+
+ private:
+  FaultCode code_;
+};
+
+}  // namespace flexmon::manager

@@ -1,0 +1,87 @@
+// The manager's data model: requests (what users ask for) and the pure
+// derivation of streams (what probers run) from them. No I/O here.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "wire.pb.h"
+
+namespace flexmon::manager {
+
+enum class RequestState { active, cancelled, expired, done };
+enum class Mode { continuous, oneshot };
+
+std::string_view state_name(RequestState state);
+std::optional<RequestState> state_from_name(std::string_view name);
+std::string_view mode_name(Mode mode);
+
+// The latency tool's arguments, after defaults were applied.
+struct LatencyArgs {
+  std::string method = "udp";
+  std::uint32_t count = 5;
+  std::uint32_t spacing_ms = 100;
+  std::uint32_t size = 64;
+  std::uint32_t timeout_ms = 1000;
+  bool operator==(const LatencyArgs&) const = default;
+};
+
+// An ordered pair of node ids: the prober `src` measures towards `dst`.
+struct Path {
+  std::string src;
+  std::string dst;
+  auto operator<=>(const Path&) const = default;
+};
+
+// A validated probe.request spec (see manager/spec.h).
+struct RequestSpec {
+  std::string tool = "latency";
+  Mode mode = Mode::continuous;
+  double interval_s = 0;             // 0: not given (one-shot only)
+  std::optional<double> duration_s;  // continuous only
+  LatencyArgs latency;
+  std::vector<Path> paths;  // explicit, or every pair of `nodes`
+};
+
+struct Request {
+  std::uint64_t num = 0;  // the id is "r<num>"
+  std::string owner;
+  RequestSpec spec;
+  RequestState state = RequestState::active;
+  UtcNs created_ns = 0;
+  std::optional<UtcNs> ends_ns;  // continuous requests with a duration
+  // One-shot only, in memory: paths whose stream was handed to a prober
+  // (in flight or delivered); they are not derived again.
+  std::set<Path> oneshot_sent;
+
+  std::string id() const { return "r" + std::to_string(num); }
+};
+
+// Parses "r<N>" (N >= 1, no sign or leading zeros); nullopt if malformed.
+std::optional<std::uint64_t> parse_request_id(std::string_view id);
+
+// The stable stream key: tool, normalized arguments, path, e.g.
+// "latency/udp/c5/s100/z64/t1000/n1>n2". One-shot streams end in "/once-r7"
+// so that each one-shot request gets its own single measurement.
+std::string stream_key(const RequestSpec& spec, const Path& path,
+                       std::optional<std::uint64_t> oneshot_request);
+
+// Streams per prober (node id), sorted by key. Every configured node has an
+// entry, empty when it runs nothing.
+using StreamSets = std::map<std::string, std::vector<wire::Stream>>;
+
+// Derives the streams from the requests that are active at `now`: one stream
+// per (tool, args, path) at the shortest requested interval; one-shot paths
+// not yet sent become one-shot streams. Paths naming unknown nodes are
+// skipped. Pure: the same input always gives the same output.
+StreamSets derive_streams(const std::vector<const Request*>& requests, const Config& config,
+                          UtcNs now);
+
+}  // namespace flexmon::manager

@@ -1,0 +1,34 @@
+// Validation of XML-RPC arguments: the probe.request spec, query filters,
+// times. Every check names the argument and its bound in an ApiFault.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include <xmlrpc-c/base.hpp>
+
+#include "cache/cache.h"
+#include "common/clock.h"
+#include "common/config.h"
+#include "manager/api_types.h"
+#include "manager/model.h"
+
+namespace flexmon::manager {
+
+// Checks a probe.request spec against config.limits and config.nodes.
+// Throws ApiFault (kBadArgument, kUnknownNode).
+RequestSpec parse_spec(const xmlrpc_c::value& spec, const Config& config);
+
+// A time: epoch seconds (int, i8 or double) or dateTime.iso8601 (UTC).
+UtcNs parse_time(const xmlrpc_c::value& value, const std::string& name);
+
+// A query.latency filter. Throws ApiFault.
+LatencyQuery parse_latency_filter(const xmlrpc_c::value& filter, const Config& config);
+
+// A request id argument ("r<N>"); kBadArgument if malformed.
+std::uint64_t parse_id_arg(const xmlrpc_c::value& value, const std::string& name);
+
+// The XML-RPC type name of a value, for messages ("struct", "int", ...).
+std::string type_name(const xmlrpc_c::value& value);
+
+}  // namespace flexmon::manager
