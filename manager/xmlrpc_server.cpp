@@ -1,14 +1,19 @@
 #include "manager/xmlrpc_server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -99,16 +104,26 @@ int listen_on(const Endpoint& endpoint, int backlog) {
 
 }  // namespace
 
+// Connections are accepted here, not by Abyss, and each is served by
+// serverAbyss::runConn() on its own thread (one request per connection). So
+// the manager knows every open connection and stop() can close them at once:
+// Abyss's own run() waits in 2 s steps, and for idle keep-alive clients.
 struct XmlRpcServer::Impl {
   const Config& config;
   Authenticator auth;
   xmlrpc_c::registry registry;
   int fd = -1;
+  int wake_pipe[2] = {-1, -1};
   sockaddr_storage bound{};
   socklen_t bound_len = sizeof bound;
   std::unique_ptr<xmlrpc_c::serverAbyss> server;
   std::thread thread;
   std::atomic<bool> stopping{false};
+
+  std::mutex mu;
+  std::condition_variable idle;
+  std::set<int> connections;  // guarded by mu
+  std::uint64_t refused = 0;  // guarded by mu
 
   Impl(const Config& c, std::vector<ApiMethod> methods) : config(c), auth(c.users) {
     for (auto& m : methods) {
@@ -118,20 +133,23 @@ struct XmlRpcServer::Impl {
     // Process-wide limits of the XML parser, set before any request.
     xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, c.manager.max_request_bytes);
     xmlrpc_limit_set(XMLRPC_NESTING_LIMIT_ID, c.manager.max_nesting);
-    const unsigned backlog = 16;
-    fd = listen_on(c.manager.xmlrpc, static_cast<int>(backlog));
+    fd = listen_on(c.manager.xmlrpc, 64);
     getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
+    if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+      throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
     server = std::make_unique<xmlrpc_c::serverAbyss>(xmlrpc_c::serverAbyss::constrOpt()
                                                          .registryP(&registry)
-                                                         .socketFd(fd)
-                                                         .maxConn(c.manager.max_connections)
-                                                         .maxConnBacklog(backlog)
                                                          .timeout(c.manager.http_timeout_s)
                                                          .keepaliveTimeout(c.manager.http_timeout_s)
-                                                         .keepaliveMaxConn(100)
+                                                         .keepaliveMaxConn(1)
                                                          .uriPath("/RPC2")
                                                          .dontAdvertise(true)
                                                          .serverOwnsSignals(false));
+  }
+
+  ~Impl() {
+    for (int f : {fd, wake_pipe[0], wake_pipe[1]})
+      if (f >= 0) close(f);
   }
 
   std::uint16_t port() const {
@@ -140,50 +158,78 @@ struct XmlRpcServer::Impl {
     return ntohs(reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
   }
 
-  // A loopback connection that makes a blocked accept() return.
-  void wake() {
-    int s = socket(bound.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return;
-    sockaddr_storage to = bound;
-    if (to.ss_family == AF_INET) {
-      auto* in = reinterpret_cast<sockaddr_in*>(&to);
-      if (in->sin_addr.s_addr == htonl(INADDR_ANY)) in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    } else if (to.ss_family == AF_INET6) {
-      auto* in6 = reinterpret_cast<sockaddr_in6*>(&to);
-      if (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) in6->sin6_addr = in6addr_loopback;
+  void accept_loop() {
+    for (;;) {
+      pollfd fds[2] = {{fd, POLLIN, 0}, {wake_pipe[0], POLLIN, 0}};
+      if (poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        log()->critical("XML-RPC: poll: {}", std::strerror(errno));
+        return;
+      }
+      if (stopping || fds[1].revents) return;
+      if (!(fds[0].revents & POLLIN)) continue;
+      int conn = accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (conn < 0) {
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+          log()->warn("XML-RPC: accept: {}", std::strerror(errno));
+        if (errno == EMFILE || errno == ENFILE)
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      std::unique_lock lock(mu);
+      if (connections.size() >= config.manager.max_connections) {
+        ++refused;
+        lock.unlock();
+        static const char kBusy[] =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        (void)send(conn, kBusy, sizeof kBusy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        close(conn);
+        log()->warn("XML-RPC: {} connections open, the limit; refused one",
+                    config.manager.max_connections);
+        continue;
+      }
+      connections.insert(conn);
+      lock.unlock();
+      std::thread([this, conn] { serve(conn); }).detach();
     }
-    (void)connect(s, reinterpret_cast<sockaddr*>(&to), bound_len);
-    close(s);
+  }
+
+  void serve(int conn) {
+    try {
+      server->runConn(conn);
+    } catch (const std::exception& e) {
+      log()->error("XML-RPC connection: {}", e.what());
+    } catch (...) {
+      log()->error("XML-RPC connection: unknown exception");
+    }
+    std::lock_guard lock(mu);
+    connections.erase(conn);
+    close(conn);
+    idle.notify_all();
   }
 };
 
 XmlRpcServer::XmlRpcServer(const Config& config, std::vector<ApiMethod> methods)
     : impl_(std::make_unique<Impl>(config, std::move(methods))) {}
 
-XmlRpcServer::~XmlRpcServer() {
-  stop();
-  if (impl_->fd >= 0) close(impl_->fd);
-}
+XmlRpcServer::~XmlRpcServer() { stop(); }
 
 std::uint16_t XmlRpcServer::port() const { return impl_->port(); }
 
 void XmlRpcServer::start() {
-  impl_->thread = std::thread([this] {
-    try {
-      impl_->server->run();
-    } catch (const std::exception& e) {
-      log()->critical("XML-RPC server failed: {}", e.what());
-    }
-  });
+  impl_->thread = std::thread([this] { impl_->accept_loop(); });
   log()->info("XML-RPC API on {} port {}", impl_->config.manager.xmlrpc.host, port());
 }
 
 void XmlRpcServer::stop() {
   if (impl_->stopping.exchange(true)) return;
-  if (!impl_->thread.joinable()) return;
-  impl_->server->terminate();
-  impl_->wake();
-  impl_->thread.join();
+  char byte = 1;
+  (void)write(impl_->wake_pipe[1], &byte, 1);
+  if (impl_->thread.joinable()) impl_->thread.join();
+  // Wake every connection thread: a read in progress fails at once.
+  std::unique_lock lock(impl_->mu);
+  for (int conn : impl_->connections) shutdown(conn, SHUT_RDWR);
+  impl_->idle.wait(lock, [this] { return impl_->connections.empty(); });
 }
 
 }  // namespace flexmon::manager
