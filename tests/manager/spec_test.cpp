@@ -1,1 +1,188 @@
+// probe.request spec and query filter validation: every bound, unknown keys,
+// unknown nodes, both nodes and paths, wrong types.
+#include "manager/spec.h"
+
 #include <gtest/gtest.h>
+
+#include "tests/manager/test_config.h"
+
+namespace flexmon::manager {
+namespace {
+
+using xmlrpc_c::value;
+using S = xmlrpc_c::cstruct;
+using A = xmlrpc_c::carray;
+
+value str(const char* s) { return xmlrpc_c::value_string(s); }
+value num(int x) { return xmlrpc_c::value_int(x); }
+value dbl(double x) { return xmlrpc_c::value_double(x); }
+
+class SpecTest : public ::testing::Test {
+ protected:
+  Config config = testing::test_config(testing::temp_dir());
+
+  S base() {
+    return {{"tool", str("latency")}, {"nodes", xmlrpc_c::value_array({str("n1"), str("n2")})},
+            {"interval", dbl(10)}};
+  }
+  // The fault a spec gets; fails the test if it is accepted.
+  ApiFault fault(const S& spec) {
+    try {
+      parse_spec(xmlrpc_c::value_struct(spec), config);
+    } catch (const ApiFault& f) {
+      return f;
+    }
+    ADD_FAILURE() << "spec accepted";
+    return ApiFault(kInternal, "");
+  }
+  void expect_bad(S spec, const std::string& message, FaultCode code = kBadArgument) {
+    ApiFault f = fault(spec);
+    EXPECT_EQ(f.code(), code) << f.what();
+    EXPECT_EQ(std::string(f.what()), message);
+  }
+  S with(const std::string& key, value v) {
+    S s = base();
+    s[key] = v;
+    return s;
+  }
+  S with_args(S args) { return with("args", xmlrpc_c::value_struct(args)); }
+};
+
+TEST_F(SpecTest, AcceptsMeshWithDefaults) {
+  RequestSpec spec = parse_spec(xmlrpc_c::value_struct(base()), config);
+  EXPECT_EQ(spec.mode, Mode::continuous);
+  EXPECT_EQ(spec.interval_s, 10);
+  EXPECT_EQ(spec.latency, LatencyArgs{});
+  ASSERT_EQ(spec.paths.size(), 2u);
+  EXPECT_EQ(spec.paths[0], (Path{"n1", "n2"}));
+  EXPECT_EQ(spec.paths[1], (Path{"n2", "n1"}));
+}
+
+TEST_F(SpecTest, AcceptsPathsOneshotAndArgs) {
+  S s{{"tool", str("latency")},
+      {"paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n3"), str("n1")})})},
+      {"mode", str("oneshot")},
+      {"args", xmlrpc_c::value_struct({{"count", num(100)},
+                                       {"spacing_ms", num(10)},
+                                       {"size", num(1472)},
+                                       {"timeout_ms", num(10000)},
+                                       {"method", str("udp")}})}};
+  RequestSpec spec = parse_spec(xmlrpc_c::value_struct(s), config);
+  EXPECT_EQ(spec.mode, Mode::oneshot);
+  EXPECT_EQ(spec.latency.count, 100u);
+  EXPECT_EQ(spec.paths, (std::vector<Path>{{"n3", "n1"}}));
+}
+
+TEST_F(SpecTest, RejectsEveryArgumentBound) {
+  expect_bad(with_args({{"count", num(101)}}), "args.count: 101 is above the limit of 100");
+  expect_bad(with_args({{"count", num(0)}}), "args.count: 0 is below the limit of 1");
+  expect_bad(with_args({{"spacing_ms", num(9)}}), "args.spacing_ms: 9 is below the limit of 10");
+  expect_bad(with_args({{"spacing_ms", num(10001)}}),
+             "args.spacing_ms: 10001 is above the limit of 10000");
+  expect_bad(with_args({{"size", num(15)}}), "args.size: 15 is below the limit of 16");
+  expect_bad(with_args({{"size", num(1473)}}), "args.size: 1473 is above the limit of 1472");
+  expect_bad(with_args({{"timeout_ms", num(9)}}), "args.timeout_ms: 9 is below the limit of 10");
+  expect_bad(with_args({{"timeout_ms", num(10001)}}),
+             "args.timeout_ms: 10001 is above the limit of 10000");
+  expect_bad(with_args({{"method", str("icmp")}}),
+             "args.method: 'icmp' is not supported (supported: udp)");
+  expect_bad(with("interval", dbl(0.5)), "interval: 0.5 s is below the limit of 1 s");
+  expect_bad(with("interval", num(86401)), "interval: 86401 s is above the limit of 86400 s");
+  expect_bad(with("duration", num(2592001)),
+             "duration: 2592001 s is above the limit of 2592000 s");
+  expect_bad(with("duration", num(0)), "duration: 0 s is not positive");
+  config.limits.max_paths_per_request = 5;
+  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1"), str("n2"), str("n3")})),
+             "nodes: 3 nodes make 6 paths, above the limit of 5 paths per request");
+}
+
+TEST_F(SpecTest, RejectsUnknownKeysAndNodes) {
+  expect_bad(with("colour", str("red")),
+             "spec.colour: unknown key (expected one of args, duration, interval, mode, nodes, "
+             "paths, tool)");
+  expect_bad(with_args({{"ttl", num(3)}}),
+             "args.ttl: unknown key (expected one of count, method, size, spacing_ms, "
+             "timeout_ms)");
+  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1"), str("n2"), str("n9")})),
+             "unknown node 'n9' in nodes[2]", kUnknownNode);
+  expect_bad(with("paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n1"), str("x")})})),
+             "unknown node 'x' in paths[0][1]", kUnknownNode);
+}
+
+TEST_F(SpecTest, RejectsShapes) {
+  expect_bad(with("paths", xmlrpc_c::value_array(A{})), "nodes, paths: give one of them, not both");
+  S no_paths = base();
+  no_paths.erase("nodes");
+  expect_bad(no_paths, "nodes, paths: one of them is required");
+  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1")})),
+             "nodes: at least 2 nodes are needed, got 1");
+  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1"), str("n1")})),
+             "nodes[1]: node 'n1' is listed twice");
+  expect_bad(with("nodes", str("n1,n2")), "nodes: expected an array, got string");
+  expect_bad(with("nodes", xmlrpc_c::value_array({num(1), str("n2")})),
+             "nodes[0]: expected a string, got int");
+  expect_bad(with("interval", str("10")), "interval: expected a number of seconds, got string");
+  expect_bad(with("args", num(1)), "args: expected a struct, got int");
+  expect_bad(with_args({{"count", dbl(5)}}), "args.count: expected an int, got double");
+  expect_bad(with("mode", str("twice")),
+             "mode: 'twice' is not a mode (expected continuous or oneshot)");
+  S oneshot = with("mode", str("oneshot"));
+  oneshot["duration"] = num(60);
+  expect_bad(oneshot, "duration: only continuous requests have a duration");
+  S no_interval = base();
+  no_interval.erase("interval");
+  expect_bad(no_interval, "interval: missing (required for continuous requests)");
+  S same{{"tool", str("latency")}, {"interval", num(5)},
+         {"paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n1"), str("n1")})})}};
+  expect_bad(same, "paths[0]: source and destination are both 'n1'");
+  S triple{{"tool", str("latency")}, {"interval", num(5)},
+           {"paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n1")})})}};
+  expect_bad(triple, "paths[0]: expected [src, dst], got 1 elements");
+  EXPECT_EQ(fault(with("tool", str("bandwidth"))).code(), kBadArgument);
+  try {
+    parse_spec(xmlrpc_c::value_array(A{}), config);
+    ADD_FAILURE();
+  } catch (const ApiFault& f) {
+    EXPECT_EQ(std::string(f.what()), "spec: expected a struct, got array");
+  }
+}
+
+TEST_F(SpecTest, Filters) {
+  auto q = parse_latency_filter(
+      xmlrpc_c::value_struct({{"src", str("n1")},
+                              {"from", num(100)},
+                              {"to", xmlrpc_c::value_datetime("19700101T00:03:20")},
+                              {"limit", num(7)},
+                              {"latest", xmlrpc_c::value_boolean(true)}}),
+      config);
+  EXPECT_EQ(q.src, "n1");
+  EXPECT_EQ(q.from, 100'000'000'000);
+  EXPECT_EQ(q.to, 200'000'000'000);
+  EXPECT_EQ(q.limit, 7u);
+  EXPECT_TRUE(q.latest_per_path);
+  auto bad = [&](S f) {
+    try {
+      parse_latency_filter(xmlrpc_c::value_struct(f), config);
+    } catch (const ApiFault& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(bad({{"limit", num(10001)}}), "limit: 10001 is above the limit of 10000");
+  EXPECT_EQ(bad({{"limit", num(0)}}), "limit: 0 is below the limit of 1");
+  EXPECT_EQ(bad({{"dst", str("n7")}}), "unknown node 'n7' in dst");
+  EXPECT_EQ(bad({{"from", num(5)}, {"to", num(5)}}), "from: must be before to");
+  EXPECT_EQ(bad({{"from", str("yesterday")}}),
+            "from: expected epoch seconds or dateTime.iso8601, got string");
+  EXPECT_EQ(bad({{"latest", num(1)}}), "latest: expected a boolean, got int");
+}
+
+TEST(RequestId, Parses) {
+  EXPECT_EQ(parse_request_id("r1"), 1u);
+  EXPECT_EQ(parse_request_id("r123"), 123u);
+  for (const char* bad : {"", "r", "r0", "r01", "1", "r-1", "r1x", "R1", "r99999999999999999999"})
+    EXPECT_FALSE(parse_request_id(bad)) << bad;
+}
+
+}  // namespace
+}  // namespace flexmon::manager
