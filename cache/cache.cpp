@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cache_schema.h"
+#include "cache/storage.h"
 #include "common/sqlite.h"
 #include "common/status.h"
 #include "wire.pb.h"
@@ -35,15 +35,12 @@ std::vector<std::int64_t> parse_rtts(const std::string& text) {
 }  // namespace
 
 struct Cache::Impl {
-  sqlite::Database db;
-  explicit Impl(const std::filesystem::path& file, bool read_only) : db(file, read_only) {
-    if (!read_only) {
-      // NORMAL in WAL mode: a commit survives a process crash; the last
-      // commits may be lost on power loss (see schemas/cache.md).
-      db.exec("PRAGMA synchronous=NORMAL");
-      db.exec(kCacheSchema);
-    }
-  }
+  std::unique_ptr<sqlite::Database> owned;
+  sqlite::Database& db;
+  explicit Impl(const std::filesystem::path& file, bool read_only)
+      : owned(read_only ? std::make_unique<sqlite::Database>(file, true)
+                        : storage::open_cache_db(file)),
+        db(*owned) {}
 };
 
 Cache::Cache(const std::filesystem::path& file, bool read_only)
@@ -53,57 +50,81 @@ Cache::~Cache() = default;
 
 StoreOutcome Cache::store(const std::string& node, std::uint64_t boot_epoch,
                           const std::vector<const wire::Result*>& results) {
-  StoreOutcome outcome;
+  return store_many({StoreGroup{node, boot_epoch, results}}).front();
+}
+
+std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& groups) {
+  std::vector<StoreOutcome> outcomes;
   auto& db = impl_->db;
   sqlite::Transaction transaction(db);
   auto insert = db.prepare(
       "INSERT OR IGNORE INTO results (node, boot_epoch, seq, stream, tool, src, dst, start_ns, "
       "status, error, sent, received, duplicates, rtt_min_ns, rtt_avg_ns, rtt_median_ns, "
-      "rtt_max_ns, rtt_stddev_ns, rtts_ns, committed_ns) "
+      "rtt_max_ns, rtt_stddev_ns, rtts_ns, committed_ns, estimate_bps, lower_bps, upper_bps, "
+      "bytes_sent, duration_ns, throughput_bps) "
       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
-      "?19, ?20)");
+      "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)");
   UtcNs now = utc_now_ns();
-  for (const wire::Result* result : results) {
-    insert.bind(1, std::string_view(node))
-        .bind(2, static_cast<std::int64_t>(boot_epoch))
-        .bind(3, static_cast<std::int64_t>(result->seq()))
-        .bind(4, std::string_view(result->stream()))
-        .bind(5, std::string_view(result->tool()))
-        .bind(6, std::string_view(result->src()))
-        .bind(7, std::string_view(result->dst()))
-        .bind(8, static_cast<std::int64_t>(result->start_ns()))
-        .bind(9, status_name(result->status()));
-    if (result->error().empty())
-      insert.bind_null(10);
-    else
-      insert.bind(10, std::string_view(result->error()));
-    if (result->has_latency()) {
-      const auto& l = result->latency();
-      insert.bind(11, static_cast<std::int64_t>(l.sent()))
-          .bind(12, static_cast<std::int64_t>(l.received()))
-          .bind(13, static_cast<std::int64_t>(l.duplicates()));
-      if (l.received() > 0) {
-        insert.bind(14, static_cast<std::int64_t>(l.min_ns()))
-            .bind(15, static_cast<std::int64_t>(l.avg_ns()))
-            .bind(16, static_cast<std::int64_t>(l.median_ns()))
-            .bind(17, static_cast<std::int64_t>(l.max_ns()))
-            .bind(18, static_cast<std::int64_t>(l.stddev_ns()));
+  for (const StoreGroup& group : groups) {
+    StoreOutcome& outcome = outcomes.emplace_back();
+    const std::string& node = group.node;
+    std::uint64_t boot_epoch = group.boot_epoch;
+    for (const wire::Result* result : group.results) {
+      insert.bind(1, std::string_view(node))
+          .bind(2, static_cast<std::int64_t>(boot_epoch))
+          .bind(3, static_cast<std::int64_t>(result->seq()))
+          .bind(4, std::string_view(result->stream()))
+          .bind(5, std::string_view(result->tool()))
+          .bind(6, std::string_view(result->src()))
+          .bind(7, std::string_view(result->dst()))
+          .bind(8, static_cast<std::int64_t>(result->start_ns()))
+          .bind(9, status_name(result->status()));
+      if (result->error().empty())
+        insert.bind_null(10);
+      else
+        insert.bind(10, std::string_view(result->error()));
+      if (result->has_latency()) {
+        const auto& l = result->latency();
+        insert.bind(11, static_cast<std::int64_t>(l.sent()))
+            .bind(12, static_cast<std::int64_t>(l.received()))
+            .bind(13, static_cast<std::int64_t>(l.duplicates()));
+        if (l.received() > 0) {
+          insert.bind(14, static_cast<std::int64_t>(l.min_ns()))
+              .bind(15, static_cast<std::int64_t>(l.avg_ns()))
+              .bind(16, static_cast<std::int64_t>(l.median_ns()))
+              .bind(17, static_cast<std::int64_t>(l.max_ns()))
+              .bind(18, static_cast<std::int64_t>(l.stddev_ns()));
+        } else {
+          for (int i = 14; i <= 18; ++i) insert.bind_null(i);
+        }
+        insert.bind(19, rtts_json(l));
       } else {
-        for (int i = 14; i <= 18; ++i) insert.bind_null(i);
+        for (int i = 11; i <= 19; ++i) insert.bind_null(i);
       }
-      insert.bind(19, rtts_json(l));
-    } else {
-      for (int i = 11; i <= 19; ++i) insert.bind_null(i);
+      insert.bind(20, static_cast<std::int64_t>(now));
+    for (int i = 21; i <= 26; ++i) insert.bind_null(i);
+    if (result->has_abw()) {
+      const auto& a = result->abw();
+      insert.bind(21, a.estimate_bps())
+          .bind(22, a.lower_bps())
+          .bind(23, a.upper_bps())
+          .bind(24, static_cast<std::int64_t>(a.bytes_sent()))
+          .bind(25, static_cast<std::int64_t>(a.duration_ns()));
+    } else if (result->has_throughput()) {
+      const auto& t = result->throughput();
+      insert.bind(24, static_cast<std::int64_t>(t.bytes_sent()))
+          .bind(25, static_cast<std::int64_t>(t.duration_ns()))
+          .bind(26, t.throughput_bps());
     }
-    insert.bind(20, static_cast<std::int64_t>(now));
-    insert.run();
-    if (db.changes() > 0)
-      ++outcome.stored;
-    else
-      ++outcome.duplicates;
+      insert.run();
+      if (db.changes() > 0)
+        ++outcome.stored;
+      else
+        ++outcome.duplicates;
+    }
   }
   transaction.commit();
-  return outcome;
+  return outcomes;
 }
 
 std::vector<LatencyRow> Cache::query_latency(const LatencyQuery& query) {

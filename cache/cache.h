@@ -59,6 +59,16 @@ class Cache {
   StoreOutcome store(const std::string& node, std::uint64_t boot_epoch,
                      const std::vector<const wire::Result*>& results);
 
+  // One node's results of one boot epoch, for store_many().
+  struct StoreGroup {
+    std::string node;
+    std::uint64_t boot_epoch = 0;
+    std::vector<const wire::Result*> results;
+  };
+  // Stores several groups in one transaction (the collector's group commit);
+  // one outcome per group, in order. All or nothing.
+  std::vector<StoreOutcome> store_many(const std::vector<StoreGroup>& groups);
+
   std::vector<LatencyRow> query_latency(const LatencyQuery& query);
 
   std::int64_t count_results();

@@ -1,0 +1,317 @@
+#include "cache/dump.h"
+
+#include <openssl/evp.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cache/reader.h"
+#include "cache/summary.h"
+#include "common/config.h"
+
+namespace flexmon {
+
+namespace {
+
+using namespace std::chrono;
+
+struct EvpDeleter {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+
+// A file written through SHA-256 (and gzip when asked); throws
+// std::runtime_error naming the file on a write error.
+class OutFile {
+ public:
+  OutFile(std::filesystem::path path, bool gzip) : path_(std::move(path)), gzip_(gzip) {
+    file_.reset(std::fopen(path_.c_str(), "wb"));
+    if (!file_) throw std::runtime_error(fmt::format("cannot write {}", path_.string()));
+    sha_.reset(EVP_MD_CTX_new());
+    EVP_DigestInit_ex(sha_.get(), EVP_sha256(), nullptr);
+    if (gzip_) {
+      // windowBits 15 + 16: gzip; the header carries no time and no name, so
+      // the same rows always compress to the same bytes.
+      if (deflateInit2(&z_, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        throw std::runtime_error("zlib: deflateInit2 failed");
+      header_.time = 0;
+      header_.os = 3;  // Unix
+      deflateSetHeader(&z_, &header_);
+    }
+  }
+  ~OutFile() {
+    if (gzip_) deflateEnd(&z_);
+  }
+
+  void write(std::string_view data) {
+    if (!gzip_) return raw(data);
+    z_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+    z_.avail_in = static_cast<uInt>(data.size());
+    pump(Z_NO_FLUSH);
+  }
+
+  DumpFile finish(std::string name, std::int64_t rows) {
+    if (gzip_) pump(Z_FINISH);
+    if (std::fflush(file_.get()) != 0 || std::ferror(file_.get()))
+      throw std::runtime_error(fmt::format("cannot write {}", path_.string()));
+    file_.reset();
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    EVP_DigestFinal_ex(sha_.get(), digest, &size);
+    DumpFile out{std::move(name), rows, bytes_, ""};
+    for (unsigned i = 0; i < size; ++i) out.sha256 += fmt::format("{:02x}", digest[i]);
+    return out;
+  }
+
+ private:
+  void raw(std::string_view data) {
+    if (data.empty()) return;
+    if (std::fwrite(data.data(), 1, data.size(), file_.get()) != data.size())
+      throw std::runtime_error(fmt::format("cannot write {}", path_.string()));
+    EVP_DigestUpdate(sha_.get(), data.data(), data.size());
+    bytes_ += static_cast<std::int64_t>(data.size());
+  }
+  void pump(int flush) {
+    char buffer[1 << 16];
+    int rc = Z_OK;
+    do {
+      z_.next_out = reinterpret_cast<Bytef*>(buffer);
+      z_.avail_out = sizeof buffer;
+      rc = deflate(&z_, flush);
+      raw(std::string_view(buffer, sizeof buffer - z_.avail_out));
+    } while (z_.avail_out == 0 || (flush == Z_FINISH && rc != Z_STREAM_END));
+  }
+
+  std::filesystem::path path_;
+  bool gzip_;
+  std::unique_ptr<std::FILE, FileCloser> file_;
+  std::unique_ptr<EVP_MD_CTX, EvpDeleter> sha_;
+  z_stream z_{};
+  gz_header header_{};
+  std::int64_t bytes_ = 0;
+};
+
+void csv_field(std::string& out, std::string_view text) {
+  if (text.find_first_of(",\"\n\r") == std::string_view::npos) {
+    out += text;
+    return;
+  }
+  out += '"';
+  for (char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+}
+
+template <typename T>
+void csv_opt(std::string& out, const std::optional<T>& value) {
+  if (!value) return;
+  if constexpr (std::is_same_v<T, std::string>)
+    csv_field(out, *value);
+  else
+    out += fmt::format("{}", *value);
+}
+
+const char* kCommonHeader = "node,boot_epoch,seq,stream,src,dst,start_ns,start_time,status,error";
+
+std::string tool_header(const std::string& tool) {
+  if (tool == "latency")
+    return ",sent,received,duplicates,rtt_min_ns,rtt_avg_ns,rtt_median_ns,rtt_max_ns,"
+           "rtt_stddev_ns,rtts_ns";
+  if (tool == "abw") return ",estimate_bps,lower_bps,upper_bps,bytes_sent,duration_ns";
+  if (tool == "throughput") return ",throughput_bps,bytes_sent,duration_ns";
+  return ",sent,received,duplicates,rtt_min_ns,rtt_avg_ns,rtt_median_ns,rtt_max_ns,"
+         "rtt_stddev_ns,rtts_ns,estimate_bps,lower_bps,upper_bps,bytes_sent,duration_ns,"
+         "throughput_bps";
+}
+
+void csv_row(std::string& out, const ResultRow& r) {
+  csv_field(out, r.node);
+  out += fmt::format(",{},{},", r.boot_epoch, r.seq);
+  csv_field(out, r.stream);
+  out += ',';
+  csv_field(out, r.src);
+  out += ',';
+  csv_field(out, r.dst);
+  out += fmt::format(",{},{},", r.start_ns, format_utc(r.start_ns));
+  csv_field(out, r.status);
+  out += ',';
+  csv_opt(out, r.error);
+  auto add = [&](const auto& value) {
+    out += ',';
+    csv_opt(out, value);
+  };
+  bool latency = r.tool == "latency", abw = r.tool == "abw", tp = r.tool == "throughput";
+  bool other = !latency && !abw && !tp;
+  if (latency || other) {
+    add(r.sent), add(r.received), add(r.duplicates), add(r.rtt_min_ns), add(r.rtt_avg_ns);
+    add(r.rtt_median_ns), add(r.rtt_max_ns), add(r.rtt_stddev_ns), add(r.rtts_ns);
+  }
+  if (abw || other) {
+    add(r.estimate_bps), add(r.lower_bps), add(r.upper_bps), add(r.bytes_sent);
+    add(r.duration_ns);
+  }
+  if (tp) add(r.throughput_bps), add(r.bytes_sent), add(r.duration_ns);
+  if (other) add(r.throughput_bps);
+  out += '\n';
+}
+
+struct ToolFile {
+  std::unique_ptr<OutFile> file;
+  std::string buffer;
+  std::int64_t rows = 0;
+  UtcNs first = 0, last = 0;
+};
+
+}  // namespace
+
+Result<UtcNs> parse_iso_week(const std::string& text) {
+  int y = 0, w = 0;
+  char tail = 0;
+  if (text.size() != 8 || std::sscanf(text.c_str(), "%4d-W%2d%c", &y, &w, &tail) != 2 ||
+      text[4] != '-' || text[5] != 'W')
+    return fail(fmt::format("week '{}': expected YYYY-Www, e.g. 2026-W07", text));
+  // Week 1 holds January 4th; weeks start on Monday.
+  sys_days jan4 = year{y} / January / 4;
+  sys_days monday1 = jan4 - (weekday{jan4} - Monday);
+  sys_days next_jan4 = year{y + 1} / January / 4;
+  sys_days next_monday1 = next_jan4 - (weekday{next_jan4} - Monday);
+  int weeks = static_cast<int>((next_monday1 - monday1).count() / 7);
+  if (w < 1 || w > weeks)
+    return fail(fmt::format("week '{}': {} has weeks 1 to {}", text, y, weeks));
+  sys_days start = monday1 + days{7 * (w - 1)};
+  return static_cast<UtcNs>(duration_cast<nanoseconds>(start.time_since_epoch()).count());
+}
+
+std::string iso_week_of(UtcNs t) {
+  UtcNs monday = storage::week_start(t);
+  sys_days day{floor<days>(nanoseconds(monday))};
+  sys_days thursday = day + days{3};  // the ISO year is the Thursday's
+  year_month_day ymd{thursday};
+  int y = static_cast<int>(ymd.year());
+  auto start = parse_iso_week(fmt::format("{}-W01", y));
+  int week = static_cast<int>((monday - *start) / storage::kWeekNs) + 1;
+  return fmt::format("{}-W{:02}", y, week);
+}
+
+Result<DumpReport> dump_week(const Config& config, const std::string& week,
+                             const std::filesystem::path& out,
+                             const std::function<void(std::int64_t)>& progress) {
+  auto start = parse_iso_week(week);
+  if (!start) return start.error();
+  DumpReport report;
+  report.dir = out / week;
+  try {
+    std::filesystem::create_directories(report.dir);
+    ResultReader reader(config);
+    std::map<std::string, ToolFile> tools;
+    std::map<std::tuple<std::string, std::string, std::string>, storage::SummaryAccumulator> paths;
+    auto open_tool = [&](const std::string& tool) -> ToolFile& {
+      auto [it, added] = tools.try_emplace(tool);
+      if (added) {
+        it->second.file =
+            std::make_unique<OutFile>(report.dir / (tool + ".csv.gz.tmp"), /*gzip=*/true);
+        it->second.buffer = std::string(kCommonHeader) + tool_header(tool) + "\n";
+      }
+      return it->second;
+    };
+    for (const char* tool : {"latency", "abw", "throughput"}) open_tool(tool);
+
+    ResultFilter filter;
+    filter.from = *start;
+    filter.to = *start + storage::kWeekNs;
+    Status scanned = reader.scan(filter, [&](const ResultRow& row) {
+      bool safe = row.tool.find_first_of("/.\\") == std::string::npos && !row.tool.empty() &&
+                  row.tool.size() <= 32;
+      ToolFile& f = open_tool(safe ? row.tool : "other");
+      if (f.rows == 0) f.first = row.start_ns;
+      f.last = row.start_ns;
+      ++f.rows;
+      csv_row(f.buffer, row);
+      if (f.buffer.size() >= (1 << 16)) {
+        f.file->write(f.buffer);
+        f.buffer.clear();
+      }
+      paths[{row.tool, row.src, row.dst}].add(row);
+      if (++report.rows % 100'000 == 0 && progress) progress(report.rows);
+      return true;
+    });
+    if (!scanned) return scanned.error();
+
+    nlohmann::json files = nlohmann::json::array();
+    auto record = [&](const DumpFile& f, std::optional<std::pair<UtcNs, UtcNs>> range) {
+      nlohmann::json entry{{"name", f.name}, {"rows", f.rows}, {"bytes", f.bytes},
+                           {"sha256", f.sha256}};
+      if (range) {
+        entry["first_start_ns"] = range->first;
+        entry["last_start_ns"] = range->second;
+      }
+      files.push_back(entry);
+      report.files.push_back(f);
+    };
+    for (auto& [tool, f] : tools) {
+      f.file->write(f.buffer);
+      std::string name = tool + ".csv.gz";
+      DumpFile done = f.file->finish(name, f.rows);
+      std::filesystem::rename(report.dir / (name + ".tmp"), report.dir / name);
+      record(done, f.rows ? std::optional(std::pair(f.first, f.last)) : std::nullopt);
+    }
+
+    OutFile summary(report.dir / "summary.csv.tmp", false);
+    std::string text =
+        "tool,src,dst,results,ok,sent,received,loss,rtt_min_ns,rtt_p50_ns,rtt_p90_ns,rtt_p99_ns,"
+        "bandwidth_median_bps,first_start_ns,last_start_ns\n";
+    for (const auto& [key, accumulator] : paths) {
+      PathSummary s = accumulator.finish();
+      const auto& [tool, src, dst] = key;
+      csv_field(text, tool);
+      text += ',';
+      csv_field(text, src);
+      text += ',';
+      csv_field(text, dst);
+      text += fmt::format(",{},{},{},{},", s.count, s.ok, s.sent, s.received);
+      csv_opt(text, s.loss);
+      for (const auto& v : {s.rtt_min_ns, s.rtt_p50_ns, s.rtt_p90_ns, s.rtt_p99_ns}) {
+        text += ',';
+        csv_opt(text, v);
+      }
+      text += ',';
+      csv_opt(text, s.bandwidth_median_bps);
+      text += fmt::format(",{},{}\n", s.first_ns, s.last_ns);
+      if (text.size() >= (1 << 16)) {
+        summary.write(text);
+        text.clear();
+      }
+    }
+    summary.write(text);
+    record(summary.finish("summary.csv", static_cast<std::int64_t>(paths.size())), std::nullopt);
+    std::filesystem::rename(report.dir / "summary.csv.tmp", report.dir / "summary.csv");
+
+    nlohmann::json manifest{{"format", 1},
+                            {"week", week},
+                            {"from_ns", *start},
+                            {"to_ns", *start + storage::kWeekNs},
+                            {"from", format_utc(*start)},
+                            {"to", format_utc(*start + storage::kWeekNs)},
+                            {"rows", report.rows},
+                            {"files", files}};
+    OutFile manifest_file(report.dir / "manifest.json.tmp", false);
+    manifest_file.write(manifest.dump(2) + "\n");
+    report.files.push_back(manifest_file.finish("manifest.json", 0));
+    std::filesystem::rename(report.dir / "manifest.json.tmp", report.dir / "manifest.json");
+  } catch (const std::exception& e) {
+    return fail(fmt::format("dump {}: {}", week, e.what()));
+  }
+  return report;
+}
+
+}  // namespace flexmon

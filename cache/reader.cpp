@@ -1,0 +1,232 @@
+#include "cache/reader.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <map>
+#include <tuple>
+
+#include <fmt/format.h>
+
+#include "cache/storage.h"
+#include "cache/summary.h"
+#include "common/config.h"
+
+namespace flexmon {
+
+namespace {
+
+using storage::Select;
+
+auto order_key(const ResultRow& r) { return std::tie(r.start_ns, r.node, r.boot_epoch, r.seq); }
+
+// Newest first: start_ns DESC, then the key ascending.
+bool newer(const ResultRow& a, const ResultRow& b) {
+  if (a.start_ns != b.start_ns) return a.start_ns > b.start_ns;
+  return std::tie(a.node, a.boot_epoch, a.seq) < std::tie(b.node, b.boot_epoch, b.seq);
+}
+
+std::string hex(std::string_view bytes) {
+  std::string out;
+  for (unsigned char c : bytes) out += fmt::format("{:02x}", c);
+  return out;
+}
+
+std::string encode_cursor(const ResultRow& r) {
+  return hex(fmt::format("1:{}:{}:{}:{}", r.start_ns, r.boot_epoch, r.seq, r.node));
+}
+
+std::optional<Select::After> decode_cursor(const std::string& cursor) {
+  if (cursor.size() % 2 || cursor.size() > 512) return std::nullopt;
+  std::string text;
+  for (std::size_t i = 0; i < cursor.size(); i += 2) {
+    unsigned byte = 0;
+    auto [end, ec] = std::from_chars(cursor.data() + i, cursor.data() + i + 2, byte, 16);
+    if (ec != std::errc() || end != cursor.data() + i + 2) return std::nullopt;
+    text.push_back(static_cast<char>(byte));
+  }
+  Select::After after;
+  std::int64_t* numbers[] = {&after.start_ns, &after.boot_epoch, &after.seq};
+  if (text.rfind("1:", 0) != 0) return std::nullopt;
+  std::size_t at = 2;
+  for (auto* number : numbers) {
+    auto colon = text.find(':', at);
+    if (colon == std::string::npos) return std::nullopt;
+    auto [end, ec] = std::from_chars(text.data() + at, text.data() + colon, *number);
+    if (ec != std::errc() || end != text.data() + colon) return std::nullopt;
+    at = colon + 1;
+  }
+  after.node = text.substr(at);
+  return after;
+}
+
+}  // namespace
+
+struct ResultReader::Impl {
+  Config config;
+  std::unique_ptr<sqlite::Database> cache;
+  std::string uuid;
+  std::unique_ptr<storage::Archive> archive;
+
+  explicit Impl(const Config& c) : config(c) {
+    cache = storage::open_cache_db(config.collector.cache_db);
+    uuid = storage::cache_uuid(*cache);
+  }
+
+  Select base(const ResultFilter& filter) const {
+    Select select;
+    select.filter = filter;
+    if (filter.site)
+      for (const auto& node : config.nodes)
+        if (node.site == *filter.site) select.site_nodes.push_back(node.id);
+    return select;
+  }
+
+  // Runs `read(snapshot, watermark)` inside a read snapshot of the cache
+  // (taken first) and one of the archive.
+  template <typename Read>
+  Status with_snapshot(Read&& read) {
+    cache->exec("BEGIN");
+    struct End {
+      sqlite::Database& db;
+      ~End() {
+        try {
+          db.exec("ROLLBACK");
+        } catch (const sqlite::SqliteError&) {
+        }
+      }
+    } end{*cache};
+    auto start = cache->prepare("SELECT COUNT(*) FROM cache_meta");
+    start.step();  // the cache's snapshot starts here
+    try {
+      if (!archive) archive = storage::Archive::open(config);
+      auto snapshot = archive->snapshot(uuid);
+      read(*snapshot, snapshot->watermark());
+    } catch (const storage::ArchiveError& e) {
+      archive.reset();
+      return fail(fmt::format("archive unreachable: {}", e.what()));
+    }
+    return success();
+  }
+
+  std::unique_ptr<storage::Cursor> cache_select(const Select& select) {
+    std::vector<storage::Param> params;
+    std::string sql = storage::render(select, storage::Dialect::sqlite, params);
+    return std::make_unique<storage::SqliteCursor>(*cache, sql, params);
+  }
+};
+
+ResultReader::ResultReader(const Config& config) : impl_(std::make_unique<Impl>(config)) {}
+
+ResultReader::~ResultReader() = default;
+
+Result<ResultPage> ResultReader::results(const PageQuery& query) {
+  if (query.limit < 1 || query.limit > 10000) return fail("limit must be 1 to 10000");
+  Select select = impl_->base(query.filter);
+  if (!query.cursor.empty()) {
+    auto after = decode_cursor(query.cursor);
+    if (!after) return fail("cursor is not one that a previous page returned");
+    select.after = *after;
+  }
+  select.order = Select::Order::newest_first;
+  select.limit = query.limit + 1;
+  ResultPage page;
+  std::vector<ResultRow> rows;
+  Status status = impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
+    Select from_cache = select;
+    from_cache.above_id = w;
+    for (auto* cursor : {impl_->cache_select(from_cache).release(), archive.select(select).release()}) {
+      std::unique_ptr<storage::Cursor> owned(cursor);
+      while (owned->next()) storage::read_row(*owned, rows.emplace_back());
+    }
+  });
+  if (!status) return status.error();
+  std::sort(rows.begin(), rows.end(), newer);
+  if (rows.size() > query.limit) {
+    rows.resize(query.limit);
+    page.next_cursor = encode_cursor(rows.back());
+  }
+  page.rows = std::move(rows);
+  return page;
+}
+
+Result<std::vector<PathSummary>> ResultReader::summary(const ResultFilter& filter) {
+  Select select = impl_->base(filter);
+  select.columns = storage::kSummaryColumns;
+  std::map<std::tuple<std::string, std::string, std::string>, storage::SummaryAccumulator> paths;
+  Status status = impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
+    Select from_cache = select;
+    from_cache.above_id = w;
+    auto cache_rows = impl_->cache_select(from_cache);
+    auto archive_rows = archive.select(select);
+    for (storage::Cursor* cursor : {cache_rows.get(), archive_rows.get()})
+      while (cursor->next())
+        paths[{cursor->text(0), cursor->text(1), cursor->text(2)}].add(*cursor);
+  });
+  if (!status) return status.error();
+  std::vector<PathSummary> out;
+  for (auto& [key, accumulator] : paths) {
+    PathSummary s = accumulator.finish();
+    std::tie(s.tool, s.src, s.dst) = key;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Result<std::vector<PathInfo>> ResultReader::paths(const ResultFilter& filter) {
+  Select select = impl_->base(filter);
+  select.columns = "tool, src, dst, COUNT(*), MIN(start_ns), MAX(start_ns)";
+  select.group_by_path = true;
+  std::map<std::tuple<std::string, std::string, std::string>, PathInfo> paths;
+  Status status = impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
+    Select from_cache = select;
+    from_cache.above_id = w;
+    auto cache_rows = impl_->cache_select(from_cache);
+    auto archive_rows = archive.select(select);
+    for (storage::Cursor* c : {cache_rows.get(), archive_rows.get()})
+      while (c->next()) {
+        auto& info = paths[{c->text(0), c->text(1), c->text(2)}];
+        if (info.count == 0) {
+          info.first_ns = c->int64(4);
+          info.last_ns = c->int64(5);
+        }
+        info.count += c->int64(3);
+        info.first_ns = std::min(info.first_ns, c->int64(4));
+        info.last_ns = std::max(info.last_ns, c->int64(5));
+      }
+  });
+  if (!status) return status.error();
+  std::vector<PathInfo> out;
+  for (auto& [key, info] : paths) {
+    std::tie(info.tool, info.src, info.dst) = key;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+Status ResultReader::scan(const ResultFilter& filter,
+                          const std::function<bool(const ResultRow&)>& visit) {
+  Select select = impl_->base(filter);
+  select.order = Select::Order::oldest_first;
+  return impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
+    Select from_cache = select;
+    from_cache.above_id = w;
+    auto a = impl_->cache_select(from_cache);
+    auto b = archive.select(select);
+    ResultRow ra, rb;
+    bool has_a = a->next(), has_b = b->next();
+    if (has_a) storage::read_row(*a, ra);
+    if (has_b) storage::read_row(*b, rb);
+    while (has_a || has_b) {
+      bool take_a = has_a && (!has_b || order_key(ra) < order_key(rb));
+      if (!visit(take_a ? ra : rb)) return;
+      if (take_a) {
+        if ((has_a = a->next())) storage::read_row(*a, ra);
+      } else if ((has_b = b->next())) {
+        storage::read_row(*b, rb);
+      }
+    }
+  });
+}
+
+}  // namespace flexmon

@@ -1,0 +1,107 @@
+// Reads results from the cache and the archive as one table, without
+// duplicates whatever the flush is doing: the cache contributes only the rows
+// above the archive's flush watermark, read in one snapshot of each database
+// (cache first, so that a row deleted by retention is already archived).
+// Plain C++ types only; the manager maps them to query.* (schemas/storage-api.md).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+
+namespace flexmon {
+
+struct Config;
+
+// One result, every column of the `results` table (schemas/cache.sql).
+struct ResultRow {
+  std::int64_t id = 0;  // id in the cache it was stored in (not unique in the archive)
+  std::string node;
+  std::int64_t boot_epoch = 0;
+  std::int64_t seq = 0;
+  std::string stream, tool, src, dst;
+  UtcNs start_ns = 0;
+  std::string status;
+  std::optional<std::string> error;
+  std::optional<std::int64_t> sent, received, duplicates;
+  std::optional<std::int64_t> rtt_min_ns, rtt_avg_ns, rtt_median_ns, rtt_max_ns, rtt_stddev_ns;
+  std::optional<std::string> rtts_ns;  // JSON array, null = lost
+  std::optional<double> estimate_bps, lower_bps, upper_bps;
+  std::optional<std::int64_t> bytes_sent, duration_ns;
+  std::optional<double> throughput_bps;
+  UtcNs committed_ns = 0;
+};
+
+// Filters shared by every read. Unset = no filter.
+struct ResultFilter {
+  std::string tool;               // "latency", "abw", "throughput"; empty = any
+  std::optional<std::string> src;
+  std::optional<std::string> dst;
+  std::optional<std::string> site;  // src or dst is a node of this site
+  std::optional<UtcNs> from;        // start_ns >= from
+  std::optional<UtcNs> to;          // start_ns < to
+  std::optional<std::string> status;
+};
+
+struct PageQuery {
+  ResultFilter filter;
+  std::uint32_t limit = 1000;  // 1..10000
+  std::string cursor;          // from the previous page's next_cursor; empty = first page
+};
+
+// Newest first: start_ns DESC, then (node, boot_epoch, seq) ascending.
+struct ResultPage {
+  std::vector<ResultRow> rows;
+  std::string next_cursor;  // empty when this is the last page
+};
+
+// Per path (tool, src, dst) over the filter's range. Percentiles come from a
+// log histogram with 1 % relative resolution (memory per path is bounded).
+struct PathSummary {
+  std::string tool, src, dst;
+  std::int64_t count = 0;  // results
+  std::int64_t ok = 0;     // results with status ok
+  std::int64_t sent = 0, received = 0;
+  std::optional<double> loss;  // (sent - received) / sent, latency only
+  std::optional<std::int64_t> rtt_min_ns, rtt_p50_ns, rtt_p90_ns, rtt_p99_ns;  // per packet
+  std::optional<double> bandwidth_median_bps;  // abw estimate or throughput
+  UtcNs first_ns = 0, last_ns = 0;
+};
+
+struct PathInfo {
+  std::string tool, src, dst;
+  std::int64_t count = 0;
+  UtcNs first_ns = 0, last_ns = 0;
+};
+
+// Reads never throw for expected failures: a bad cursor or an unreachable
+// archive comes back as an Error whose message the caller can show.
+// One ResultReader per thread.
+class ResultReader {
+ public:
+  // Opens the cache (config.collector.cache_db) and the configured archive.
+  explicit ResultReader(const Config& config);
+  ~ResultReader();
+  ResultReader(const ResultReader&) = delete;
+  ResultReader& operator=(const ResultReader&) = delete;
+
+  Result<ResultPage> results(const PageQuery& query);
+  Result<std::vector<PathSummary>> summary(const ResultFilter& filter);
+  Result<std::vector<PathInfo>> paths(const ResultFilter& filter);
+
+  // Streams every matching row oldest first (start_ns, node, boot_epoch, seq)
+  // with flat memory; `visit` returns false to stop. Used by the dump.
+  Status scan(const ResultFilter& filter, const std::function<bool(const ResultRow&)>& visit);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flexmon
