@@ -26,7 +26,7 @@ std::string sanitized(const std::string& s) {
 
 std::string quote(const std::string& s) { return "'" + sanitized(s) + "'"; }
 
-std::string fmt_number(double v) { return fmt::format("{:g}", v); }
+std::string fmt_number(double v) { return fmt::format("{}", v); }
 
 void expect_type(const V& v, V::type_t type, const std::string& name, const char* what) {
   if (v.type() != type) bad(fmt::format("{}: expected {}, got {}", name, what, type_name(v)));

@@ -19,9 +19,9 @@ TEST(Auth, ParsesBasic) {
 
 TEST(Auth, RejectsGarbage) {
   for (const char* h : {"", "Basic", "Basic ", "Bearer YWxpY2U6czNjcjN0", "BasicYWxpY2U6czNjcjN0",
-                        "Basic YWxpY2U6czNjcjN", "Basic YWxp*2U6czNjcjN0", "Basic YWxpY2U=",
-                        "Basic OnRva2Vu" /* ":token" */, "Basic YQ==YQ==",
-                        "Basic YWxpY2UKOnQ=" /* newline */})
+                        "Basic YWxpY2U6czNjcjN", "Basic YWxp*2U6czNjcjN0",
+                        "Basic YWxpY2U=", "Basic OnRva2Vu" /* ":token" */,
+                        "Basic YQ==YQ==", "Basic YWxpY2UKOnQ=" /* newline */})
     EXPECT_FALSE(parse_basic_auth(h)) << h;
   std::string huge = "Basic " + std::string(4 * 1000, 'Q');
   EXPECT_FALSE(parse_basic_auth(huge));
@@ -33,9 +33,9 @@ TEST(Auth, ChecksUserAndToken) {
   const UserConfig* u = auth.authenticate("Basic YWxpY2U6czNjcjN0");
   ASSERT_NE(u, nullptr);
   EXPECT_EQ(u->name, "alice");
-  EXPECT_EQ(auth.authenticate("Basic YWxpY2U6d3Jvbmc="), nullptr);  // alice:wrong
+  EXPECT_EQ(auth.authenticate("Basic YWxpY2U6d3Jvbmc="), nullptr);      // alice:wrong
   EXPECT_EQ(auth.authenticate("Basic bWFsbG9yeTpzM2NyM3Q="), nullptr);  // mallory:s3cr3t
-  EXPECT_EQ(auth.authenticate("Basic Ym9iOnMzY3IzdA=="), nullptr);  // bob:s3cr3t
+  EXPECT_EQ(auth.authenticate("Basic Ym9iOnMzY3IzdA=="), nullptr);      // bob:s3cr3t
   EXPECT_EQ(auth.authenticate("Basic !!!"), nullptr);
 }
 

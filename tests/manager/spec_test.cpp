@@ -16,14 +16,15 @@ using A = xmlrpc_c::carray;
 value str(const char* s) { return xmlrpc_c::value_string(s); }
 value num(int x) { return xmlrpc_c::value_int(x); }
 value dbl(double x) { return xmlrpc_c::value_double(x); }
+value arr(std::initializer_list<value> items) { return xmlrpc_c::value_array(A(items)); }
 
 class SpecTest : public ::testing::Test {
  protected:
   Config config = testing::test_config(testing::temp_dir());
 
   S base() {
-    return {{"tool", str("latency")}, {"nodes", xmlrpc_c::value_array({str("n1"), str("n2")})},
-            {"interval", dbl(10)}};
+    return {
+        {"tool", str("latency")}, {"nodes", arr({str("n1"), str("n2")})}, {"interval", dbl(10)}};
   }
   // The fault a spec gets; fails the test if it is accepted.
   ApiFault fault(const S& spec) {
@@ -42,7 +43,8 @@ class SpecTest : public ::testing::Test {
   }
   S with(const std::string& key, value v) {
     S s = base();
-    s[key] = v;
+    s.erase(key);
+    s.emplace(key, v);
     return s;
   }
   S with_args(S args) { return with("args", xmlrpc_c::value_struct(args)); }
@@ -60,7 +62,7 @@ TEST_F(SpecTest, AcceptsMeshWithDefaults) {
 
 TEST_F(SpecTest, AcceptsPathsOneshotAndArgs) {
   S s{{"tool", str("latency")},
-      {"paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n3"), str("n1")})})},
+      {"paths", arr({arr({str("n3"), str("n1")})})},
       {"mode", str("oneshot")},
       {"args", xmlrpc_c::value_struct({{"count", num(100)},
                                        {"spacing_ms", num(10)},
@@ -88,11 +90,10 @@ TEST_F(SpecTest, RejectsEveryArgumentBound) {
              "args.method: 'icmp' is not supported (supported: udp)");
   expect_bad(with("interval", dbl(0.5)), "interval: 0.5 s is below the limit of 1 s");
   expect_bad(with("interval", num(86401)), "interval: 86401 s is above the limit of 86400 s");
-  expect_bad(with("duration", num(2592001)),
-             "duration: 2592001 s is above the limit of 2592000 s");
+  expect_bad(with("duration", num(2592001)), "duration: 2592001 s is above the limit of 2592000 s");
   expect_bad(with("duration", num(0)), "duration: 0 s is not positive");
   config.limits.max_paths_per_request = 5;
-  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1"), str("n2"), str("n3")})),
+  expect_bad(with("nodes", arr({str("n1"), str("n2"), str("n3")})),
              "nodes: 3 nodes make 6 paths, above the limit of 5 paths per request");
 }
 
@@ -103,44 +104,43 @@ TEST_F(SpecTest, RejectsUnknownKeysAndNodes) {
   expect_bad(with_args({{"ttl", num(3)}}),
              "args.ttl: unknown key (expected one of count, method, size, spacing_ms, "
              "timeout_ms)");
-  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1"), str("n2"), str("n9")})),
-             "unknown node 'n9' in nodes[2]", kUnknownNode);
-  expect_bad(with("paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n1"), str("x")})})),
-             "unknown node 'x' in paths[0][1]", kUnknownNode);
+  expect_bad(with("nodes", arr({str("n1"), str("n2"), str("n9")})), "unknown node 'n9' in nodes[2]",
+             kUnknownNode);
+  S bad_path = base();
+  bad_path.erase("nodes");
+  bad_path.emplace("paths", arr({arr({str("n1"), str("x")})}));
+  expect_bad(bad_path, "unknown node 'x' in paths[0][1]", kUnknownNode);
 }
 
 TEST_F(SpecTest, RejectsShapes) {
-  expect_bad(with("paths", xmlrpc_c::value_array(A{})), "nodes, paths: give one of them, not both");
+  expect_bad(with("paths", arr({})), "nodes, paths: give one of them, not both");
   S no_paths = base();
   no_paths.erase("nodes");
   expect_bad(no_paths, "nodes, paths: one of them is required");
-  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1")})),
-             "nodes: at least 2 nodes are needed, got 1");
-  expect_bad(with("nodes", xmlrpc_c::value_array({str("n1"), str("n1")})),
-             "nodes[1]: node 'n1' is listed twice");
+  expect_bad(with("nodes", arr({str("n1")})), "nodes: at least 2 nodes are needed, got 1");
+  expect_bad(with("nodes", arr({str("n1"), str("n1")})), "nodes[1]: node 'n1' is listed twice");
   expect_bad(with("nodes", str("n1,n2")), "nodes: expected an array, got string");
-  expect_bad(with("nodes", xmlrpc_c::value_array({num(1), str("n2")})),
-             "nodes[0]: expected a string, got int");
+  expect_bad(with("nodes", arr({num(1), str("n2")})), "nodes[0]: expected a string, got int");
   expect_bad(with("interval", str("10")), "interval: expected a number of seconds, got string");
   expect_bad(with("args", num(1)), "args: expected a struct, got int");
   expect_bad(with_args({{"count", dbl(5)}}), "args.count: expected an int, got double");
   expect_bad(with("mode", str("twice")),
              "mode: 'twice' is not a mode (expected continuous or oneshot)");
   S oneshot = with("mode", str("oneshot"));
-  oneshot["duration"] = num(60);
+  oneshot.emplace("duration", num(60));
   expect_bad(oneshot, "duration: only continuous requests have a duration");
   S no_interval = base();
   no_interval.erase("interval");
   expect_bad(no_interval, "interval: missing (required for continuous requests)");
-  S same{{"tool", str("latency")}, {"interval", num(5)},
-         {"paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n1"), str("n1")})})}};
+  S same{{"tool", str("latency")},
+         {"interval", num(5)},
+         {"paths", arr({arr({str("n1"), str("n1")})})}};
   expect_bad(same, "paths[0]: source and destination are both 'n1'");
-  S triple{{"tool", str("latency")}, {"interval", num(5)},
-           {"paths", xmlrpc_c::value_array({xmlrpc_c::value_array({str("n1")})})}};
+  S triple{{"tool", str("latency")}, {"interval", num(5)}, {"paths", arr({arr({str("n1")})})}};
   expect_bad(triple, "paths[0]: expected [src, dst], got 1 elements");
   EXPECT_EQ(fault(with("tool", str("bandwidth"))).code(), kBadArgument);
   try {
-    parse_spec(xmlrpc_c::value_array(A{}), config);
+    parse_spec(arr({}), config);
     ADD_FAILURE();
   } catch (const ApiFault& f) {
     EXPECT_EQ(std::string(f.what()), "spec: expected a struct, got array");
