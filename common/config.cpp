@@ -317,6 +317,24 @@ Config parse_config(const std::string& text, const std::string& name,
     s.finish();
     p.state_dir = resolve(config.data_dir, p.state_dir);
   }
+  {
+    Section s = top.section("archive");
+    auto& a = config.archive;
+    s.optional("postgres", a.postgres);
+    s.optional("sqlite_db", a.sqlite_db);
+    s.optional("flush_interval_s", a.flush_interval_s);
+    s.optional("horizon_s", a.horizon_s);
+    s.optional("retention_s", a.retention_s);
+    s.optional("flush_batch_rows", a.flush_batch_rows);
+    s.optional("dump_dir", a.dump_dir);
+    if (!(a.flush_interval_s > 0)) s.fail("flush_interval_s", "must be positive");
+    if (a.horizon_s < 0) s.fail("horizon_s", "must not be negative");
+    if (a.retention_s < 0) s.fail("retention_s", "must not be negative");
+    if (a.flush_batch_rows == 0) s.fail("flush_batch_rows", "must be at least 1");
+    s.finish();
+    a.sqlite_db = resolve(config.data_dir, a.sqlite_db);
+    a.dump_dir = resolve(config.data_dir, a.dump_dir);
+  }
   read_limits(top.section("limits"), config.limits);
 
   top.each("nodes", [&](Section& s) {

@@ -76,6 +76,18 @@ struct CollectorConfig {
   std::filesystem::path cache_db = "cache.db";
 };
 
+// Long-term storage: where the collector's cache is flushed, when, and how
+// long the cache keeps flushed results (schemas/config.md, "archive").
+struct ArchiveConfig {
+  std::string postgres;  // libpq connection string; empty: the SQLite file below
+  std::filesystem::path sqlite_db = "archive.db";
+  double flush_interval_s = 3600.0;  // between flushes
+  double horizon_s = 3600.0;         // results committed more recently stay in the cache only
+  double retention_s = 7.0 * 86'400.0;  // archived results stay in the cache this long
+  std::uint32_t flush_batch_rows = 1'000'000;  // rows per archive transaction, at most
+  std::filesystem::path dump_dir = "dumps";    // `flexmon dump` default output
+};
+
 struct ProberConfig {
   std::optional<Endpoint> manager;   // default: manager.control
   std::vector<Endpoint> collectors;  // default: [collector.listen]
@@ -90,6 +102,7 @@ struct Config {
   ManagerConfig manager;
   CollectorConfig collector;
   ProberConfig prober;
+  ArchiveConfig archive;
   Limits limits;
   std::vector<NodeConfig> nodes;
   std::vector<UserConfig> users;
