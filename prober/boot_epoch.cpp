@@ -47,9 +47,8 @@ std::uint64_t next_boot_epoch(const std::filesystem::path& node_dir) {
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
     auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), previous);
     if (!in || s.empty() || error != std::errc() || end != s.data() + s.size())
-      throw std::runtime_error(
-          fmt::format("{}: expected a boot epoch (a number), found '{}'", file.string(),
-                      s.substr(0, 40)));
+      throw std::runtime_error(fmt::format("{}: expected a boot epoch (a number), found '{}'",
+                                           file.string(), s.substr(0, 40)));
   }
   std::uint64_t epoch = previous + 1;
   std::string content = std::to_string(epoch) + "\n";

@@ -186,9 +186,9 @@ struct Session : std::enable_shared_from_this<Session> {
     in_counter = message->counter();
     if (message->has_refusal()) return refused(message->refusal().reason());
     if (!message->has_assignment())
-      return end(fmt::format("unexpected message (kind {})",
-                             static_cast<int>(message->kind_case())),
-                 true);
+      return end(
+          fmt::format("unexpected message (kind {})", static_cast<int>(message->kind_case())),
+          true);
     ++impl.counters.assignments;
     impl.backoff_s = impl.options.initial_backoff_s;  // a working session
     const auto& a = message->assignment();
@@ -223,13 +223,14 @@ struct Session : std::enable_shared_from_this<Session> {
   }
 
   void write_next() {
-    asio::async_write(socket, asio::buffer(writes.front()),
-                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-                        if (self->ended) return;
-                        if (ec) return self->end(fmt::format("write: {}", ec.message()), false);
-                        self->writes.pop_front();
-                        if (!self->writes.empty()) self->write_next();
-                      });
+    asio::async_write(
+        socket, asio::buffer(writes.front()),
+        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+          if (self->ended) return;
+          if (ec) return self->end(fmt::format("write: {}", ec.message()), false);
+          self->writes.pop_front();
+          if (!self->writes.empty()) self->write_next();
+        });
   }
 
   void end(const std::string& reason, bool protocol_error) {

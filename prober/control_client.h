@@ -34,7 +34,7 @@ struct ControlOptions {
 };
 
 struct ControlCounters {
-  std::atomic<std::uint64_t> connects{0};      // sessions opened (hello received)
+  std::atomic<std::uint64_t> connects{0};  // sessions opened (hello received)
   std::atomic<std::uint64_t> assignments{0};
   std::atomic<std::uint64_t> heartbeats{0};
   std::atomic<std::uint64_t> protocol_errors{0};  // bad frame, seal, session or counter

@@ -168,15 +168,14 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
     if (it == running.end()) return;
     Measurement& m = *it->second;
     std::uint32_t index = m.next++;
-    auto packet = encode_probe(ProbeHeader{ProbeKind::request, static_cast<std::uint16_t>(index), id},
-                               m.size);
+    auto packet = encode_probe(
+        ProbeHeader{ProbeKind::request, static_cast<std::uint16_t>(index), id}, m.size);
     if (index == 0) {
       m.first_send = Mono::now();
       m.result.set_start_ns(utc_now_ns());
     }
     if (send_packet(m, index, packet)) ++m.sent;
-    auto at = m.next < m.count ? m.first_send + m.spacing * m.next
-                               : m.tx_mono[index] + m.timeout;
+    auto at = m.next < m.count ? m.first_send + m.spacing * m.next : m.tx_mono[index] + m.timeout;
     if (m.next >= m.count && m.sent == 0) at = Mono::now();
     m.timer.expires_at(at);
     m.timer.async_wait([weak = weak_from_this(), id](const boost::system::error_code& ec) {
@@ -262,7 +261,8 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
         ++m.duplicates;
         continue;
       }
-      auto mono_rtt = std::chrono::duration_cast<std::chrono::nanoseconds>(rx_mono - m.tx_mono[index]);
+      auto mono_rtt =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(rx_mono - m.tx_mono[index]);
       if (rx_mono - m.tx_mono[index] > m.timeout) {
         ++counters.late;
         continue;
@@ -306,8 +306,7 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
       if (!header || header->kind != ProbeKind::request) continue;
       auto it = running.find(header->measurement);
       if (it == running.end() || !same_endpoint(offender, it->second->dst)) continue;
-      it->second->icmp_status =
-          err->ee_errno == ECONNREFUSED ? wire::REFUSED : wire::UNREACHABLE;
+      it->second->icmp_status = err->ee_errno == ECONNREFUSED ? wire::REFUSED : wire::UNREACHABLE;
       if (it->second->result.error().empty())
         it->second->result.set_error(fmt::format("ICMP: {}", std::strerror(err->ee_errno)));
     }
@@ -356,9 +355,10 @@ LatencyProber::LatencyProber(EventLoop& loop, const std::string& source_address,
 LatencyProber::~LatencyProber() = default;
 
 void LatencyProber::measure(const wire::Stream& stream, Done done) {
-  asio::post(impl_->io, [weak = std::weak_ptr<Impl>(impl_), stream, done = std::move(done)]() mutable {
-    if (auto self = weak.lock()) self->start(stream, std::move(done));
-  });
+  asio::post(impl_->io,
+             [weak = std::weak_ptr<Impl>(impl_), stream, done = std::move(done)]() mutable {
+               if (auto self = weak.lock()) self->start(stream, std::move(done));
+             });
 }
 
 std::size_t LatencyProber::running() const { return impl_->running_count; }

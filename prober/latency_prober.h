@@ -23,8 +23,8 @@ namespace flexmon::prober {
 
 struct LatencyCounters {
   std::atomic<std::uint64_t> measurements{0};
-  std::atomic<std::uint64_t> unmatched{0};   // replies for no running measurement
-  std::atomic<std::uint64_t> late{0};        // replies after their packet's timeout
+  std::atomic<std::uint64_t> unmatched{0};  // replies for no running measurement
+  std::atomic<std::uint64_t> late{0};       // replies after their packet's timeout
   std::atomic<std::uint64_t> icmp_errors{0};
 };
 

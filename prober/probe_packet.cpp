@@ -38,8 +38,8 @@ std::string encode_probe(const ProbeHeader& header, std::size_t size) {
   return packet;
 }
 
-std::optional<ProbeHeader> decode_probe(std::span<const std::uint8_t> packet,
-                                        std::size_t min_size, std::size_t max_size) {
+std::optional<ProbeHeader> decode_probe(std::span<const std::uint8_t> packet, std::size_t min_size,
+                                        std::size_t max_size) {
   if (packet.size() < std::max(min_size, kProbeHeaderBytes) || packet.size() > max_size)
     return std::nullopt;
   if (get_be(packet.data(), 4) != kProbeMagic || packet[4] != kProbeVersion) return std::nullopt;

@@ -19,8 +19,8 @@ enum class ProbeKind : std::uint8_t { request = 1, reply = 2 };
 
 struct ProbeHeader {
   ProbeKind kind = ProbeKind::request;
-  std::uint16_t index = 0;           // packet index within the measurement
-  std::uint64_t measurement = 0;     // random id of the measurement
+  std::uint16_t index = 0;        // packet index within the measurement
+  std::uint64_t measurement = 0;  // random id of the measurement
 };
 
 // Writes `header` followed by zero padding into `out` (its size is the

@@ -22,8 +22,8 @@ using namespace prober;
 
 void check_prober_config(const Config& config, const std::string& node_id) {
   if (!config.find_node(node_id))
-    throw ConfigError(fmt::format("{}: --node {}: no such node in nodes[]", config.file.string(),
-                                  node_id));
+    throw ConfigError(
+        fmt::format("{}: --node {}: no such node in nodes[]", config.file.string(), node_id));
 }
 
 namespace {
@@ -33,9 +33,9 @@ class ProberDaemon : public Daemon {
   ProberDaemon(const Config& config, const NodeConfig& node) {
     auto log = logger("prober");
     std::uint64_t epoch = next_boot_epoch(config.prober.state_dir / node.id);
-    responder_ = std::make_unique<Responder>(loop_, node.address, config.responder_port(node),
-                                             std::max<std::size_t>(16, config.limits.latency.min_size),
-                                             config.limits.latency.max_size);
+    responder_ = std::make_unique<Responder>(
+        loop_, node.address, config.responder_port(node),
+        std::max<std::size_t>(16, config.limits.latency.min_size), config.limits.latency.max_size);
     latency_ = std::make_unique<LatencyProber>(loop_, node.address, node.id);
     SenderOptions s;
     s.node = node.id;

@@ -33,8 +33,8 @@ struct Responder::Impl {
     if (!ec) socket.bind(local, ec);
     if (!ec) socket.non_blocking(true, ec);
     if (ec)
-      throw std::runtime_error(fmt::format("responder: cannot bind UDP {}:{}: {}", address, port,
-                                           ec.message()));
+      throw std::runtime_error(
+          fmt::format("responder: cannot bind UDP {}:{}: {}", address, port, ec.message()));
   }
 
   void arm() {

@@ -98,8 +98,8 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
   }
 
   void arm_tick() {
-    tick.expires_after(std::chrono::duration_cast<Mono::duration>(
-        std::chrono::duration<double>(options.tick_s)));
+    tick.expires_after(
+        std::chrono::duration_cast<Mono::duration>(std::chrono::duration<double>(options.tick_s)));
     tick.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
       if (ec == asio::error::operation_aborted) return;
       if (auto self = weak.lock()) {
@@ -116,9 +116,10 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
       auto now = Mono::now();
       if (now - last_full_log > std::chrono::seconds(10)) {
         last_full_log = now;
-        log->error("prober {}: SPOOL FULL ({} results unacknowledged): dropping new results; "
-                   "is collector {} reachable?",
-                   options.node, spool->size(), options.collectors[current].to_string());
+        log->error(
+            "prober {}: SPOOL FULL ({} results unacknowledged): dropping new results; "
+            "is collector {} reachable?",
+            options.node, spool->size(), options.collectors[current].to_string());
       }
       return;
     }
@@ -233,10 +234,11 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
     current = (current + 1) % collectors.size();
     current_public = current;
     ++counters.failovers;
-    log->warn("prober {}: collector {} does not acknowledge; failing over to {} ({} results "
-              "spooled)",
-              options.node, options.collectors[previous].to_string(),
-              options.collectors[current].to_string(), spool->size());
+    log->warn(
+        "prober {}: collector {} does not acknowledge; failing over to {} ({} results "
+        "spooled)",
+        options.node, options.collectors[previous].to_string(),
+        options.collectors[current].to_string(), spool->size());
     auto now = Mono::now();
     for (auto& [seq, f] : in_flight) f = InFlight{now, 0};
   }

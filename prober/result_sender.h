@@ -45,7 +45,7 @@ struct SenderCounters {
   std::atomic<std::uint64_t> spool_full{0};     // results dropped: spool full
   std::atomic<std::uint64_t> failovers{0};
   std::atomic<std::uint64_t> send_errors{0};
-  std::atomic<std::uint64_t> spooled{0};        // results waiting for an ack
+  std::atomic<std::uint64_t> spooled{0};  // results waiting for an ack
 };
 
 class ResultSender {

@@ -111,7 +111,11 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
     // within the first 100 ms).
     auto spread = s.oneshot() ? Nanos(100'000'000) : interval;
     auto offset = Nanos(std::uniform_int_distribution<std::int64_t>(0, spread.count() - 1)(random));
-    Running r{std::move(s), next_instance++, Schedule(Mono::now() + offset, interval), 0, false,
+    Running r{std::move(s),
+              next_instance++,
+              Schedule(Mono::now() + offset, interval),
+              0,
+              false,
               std::make_unique<asio::steady_timer>(io)};
     auto key = r.stream.key();
     auto [it, inserted] = streams.insert_or_assign(key, std::move(r));
@@ -181,9 +185,10 @@ StreamRunner::StreamRunner(EventLoop& loop, std::string node, Limits limits, Mea
 StreamRunner::~StreamRunner() = default;
 
 void StreamRunner::assign(std::vector<wire::Stream> streams) {
-  asio::post(impl_->io, [weak = std::weak_ptr<Impl>(impl_), streams = std::move(streams)]() mutable {
-    if (auto self = weak.lock()) self->assign(std::move(streams));
-  });
+  asio::post(impl_->io,
+             [weak = std::weak_ptr<Impl>(impl_), streams = std::move(streams)]() mutable {
+               if (auto self = weak.lock()) self->assign(std::move(streams));
+             });
 }
 
 std::size_t StreamRunner::streams() const { return impl_->stream_count; }

@@ -54,7 +54,6 @@ class StreamRunner {
 };
 
 // Why a stream cannot run on `node` under `limits`, or empty if it can.
-std::string check_stream(const wire::Stream& stream, const std::string& node,
-                         const Limits& limits);
+std::string check_stream(const wire::Stream& stream, const std::string& node, const Limits& limits);
 
 }  // namespace flexmon::prober

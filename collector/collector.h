@@ -1,0 +1,42 @@
+// flexmon-collector: receives sealed result datagrams from probers over UDP,
+// checks them (seal, known node, a node reports only its own results),
+// commits them to the cache in one transaction per batch of datagrams (group
+// commit), and only then acknowledges them to their sender.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "common/config.h"
+#include "common/daemon.h"
+
+namespace flexmon {
+
+struct CollectorCounters {
+  std::atomic<std::uint64_t> datagrams{0};   // received
+  std::atomic<std::uint64_t> stored{0};      // results newly stored
+  std::atomic<std::uint64_t> duplicates{0};  // results already stored, acked again
+  std::atomic<std::uint64_t> acks{0};        // ack datagrams sent
+  std::atomic<std::uint64_t> commits{0};     // transactions
+  std::atomic<std::uint64_t> commit_failures{0};
+  // Rejected datagrams, by reason.
+  std::atomic<std::uint64_t> malformed{0};  // not a sealed frame, wrong version
+  std::atomic<std::uint64_t> unknown_node{0};
+  std::atomic<std::uint64_t> bad_seal{0};     // forged or altered
+  std::atomic<std::uint64_t> not_results{0};  // another kind of message
+  std::atomic<std::uint64_t> bad_results{0};  // src is not the sender, seq 0, epoch 0, empty
+};
+
+class Collector : public Daemon {
+ public:
+  // The bound UDP address (its port when config asked for port 0).
+  virtual Endpoint local_endpoint() const = 0;
+  virtual const CollectorCounters& counters() const = 0;
+};
+
+// Opens the cache, binds config.collector.listen and starts the receiver
+// thread. Throws on a start-up failure.
+std::unique_ptr<Collector> start_collector(const Config& config);
+
+}  // namespace flexmon
