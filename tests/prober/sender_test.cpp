@@ -1,0 +1,143 @@
+// The result sender against a fake collector: a UDP socket in the test.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/seal.h"
+#include "prober/event_loop.h"
+#include "prober/result_sender.h"
+#include "test_util.h"
+#include "wire.pb.h"
+
+namespace flexmon::prober {
+namespace {
+
+const std::string kKey = "0123456789abcdef0123456789abcdef";
+
+struct FakeCollector {
+  int fd;
+  std::uint16_t port;
+  FakeCollector() {
+    fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~FakeCollector() { close(fd); }
+
+  // The next datagram within 10 s, and where it came from.
+  std::optional<std::pair<std::string, sockaddr_in>> receive() {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 10'000) != 1) return std::nullopt;
+    char buffer[65536];
+    sockaddr_in from{};
+    socklen_t len = sizeof from;
+    ssize_t n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&from), &len);
+    if (n < 0) return std::nullopt;
+    return std::make_pair(std::string(buffer, n), from);
+  }
+
+  void send(const std::string& frame, const sockaddr_in& to) {
+    sendto(fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  }
+};
+
+wire::Result result_with_rtts(int packets) {
+  wire::Result r;
+  r.set_stream("latency/udp/n1/n2/count=100");
+  r.set_tool("latency");
+  r.set_src("n1");
+  r.set_dst("n2");
+  r.set_start_ns(1'700'000'000'000'000'000);
+  r.set_status(wire::OK);
+  for (int i = 0; i < packets; ++i) r.mutable_latency()->add_rtt_ns(123'456 + i);
+  return r;
+}
+
+struct Fixture {
+  EventLoop loop;
+  FakeCollector collector;
+  std::unique_ptr<ResultSender> sender;
+  Sealer sealer{kKey};
+  explicit Fixture(double initial_backoff_s = 0.5) {
+    SenderOptions o;
+    o.node = "n1";
+    o.key = kKey;
+    o.boot_epoch = 7;
+    o.source_address = "127.0.0.1";
+    o.collectors = {Endpoint{"127.0.0.1", collector.port}};
+    o.initial_backoff_s = initial_backoff_s;
+    sender = std::make_unique<ResultSender>(loop, o, std::make_unique<MemorySpool>());
+    loop.start();
+  }
+  ~Fixture() {
+    loop.stop();
+    loop.join();
+  }
+  std::string ack(std::uint64_t epoch, std::uint64_t first, std::uint64_t last, const Sealer& key) {
+    wire::Message m;
+    m.set_node("n1");
+    m.mutable_ack()->set_boot_epoch(epoch);
+    auto* range = m.mutable_ack()->add_ranges();
+    range->set_first(first);
+    range->set_last(last);
+    return seal(m, key);
+  }
+};
+
+TEST(ResultSender, NumbersBatchesUnder1400BytesAndForgetsAckedResults) {
+  Fixture f;
+  for (int i = 0; i < 30; ++i) f.sender->submit(result_with_rtts(20));
+  std::set<std::uint64_t> seen;
+  sockaddr_in from{};
+  while (seen.size() < 30) {
+    auto datagram = f.collector.receive();
+    ASSERT_TRUE(datagram) << "no datagram";
+    from = datagram->second;
+    EXPECT_LE(datagram->first.size(), kMaxResultDatagram);
+    auto m = open_from(datagram->first, "n1", f.sealer);
+    ASSERT_TRUE(m) << m.error().message;
+    ASSERT_TRUE(m->has_results());
+    EXPECT_EQ(m->results().boot_epoch(), 7u);
+    EXPECT_GT(m->results().results_size(), 1) << "results are packed";
+    for (const auto& r : m->results().results()) seen.insert(r.seq());
+  }
+  EXPECT_EQ(*seen.begin(), 1u);
+  EXPECT_EQ(*seen.rbegin(), 30u);
+  EXPECT_TRUE(test::eventually([&] { return f.sender->counters().spooled.load() == 30; }));
+
+  // An ack under the wrong key, and one for another epoch, are dropped.
+  f.collector.send(f.ack(7, 1, 30, Sealer("another key, 16 bytes or more")), from);
+  f.collector.send(f.ack(6, 1, 30, f.sealer), from);
+  EXPECT_TRUE(test::eventually([&] { return f.sender->counters().bad_acks.load() == 2; }));
+  EXPECT_EQ(f.sender->counters().spooled.load(), 30u);
+
+  f.collector.send(f.ack(7, 1, 30, f.sealer), from);
+  EXPECT_TRUE(test::eventually([&] { return f.sender->counters().spooled.load() == 0; }));
+  EXPECT_EQ(f.sender->counters().acked.load(), 30u);
+}
+
+TEST(ResultSender, RetransmitsUntilAcknowledged) {
+  Fixture f(0.1);
+  f.sender->submit(result_with_rtts(3));
+  auto first = f.collector.receive();
+  ASSERT_TRUE(first);
+  auto again = f.collector.receive();  // no ack: it comes again
+  ASSERT_TRUE(again);
+  auto m = open_from(again->first, "n1", f.sealer);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->results().results(0).seq(), 1u);
+  EXPECT_GE(f.sender->counters().retransmitted.load(), 1u);
+  f.collector.send(f.ack(7, 1, 1, f.sealer), again->second);
+  EXPECT_TRUE(test::eventually([&] { return f.sender->counters().spooled.load() == 0; }));
+}
+
+}  // namespace
+}  // namespace flexmon::prober
