@@ -102,20 +102,20 @@ std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& group
         for (int i = 11; i <= 19; ++i) insert.bind_null(i);
       }
       insert.bind(20, static_cast<std::int64_t>(now));
-    for (int i = 21; i <= 26; ++i) insert.bind_null(i);
-    if (result->has_abw()) {
-      const auto& a = result->abw();
-      insert.bind(21, a.estimate_bps())
-          .bind(22, a.lower_bps())
-          .bind(23, a.upper_bps())
-          .bind(24, static_cast<std::int64_t>(a.bytes_sent()))
-          .bind(25, static_cast<std::int64_t>(a.duration_ns()));
-    } else if (result->has_throughput()) {
-      const auto& t = result->throughput();
-      insert.bind(24, static_cast<std::int64_t>(t.bytes_sent()))
-          .bind(25, static_cast<std::int64_t>(t.duration_ns()))
-          .bind(26, t.throughput_bps());
-    }
+      for (int i = 21; i <= 26; ++i) insert.bind_null(i);
+      if (result->has_abw()) {
+        const auto& a = result->abw();
+        insert.bind(21, a.estimate_bps())
+            .bind(22, a.lower_bps())
+            .bind(23, a.upper_bps())
+            .bind(24, static_cast<std::int64_t>(a.bytes_sent()))
+            .bind(25, static_cast<std::int64_t>(a.duration_ns()));
+      } else if (result->has_throughput()) {
+        const auto& t = result->throughput();
+        insert.bind(24, static_cast<std::int64_t>(t.bytes_sent()))
+            .bind(25, static_cast<std::int64_t>(t.duration_ns()))
+            .bind(26, t.throughput_bps());
+      }
       insert.run();
       if (db.changes() > 0)
         ++outcome.stored;

@@ -249,8 +249,8 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
 
     nlohmann::json files = nlohmann::json::array();
     auto record = [&](const DumpFile& f, std::optional<std::pair<UtcNs, UtcNs>> range) {
-      nlohmann::json entry{{"name", f.name}, {"rows", f.rows}, {"bytes", f.bytes},
-                           {"sha256", f.sha256}};
+      nlohmann::json entry{
+          {"name", f.name}, {"rows", f.rows}, {"bytes", f.bytes}, {"sha256", f.sha256}};
       if (range) {
         entry["first_start_ns"] = range->first;
         entry["last_start_ns"] = range->second;

@@ -20,8 +20,8 @@ struct Config;
 
 // How far the archive is behind the cache.
 struct FlushLag {
-  std::int64_t rows = 0;       // cache rows not yet archived
-  double seconds = 0;          // age of the oldest of them (committed_ns), 0 if none
+  std::int64_t rows = 0;         // cache rows not yet archived
+  double seconds = 0;            // age of the oldest of them (committed_ns), 0 if none
   std::int64_t archived_id = 0;  // every cache id <= this is archived
 };
 

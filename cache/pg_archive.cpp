@@ -79,8 +79,7 @@ void Connection::copy_end() {
   if (!ok) throw ArchiveError(fmt::format("postgresql: COPY: {}", message));
 }
 
-Transaction::Transaction(Connection& connection, std::string_view mode)
-    : connection_(connection) {
+Transaction::Transaction(Connection& connection, std::string_view mode) : connection_(connection) {
   connection_.exec(mode.empty() ? std::string("BEGIN") : "BEGIN " + std::string(mode));
 }
 
@@ -191,11 +190,20 @@ class PgSnapshot : public ArchiveSnapshot {
 void append_text(std::string& out, std::string_view text) {
   for (char c : text) {
     switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '\t': out += "\\t"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      default: out += c;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        out += c;
     }
   }
 }
@@ -216,10 +224,20 @@ void append_copy_line(std::string& out, sqlite::Statement& s) {
       continue;
     }
     switch (c) {
-      case 20: case 21: case 22: case 25:
+      case 20:
+      case 21:
+      case 22:
+      case 25:
         append_number(out, s.real(c));
         break;
-      case 1: case 4: case 5: case 6: case 7: case 9: case 10: case 19:
+      case 1:
+      case 4:
+      case 5:
+      case 6:
+      case 7:
+      case 9:
+      case 10:
+      case 19:
         append_text(out, s.text(c));
         break;
       default:
@@ -293,8 +311,8 @@ class PgArchive : public Archive {
     lower = std::stoll(PQgetvalue(locked.get(), 0, 0));
     if (lower >= upper) return 0;
 
-    auto rows = cache.prepare(fmt::format(
-        "SELECT {} FROM results WHERE id > ?1 AND id <= ?2 ORDER BY id", kColumns));
+    auto rows = cache.prepare(
+        fmt::format("SELECT {} FROM results WHERE id > ?1 AND id <= ?2 ORDER BY id", kColumns));
     rows.bind(1, lower).bind(2, upper);
     connection_.copy_start(fmt::format("COPY results ({}) FROM STDIN", kColumns));
     std::string buffer;

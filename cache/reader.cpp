@@ -135,7 +135,8 @@ Result<ResultPage> ResultReader::results(const PageQuery& query) {
   Status status = impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
     Select from_cache = select;
     from_cache.above_id = w;
-    for (auto* cursor : {impl_->cache_select(from_cache).release(), archive.select(select).release()}) {
+    for (auto* cursor :
+         {impl_->cache_select(from_cache).release(), archive.select(select).release()}) {
       std::unique_ptr<storage::Cursor> owned(cursor);
       while (owned->next()) storage::read_row(*owned, rows.emplace_back());
     }

@@ -40,7 +40,7 @@ struct ResultRow {
 
 // Filters shared by every read. Unset = no filter.
 struct ResultFilter {
-  std::string tool;               // "latency", "abw", "throughput"; empty = any
+  std::string tool;  // "latency", "abw", "throughput"; empty = any
   std::optional<std::string> src;
   std::optional<std::string> dst;
   std::optional<std::string> site;  // src or dst is a node of this site

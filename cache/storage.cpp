@@ -38,9 +38,9 @@ void apply_versioned(sqlite::Database& db, const char* what, const char* schema,
     throw sqlite::SqliteError(fmt::format("{} {}: schema version {} is newer than this build's {}",
                                           what, db.file().string(), found, version));
   if (found == 0 && has_table(db, "results"))
-    throw sqlite::SqliteError(fmt::format(
-        "{} {}: written by a development build before schema version 1; move it away", what,
-        db.file().string()));
+    throw sqlite::SqliteError(
+        fmt::format("{} {}: written by a development build before schema version 1; move it away",
+                    what, db.file().string()));
   sqlite::Transaction transaction(db);
   db.exec(schema);
   db.exec(kArchiveViewsSqlite);
@@ -109,8 +109,9 @@ std::string render(const Select& s, Dialect dialect, std::vector<Param>& params)
   if (s.above_id) sql += " AND id > " + p(*s.above_id);
   if (s.after) {
     std::string start = p(s.after->start_ns);
-    sql += fmt::format(" AND (start_ns < {0} OR (start_ns = {0} AND (node, boot_epoch, seq) > ({1}, {2}, {3})))",
-                       start, p(s.after->node), p(s.after->boot_epoch), p(s.after->seq));
+    sql += fmt::format(
+        " AND (start_ns < {0} OR (start_ns = {0} AND (node, boot_epoch, seq) > ({1}, {2}, {3})))",
+        start, p(s.after->node), p(s.after->boot_epoch), p(s.after->seq));
   }
   if (s.group_by_path) sql += " GROUP BY tool, src, dst";
   if (s.order == Select::Order::newest_first)

@@ -45,7 +45,7 @@ using Param = std::variant<std::int64_t, std::string>;
 // A SELECT over `results`, rendered for either database.
 struct Select {
   ResultFilter filter;
-  std::vector<std::string> site_nodes;  // when filter.site is set: its nodes
+  std::vector<std::string> site_nodes;   // when filter.site is set: its nodes
   std::optional<std::int64_t> above_id;  // cache part: id > this
   struct After {
     UtcNs start_ns = 0;

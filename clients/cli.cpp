@@ -16,6 +16,7 @@
 
 #include <xmlrpc-c/girerr.hpp>
 
+#include "clients/dump.h"
 #include "clients/rpc_client.h"
 #include "clients/table.h"
 #include "common/clock.h"
@@ -240,6 +241,9 @@ int client_main(int argc, char** argv) {
       ->check(CLI::Range(1, 10000));
   results->add_flag("--all", all, "every result, newest first, not only the newest per path");
 
+  StorageCommands storage;
+  add_storage_commands(app, storage);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -253,6 +257,8 @@ int client_main(int argc, char** argv) {
     std::cerr << "flexmon: " << e.what() << "\nRun 'flexmon --help' for usage.\n";
     return kExitUsage;
   }
+
+  if (auto status = run_storage_commands(storage)) return *status;
 
   try {
     if (url.empty()) throw UsageError("no endpoint: give --url or set FLEXMON_URL");

@@ -132,7 +132,8 @@ class StorageTest : public ::testing::TestWithParam<std::string> {
       db_ = fmt::format("flexmon_t{}_{}", ::getpid(), counter_);
       pg(base_, "DROP DATABASE IF EXISTS " + db_);
       pg(base_, "CREATE DATABASE " + db_);
-      config_.archive.postgres = std::regex_replace(base_, std::regex("dbname=\\S+"), "dbname=" + db_);
+      config_.archive.postgres =
+          std::regex_replace(base_, std::regex("dbname=\\S+"), "dbname=" + db_);
     }
   }
   void TearDown() override {
@@ -148,12 +149,13 @@ class StorageTest : public ::testing::TestWithParam<std::string> {
     const char* dsts[] = {"n2", "n3"};
     for (int i = 0; i < count; ++i) {
       std::uint64_t seq = first_seq + static_cast<std::uint64_t>(i);
-      results.push_back(make_result(seq, "n1", dsts[seq % 2], start + static_cast<UtcNs>(seq) * kSecond,
-                                    tools[seq % 4]));
+      results.push_back(make_result(seq, "n1", dsts[seq % 2],
+                                    start + static_cast<UtcNs>(seq) * kSecond, tools[seq % 4]));
     }
     for (std::size_t i = 0; i < results.size(); i += 500) {
       std::vector<const wire::Result*> batch;
-      for (std::size_t j = i; j < std::min(results.size(), i + 500); ++j) batch.push_back(&results[j]);
+      for (std::size_t j = i; j < std::min(results.size(), i + 500); ++j)
+        batch.push_back(&results[j]);
       cache.store("n1", 1, batch);
     }
   }
@@ -274,7 +276,8 @@ TEST_P(StorageTest, ReadsDuringFlushSeeEveryRowOnce) {
       }
       std::set<std::int64_t> seqs;
       for (const auto& row : page->rows) seqs.insert(row.seq);
-      if (page->rows.size() != static_cast<std::size_t>(total) || seqs.size() != page->rows.size()) {
+      if (page->rows.size() != static_cast<std::size_t>(total) ||
+          seqs.size() != page->rows.size()) {
         failure = fmt::format("read {} rows, {} distinct, expected {}", page->rows.size(),
                               seqs.size(), total);
         return;
@@ -391,8 +394,8 @@ TEST_P(StorageTest, DumpIsByteIdenticalAcrossRuns) {
   EXPECT_EQ(one->rows, 2050);
   auto two = dump_week(config_, week, dir_ / "two");
   ASSERT_TRUE(two.ok());
-  for (const char* name : {"latency.csv.gz", "abw.csv.gz", "throughput.csv.gz", "summary.csv",
-                           "manifest.json"}) {
+  for (const char* name :
+       {"latency.csv.gz", "abw.csv.gz", "throughput.csv.gz", "summary.csv", "manifest.json"}) {
     std::string a = slurp(dir_ / "one" / week / name);
     EXPECT_FALSE(a.empty()) << name;
     EXPECT_EQ(a, slurp(dir_ / "two" / week / name)) << name;
