@@ -122,6 +122,7 @@ TEST(Latency, ClosedPortIsRefusedOrTimesOut) {
   auto r = measure(prober, stream);
   EXPECT_TRUE(r.status() == wire::REFUSED || r.status() == wire::TIMEOUT)
       << wire::Status_Name(r.status()) << " " << r.error();
+  RecordProperty("result_status", wire::Status_Name(r.status()));
   EXPECT_EQ(r.latency().received(), 0u);
   EXPECT_EQ(r.latency().sent(), 2u);
   ASSERT_EQ(r.latency().rtt_ns_size(), 2);

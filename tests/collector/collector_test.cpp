@@ -1,0 +1,220 @@
+// A real collector on an ephemeral loopback port with a temp SQLite cache.
+#include "collector/collector.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "common/seal.h"
+#include "prober/event_loop.h"
+#include "prober/result_sender.h"
+#include "test_util.h"
+#include "wire.pb.h"
+
+namespace flexmon {
+namespace {
+
+const std::string kKey1 = "key-of-node-n1-0123456789abcdef";
+const std::string kKey2 = "key-of-node-n2-0123456789abcdef";
+
+struct Fixture {
+  test::TempDir dir;
+  Config config;
+  std::unique_ptr<Collector> collector;
+  int fd = -1;
+  sockaddr_in to{};
+
+  Fixture() {
+    config.collector.listen = Endpoint{"127.0.0.1", 0};
+    config.collector.cache_db = dir.path / "cache.db";
+    config.nodes.push_back(NodeConfig{"n1", "utah", "127.0.0.1", 0, kKey1});
+    config.nodes.push_back(NodeConfig{"n2", "utah", "127.0.0.2", 0, kKey2});
+    collector = start_collector(config);
+    fd = socket(AF_INET, SOCK_DGRAM, 0);
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons(collector->local_endpoint().port);
+  }
+  ~Fixture() {
+    collector->stop();
+    collector->wait();
+    close(fd);
+  }
+
+  void send(const std::string& datagram) {
+    sendto(fd, datagram.data(), datagram.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+  }
+
+  // The next datagram back, within 10 s.
+  std::optional<std::string> receive() {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 10'000) != 1) return std::nullopt;
+    char buffer[65536];
+    ssize_t n = recv(fd, buffer, sizeof buffer, 0);
+    if (n < 0) return std::nullopt;
+    return std::string(buffer, n);
+  }
+
+  std::int64_t stored_rows() {
+    Cache cache(config.collector.cache_db, true);
+    return cache.count_results();
+  }
+
+  // Waits until the collector has looked at `n` datagrams.
+  bool processed(std::uint64_t n) {
+    return test::eventually([&] { return collector->counters().datagrams.load() >= n; });
+  }
+};
+
+wire::Message batch(const std::string& node, std::uint64_t epoch, std::uint64_t first,
+                    std::uint64_t last, const std::string& src) {
+  wire::Message m;
+  m.set_node(node);
+  auto* b = m.mutable_results();
+  b->set_boot_epoch(epoch);
+  for (auto seq = first; seq <= last; ++seq) {
+    auto* r = b->add_results();
+    r->set_seq(seq);
+    r->set_stream("latency/udp/" + src + "/n2");
+    r->set_tool("latency");
+    r->set_src(src);
+    r->set_dst("n2");
+    r->set_start_ns(1'700'000'000'000'000'000 + static_cast<std::int64_t>(seq));
+    r->set_status(wire::OK);
+    auto* l = r->mutable_latency();
+    l->set_sent(2);
+    l->set_received(2);
+    l->add_rtt_ns(1000);
+    l->add_rtt_ns(3000);
+    l->set_min_ns(1000);
+    l->set_max_ns(3000);
+    l->set_avg_ns(2000);
+    l->set_median_ns(2000);
+    l->set_stddev_ns(1000);
+  }
+  return m;
+}
+
+void expect_ack(const std::optional<std::string>& datagram, std::uint64_t epoch,
+                std::uint64_t first, std::uint64_t last) {
+  ASSERT_TRUE(datagram) << "no ack";
+  auto m = open_from(*datagram, "n1", Sealer(kKey1));
+  ASSERT_TRUE(m) << m.error().message;
+  ASSERT_TRUE(m->has_ack());
+  EXPECT_EQ(m->ack().boot_epoch(), epoch);
+  ASSERT_EQ(m->ack().ranges_size(), 1);
+  EXPECT_EQ(m->ack().ranges(0).first(), first);
+  EXPECT_EQ(m->ack().ranges(0).last(), last);
+}
+
+TEST(Collector, StoresASealedBatchThenAcksIt) {
+  Fixture f;
+  f.send(seal(batch("n1", 3, 1, 5, "n1"), Sealer(kKey1)));
+  expect_ack(f.receive(), 3, 1, 5);
+  EXPECT_EQ(f.stored_rows(), 5);
+  EXPECT_EQ(f.collector->counters().stored.load(), 5u);
+  Cache cache(f.config.collector.cache_db, true);
+  auto rows = cache.query_latency(LatencyQuery{});
+  ASSERT_EQ(rows.size(), 5u);
+  EXPECT_EQ(rows[0].src, "n1");
+  EXPECT_EQ(rows[0].median_ns, 2000);
+}
+
+TEST(Collector, SameBatchTwiceIsStoredOnceAndAckedTwice) {
+  Fixture f;
+  auto datagram = seal(batch("n1", 1, 10, 12, "n1"), Sealer(kKey1));
+  f.send(datagram);
+  expect_ack(f.receive(), 1, 10, 12);
+  f.send(datagram);
+  expect_ack(f.receive(), 1, 10, 12);
+  EXPECT_EQ(f.stored_rows(), 3);
+  EXPECT_EQ(f.collector->counters().stored.load(), 3u);
+  EXPECT_EQ(f.collector->counters().duplicates.load(), 3u);
+  // The same seqs in another boot epoch are other results.
+  f.send(seal(batch("n1", 2, 10, 12, "n1"), Sealer(kKey1)));
+  expect_ack(f.receive(), 2, 10, 12);
+  EXPECT_EQ(f.stored_rows(), 6);
+}
+
+TEST(Collector, RejectsForgedTruncatedAndMisattributedDatagrams) {
+  Fixture f;
+  auto good = seal(batch("n1", 1, 1, 2, "n1"), Sealer(kKey1));
+  f.send(seal(batch("n1", 1, 1, 2, "n1"), Sealer("a forged key of the right length")));
+  f.send(good.substr(0, good.size() / 2));
+  f.send("");
+  f.send(std::string(500, '\xff'));
+  // n2 reports a measurement of n1's: a node reports only its own.
+  f.send(seal(batch("n2", 1, 1, 2, "n1"), Sealer(kKey2)));
+  // An unknown node.
+  f.send(seal(batch("n9", 1, 1, 2, "n9"), Sealer(kKey2)));
+  // Not a result batch.
+  wire::Message heartbeat;
+  heartbeat.set_node("n1");
+  heartbeat.mutable_heartbeat()->set_streams(1);
+  f.send(seal(heartbeat, Sealer(kKey1)));
+  // Seq 0 and epoch 0.
+  f.send(seal(batch("n1", 1, 0, 0, "n1"), Sealer(kKey1)));
+  f.send(seal(batch("n1", 0, 1, 1, "n1"), Sealer(kKey1)));
+  ASSERT_TRUE(f.processed(9));
+  EXPECT_EQ(f.stored_rows(), 0);
+  const auto& c = f.collector->counters();
+  EXPECT_EQ(c.bad_seal.load(), 1u);
+  EXPECT_EQ(c.malformed.load() + c.unknown_node.load(), 4u);  // truncated, empty, junk, n9
+  EXPECT_EQ(c.not_results.load(), 1u);
+  EXPECT_EQ(c.bad_results.load(), 3u);
+  EXPECT_EQ(c.acks.load(), 0u);
+  // And it still works.
+  f.send(good);
+  expect_ack(f.receive(), 1, 1, 2);
+  EXPECT_EQ(f.stored_rows(), 2);
+}
+
+TEST(Collector, ManyDatagramsAreGroupCommitted) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 50; ++i)
+    f.send(seal(batch("n1", 1, i * 4 + 1, i * 4 + 4, "n1"), Sealer(kKey1)));
+  std::set<std::uint64_t> acked;
+  while (acked.size() < 200) {
+    auto datagram = f.receive();
+    ASSERT_TRUE(datagram) << "missing acks; have " << acked.size();
+    auto m = open_from(*datagram, "n1", Sealer(kKey1));
+    ASSERT_TRUE(m);
+    for (const auto& r : m->ack().ranges())
+      for (auto s = r.first(); s <= r.last(); ++s) acked.insert(s);
+  }
+  EXPECT_EQ(f.stored_rows(), 200);
+  EXPECT_LE(f.collector->counters().commits.load(), 50u);
+}
+
+// The prober's real result sender against the real collector.
+TEST(Collector, ProberResultSenderDeliversAndIsAcked) {
+  Fixture f;
+  prober::EventLoop loop;
+  prober::SenderOptions o;
+  o.node = "n1";
+  o.key = kKey1;
+  o.boot_epoch = 4;
+  o.source_address = "127.0.0.1";
+  o.collectors = {f.collector->local_endpoint()};
+  auto sender =
+      std::make_unique<prober::ResultSender>(loop, o, std::make_unique<prober::MemorySpool>());
+  loop.start();
+  auto m = batch("n1", 4, 1, 25, "n1");
+  for (const auto& r : m.results().results()) {
+    auto copy = r;
+    copy.clear_seq();
+    sender->submit(copy);
+  }
+  EXPECT_TRUE(test::eventually([&] { return sender->counters().acked.load() == 25; }));
+  EXPECT_EQ(sender->counters().spooled.load(), 0u);
+  EXPECT_EQ(f.stored_rows(), 25);
+  loop.stop();
+  loop.join();
+}
+
+}  // namespace
+}  // namespace flexmon
