@@ -1,0 +1,214 @@
+// Storage benchmarks; figures one per line.
+//   storage_bench flush CONNINFO ROWS   cache -> PostgreSQL flush vs plain COPY of the same rows
+//   storage_bench query CONNINFO ROWS   one path over one week, from an archive of ROWS results
+//   storage_bench dump  CONNINFO ROWS   a week of ROWS results: rows/s, peak RSS
+// CONNINFO names an empty database (bench/run-storage makes one per run).
+#include <libpq-fe.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cache/dump.h"
+#include "cache/flusher.h"
+#include "cache/reader.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/sqlite.h"
+
+using namespace flexmon;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::int64_t kMonday = 1'779'667'200'000'000'000;  // 2026-05-25, ISO week 2026-W22
+constexpr int kNodes = 45;                                   // 45 * 44 = 1980 paths
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void pg_exec(PGconn* conn, const std::string& sql) {
+  PGresult* r = PQexec(conn, sql.c_str());
+  auto s = PQresultStatus(r);
+  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+    fmt::print(stderr, "{}: {}\n", sql.substr(0, 120), PQerrorMessage(conn));
+    std::exit(1);
+  }
+  PQclear(r);
+}
+
+// Rows over one week, every path of a mesh, spread evenly in time (SQL that
+// both SQLite and PostgreSQL run).
+std::string generated_rows(std::int64_t rows, const std::string& series) {
+  return fmt::format(
+      "SELECT i, 'n' || (i % {0}), 1, i, 'latency/udp', 'latency', 'n' || (i % {0}), "
+      "'n' || ((i % {0} + 1 + (i / {0}) % ({0} - 1)) % {0}), {1} + i * {2}, 'ok', NULL, 10, 9, 0, "
+      "1000000 + i % 1000, 1500000, 1400000, 2500000, 300000, "
+      "'[1000000,1100000,1200000,null,1300000,1400000,1500000,1600000,1700000,2500000]', NULL, "
+      "NULL, NULL, NULL, NULL, NULL, {1} + i * {2} FROM {3}",
+      kNodes, kMonday, (7LL * 86400 * 1'000'000'000 - 1) / rows, series);
+}
+
+void fill_cache(const std::filesystem::path& file, std::int64_t rows) {
+  {
+    Config c;
+    c.collector.cache_db = file;
+    flush_lag(c);
+  }  // creates the schema
+  sqlite::Database db(file);
+  db.exec("PRAGMA synchronous=OFF");
+  db.exec(fmt::format(
+      "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {}) "
+      "INSERT INTO results (id, node, boot_epoch, seq, stream, tool, src, dst, start_ns, status, "
+      "error, sent, received, duplicates, rtt_min_ns, rtt_avg_ns, rtt_median_ns, rtt_max_ns, "
+      "rtt_stddev_ns, rtts_ns, estimate_bps, lower_bps, upper_bps, bytes_sent, duration_ns, "
+      "throughput_bps, committed_ns) {}",
+      rows, generated_rows(rows, "s")));
+}
+
+void fill_archive(PGconn* conn, std::int64_t rows, const Config& config) {
+  flush_once(config);  // an empty flush applies the archive's schema
+  pg_exec(conn, fmt::format("CREATE TABLE IF NOT EXISTS results_w20260525 PARTITION OF results "
+                            "FOR VALUES FROM ({}) TO ({})",
+                            kMonday, kMonday + 7LL * 86400 * 1'000'000'000));
+  pg_exec(conn, "INSERT INTO results " +
+                    generated_rows(rows, fmt::format("generate_series(1::bigint, {}) AS i", rows)));
+  pg_exec(conn, "ANALYZE results");
+}
+
+Config bench_config(const std::filesystem::path& dir, const std::string& conninfo) {
+  Config c;
+  c.collector.cache_db = dir / "cache.db";
+  c.archive.postgres = conninfo;
+  c.archive.horizon_s = 0;
+  c.archive.retention_s = 1e12;
+  c.archive.flush_batch_rows = 100'000'000;
+  return c;
+}
+
+long peak_rss_kb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    fmt::print(stderr, "usage: storage_bench flush|query|dump CONNINFO ROWS\n");
+    return 64;
+  }
+  set_log_level("warn");
+  std::string mode = argv[1], conninfo = argv[2];
+  std::int64_t rows = std::stoll(argv[3]);
+  auto dir = std::filesystem::temp_directory_path() / fmt::format("flexmon-bench-{}", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  Config config = bench_config(dir, conninfo);
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    fmt::print(stderr, "cannot connect: {}\n", PQerrorMessage(conn));
+    return 1;
+  }
+
+  if (mode == "flush") {
+    fill_cache(config.collector.cache_db, rows);
+    auto start = Clock::now();
+    auto report = flush_once(config);
+    double flush_s = seconds_since(start);
+    if (!report.archive_ok || report.rows != rows) {
+      fmt::print(stderr, "flush failed: {} ({} rows)\n", report.error, report.rows);
+      return 1;
+    }
+    // The same rows as COPY text, prepared before the clock starts.
+    std::string data;
+    {
+      PGresult* r = PQexec(conn, "COPY (SELECT * FROM results) TO STDOUT");
+      char* line = nullptr;
+      int n;
+      while ((n = PQgetCopyData(conn, &line, 0)) > 0) {
+        data.append(line, static_cast<std::size_t>(n));
+        PQfreemem(line);
+      }
+      PQclear(r);
+      while (PGresult* rest = PQgetResult(conn)) PQclear(rest);
+    }
+    pg_exec(conn, "TRUNCATE results");
+    pg_exec(conn, "CHECKPOINT");
+    start = Clock::now();
+    pg_exec(conn, "BEGIN");
+    PGresult* r = PQexec(conn, "COPY results FROM STDIN");
+    PQclear(r);
+    for (std::size_t at = 0; at < data.size(); at += 1 << 20)
+      PQputCopyData(conn, data.data() + at,
+                    static_cast<int>(std::min<std::size_t>(1 << 20, data.size() - at)));
+    PQputCopyEnd(conn, nullptr);
+    while (PGresult* rest = PQgetResult(conn)) PQclear(rest);
+    pg_exec(conn, "COMMIT");
+    double copy_s = seconds_since(start);
+    fmt::print("flush: rows={} rows_per_s={:.0f} copy_rows_per_s={:.0f} ratio={:.2f}\n", rows,
+               rows / flush_s, rows / copy_s, copy_s / flush_s);
+  } else if (mode == "query") {
+    auto start = Clock::now();
+    fill_archive(conn, rows, config);
+    fmt::print(stderr, "query: archive of {} rows generated in {:.0f} s\n", rows,
+               seconds_since(start));
+    flush_lag(config);  // creates the (empty) cache
+    ResultReader reader(config);
+    std::mt19937 random(1);
+    std::vector<double> ms;
+    std::int64_t returned = 0;
+    for (int i = 0; i < 200; ++i) {
+      int src = static_cast<int>(random() % kNodes);
+      int dst = (src + 1 + static_cast<int>(random() % (kNodes - 1))) % kNodes;
+      PageQuery q;
+      q.filter.tool = "latency";
+      q.filter.src = fmt::format("n{}", src);
+      q.filter.dst = fmt::format("n{}", dst);
+      q.filter.from = kMonday;
+      q.filter.to = kMonday + 7LL * 86400 * 1'000'000'000;
+      q.limit = 10000;
+      auto t = Clock::now();
+      auto page = reader.results(q);
+      ms.push_back(seconds_since(t) * 1e3);
+      if (!page) {
+        fmt::print(stderr, "query failed: {}\n", page.error().message);
+        return 1;
+      }
+      returned += static_cast<std::int64_t>(page->rows.size());
+    }
+    std::sort(ms.begin(), ms.end());
+    fmt::print("query: archive_rows={} rows_per_query={} p50_ms={:.2f} p99_ms={:.2f}\n", rows,
+               returned / 200, ms[ms.size() / 2], ms[ms.size() * 99 / 100]);
+  } else if (mode == "dump") {
+    auto start = Clock::now();
+    fill_archive(conn, rows, config);
+    fmt::print(stderr, "dump: archive of {} rows generated in {:.0f} s\n", rows,
+               seconds_since(start));
+    long rss_before = peak_rss_kb();
+    start = Clock::now();
+    auto report = dump_week(config, "2026-W22", dir / "dumps");
+    double s = seconds_since(start);
+    if (!report) {
+      fmt::print(stderr, "dump failed: {}\n", report.error().message);
+      return 1;
+    }
+    fmt::print("dump: rows={} rows_per_s={:.0f} peak_rss_mb={:.1f} rss_before_mb={:.1f}\n",
+               report->rows, report->rows / s, peak_rss_kb() / 1024.0, rss_before / 1024.0);
+  } else {
+    fmt::print(stderr, "unknown mode {}\n", mode);
+    return 64;
+  }
+  PQfinish(conn);
+  std::filesystem::remove_all(dir);
+  return 0;
+}
