@@ -53,7 +53,7 @@ FlushLag flush_lag(const Config& config);
 // running flush to finish its transaction).
 class Flusher {
  public:
-  explicit Flusher(const Config& config);
+  explicit Flusher(const Config& config);  // config must outlive the Flusher
   ~Flusher();  // stops
   Flusher(const Flusher&) = delete;
   Flusher& operator=(const Flusher&) = delete;
