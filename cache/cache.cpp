@@ -53,7 +53,10 @@ StoreOutcome Cache::store(const std::string& node, std::uint64_t boot_epoch,
   return store_many({StoreGroup{node, boot_epoch, results}}).front();
 }
 
-std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& groups) {
+sqlite::Database& Cache::database() { return impl_->db; }
+
+std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& groups,
+                                            const std::function<void(sqlite::Database&)>& also) {
   std::vector<StoreOutcome> outcomes;
   auto& db = impl_->db;
   sqlite::Transaction transaction(db);
@@ -123,6 +126,7 @@ std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& group
         ++outcome.duplicates;
     }
   }
+  if (also) also(db);
   transaction.commit();
   return outcomes;
 }

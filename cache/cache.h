@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,6 +17,9 @@ namespace flexmon {
 
 namespace wire {
 class Result;
+}
+namespace sqlite {
+class Database;
 }
 
 struct StoreOutcome {
@@ -66,8 +70,15 @@ class Cache {
     std::vector<const wire::Result*> results;
   };
   // Stores several groups in one transaction (the collector's group commit);
-  // one outcome per group, in order. All or nothing.
-  std::vector<StoreOutcome> store_many(const std::vector<StoreGroup>& groups);
+  // one outcome per group, in order. All or nothing. `also`, when given, runs
+  // in the same transaction before the commit (the collector's dedupe window).
+  std::vector<StoreOutcome> store_many(
+      const std::vector<StoreGroup>& groups,
+      const std::function<void(sqlite::Database&)>& also = nullptr);
+
+  // The write connection, for a writer that keeps its own tables in the cache
+  // file and sets its own durability (the collector: collector_window).
+  sqlite::Database& database();
 
   std::vector<LatencyRow> query_latency(const LatencyQuery& query);
 

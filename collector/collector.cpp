@@ -19,8 +19,11 @@
 #include <fmt/format.h>
 
 #include "cache/cache.h"
+#include "collector/datagram.h"
+#include "collector/window.h"
 #include "common/log.h"
 #include "common/seal.h"
+#include "common/sqlite.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -108,6 +111,10 @@ class CollectorDaemon : public Collector {
         log_(logger("collector")),
         rejects_(log_, 20, std::chrono::seconds(10)) {
     for (const auto& node : config.nodes) keys_.add(node.id, node.key);
+    // FULL: every commit is fsynced (WAL) before it is acknowledged, so an ack
+    // survives power loss as well as a crash (schemas/wire.md, stable commit).
+    cache_.database().exec("PRAGMA synchronous=FULL");
+    windows_ = load_windows(cache_.database());
     bind(config.collector.listen);
     stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (stop_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -207,88 +214,109 @@ class CollectorDaemon : public Collector {
   }
 
   // The message if the datagram is a well-formed, verified result batch in
-  // which the sealing node reports only its own results.
+  // which the sealing node reports only its own results (collector/datagram.h).
   std::optional<wire::Message> check(std::string_view datagram, const Peer& from) {
-    wire::Sealed frame;
-    if (!frame.ParseFromArray(datagram.data(), static_cast<int>(datagram.size())) ||
-        frame.version() != kWireVersion) {
-      ++counters_.malformed;
-      rejects_.warn("collector: dropped a malformed datagram ({} bytes) from {}", datagram.size(),
-                    from.to_string());
-      return std::nullopt;
+    auto decoded = decode_result_datagram(datagram, keys_);
+    switch (decoded.reject) {
+      case DatagramReject::none:
+        return std::move(decoded.message);
+      case DatagramReject::malformed:
+        ++counters_.malformed;
+        break;
+      case DatagramReject::unknown_node:
+        ++counters_.unknown_node;
+        break;
+      case DatagramReject::bad_seal:
+        ++counters_.bad_seal;
+        break;
+      case DatagramReject::not_results:
+        ++counters_.not_results;
+        break;
+      case DatagramReject::bad_results:
+        ++counters_.bad_results;
+        break;
     }
-    if (!keys_.find(frame.node())) {
-      ++counters_.unknown_node;
-      rejects_.warn("collector: dropped a datagram of unknown node '{}' from {}",
-                    frame.node().substr(0, 64), from.to_string());
-      return std::nullopt;
-    }
-    auto message = keys_.open(datagram);
-    if (!message) {
-      ++counters_.bad_seal;
-      rejects_.warn("collector: dropped a datagram from {}: {}", from.to_string(),
-                    message.error().message);
-      return std::nullopt;
-    }
-    if (!message->has_results()) {
-      ++counters_.not_results;
-      rejects_.warn("collector: dropped a datagram of node '{}' from {}: not a result batch",
-                    message->node(), from.to_string());
-      return std::nullopt;
-    }
-    std::string why;
-    const auto& batch = message->results();
-    if (batch.boot_epoch() == 0) why = "boot epoch 0";
-    if (batch.results_size() == 0) why = "no results";
-    for (const auto& r : batch.results()) {
-      if (!why.empty()) break;
-      if (r.src() != message->node())
-        why = fmt::format("result {} has src '{}'", r.seq(), r.src().substr(0, 64));
-      else if (r.seq() == 0)
-        why = "a result has seq 0";
-    }
-    if (!why.empty()) {
-      ++counters_.bad_results;
-      rejects_.warn("collector: dropped a batch of node '{}' from {}: {}", message->node(),
-                    from.to_string(), why);
-      return std::nullopt;
-    }
-    return std::move(*message);
+    rejects_.warn("collector: dropped a datagram from {}: {}", from.to_string(), decoded.why);
+    return std::nullopt;
   }
 
+  // Sorts the drained results into fresh (stored now), duplicates (acked
+  // again) and outside the window (dropped); commits the fresh ones with the
+  // windows that record them in one transaction; then acks.
   void handle(const std::vector<Accepted>& accepted) {
     if (accepted.empty()) return;
-    // One group per (node, epoch); every datagram's results go in one commit.
-    std::map<std::pair<std::string, std::uint64_t>, std::size_t> index;
+    std::map<WindowKey, std::size_t> index;
     std::vector<Cache::StoreGroup> groups;
+    std::map<WindowKey, SeqWindow> touched;  // windows as they will be after the commit
     std::map<std::tuple<std::string, std::uint64_t, Peer>, std::vector<std::uint64_t>> acks;
+    std::uint64_t duplicates = 0, outside = 0;
     for (const auto& a : accepted) {
       const auto& batch = a.message.results();
-      auto key = std::make_pair(a.message.node(), batch.boot_epoch());
-      auto [it, added] = index.emplace(key, groups.size());
-      if (added) groups.push_back(Cache::StoreGroup{key.first, key.second, {}});
+      WindowKey key{a.message.node(), batch.boot_epoch()};
+      auto w = touched.find(key);
+      if (w == touched.end()) {
+        auto committed = windows_.find(key);
+        w = touched.emplace(key, committed != windows_.end() ? committed->second : SeqWindow{})
+                .first;
+      }
       auto& seqs = acks[{key.first, key.second, a.from}];
       for (const auto& r : batch.results()) {
-        groups[it->second].results.push_back(&r);
-        seqs.push_back(r.seq());
+        switch (w->second.classify(r.seq())) {
+          case SeqWindow::Verdict::duplicate:
+            ++duplicates;
+            seqs.push_back(r.seq());
+            break;
+          case SeqWindow::Verdict::outside:
+            ++outside;
+            break;
+          case SeqWindow::Verdict::fresh: {
+            w->second.add(r.seq());
+            auto [g, added] = index.emplace(key, groups.size());
+            if (added) groups.push_back(Cache::StoreGroup{key.first, key.second, {}});
+            groups[g->second].results.push_back(&r);
+            seqs.push_back(r.seq());
+            break;
+          }
+        }
       }
     }
-    std::vector<StoreOutcome> outcomes;
-    try {
-      outcomes = cache_.store_many(groups);
-    } catch (const std::exception& e) {
-      ++counters_.commit_failures;
-      rejects_.warn("collector: commit of {} datagrams failed, not acknowledged: {}",
-                    accepted.size(), e.what());
-      return;
+    if (outside > 0) {
+      counters_.outside_window += outside;
+      rejects_.warn("collector: dropped {} results outside the window of {} seqs", outside,
+                    kSeqWindow);
     }
-    ++counters_.commits;
-    for (const auto& o : outcomes) {
-      counters_.stored += o.stored;
-      counters_.duplicates += o.duplicates;
+    if (!groups.empty()) {
+      std::vector<StoreOutcome> outcomes;
+      try {
+        outcomes = cache_.store_many(groups, [&](sqlite::Database& db) {
+          std::map<WindowKey, SeqWindow> changed;
+          for (const auto& g : groups) {
+            WindowKey key{g.node, g.boot_epoch};
+            changed.emplace(key, touched.at(key));
+          }
+          save_windows(db, changed);
+        });
+      } catch (const std::exception& e) {
+        ++counters_.commit_failures;
+        rejects_.warn("collector: commit of {} datagrams failed, not acknowledged: {}",
+                      accepted.size(), e.what());
+        return;
+      }
+      ++counters_.commits;
+      for (const auto& o : outcomes) {
+        counters_.stored += o.stored;
+        // Present in the results but not in the window: a cache written before
+        // the window existed. Still stored once (UNIQUE), still acked.
+        counters_.duplicates += o.duplicates;
+      }
+      for (const auto& g : groups) {
+        WindowKey key{g.node, g.boot_epoch};
+        windows_.insert_or_assign(key, touched.at(key));
+      }
     }
+    counters_.duplicates += duplicates;
     for (auto& [key, seqs] : acks)
-      send_acks(std::get<0>(key), std::get<1>(key), std::get<2>(key), seqs);
+      if (!seqs.empty()) send_acks(std::get<0>(key), std::get<1>(key), std::get<2>(key), seqs);
   }
 
   void send_acks(const std::string& node, std::uint64_t epoch, const Peer& to,
@@ -321,10 +349,10 @@ class CollectorDaemon : public Collector {
     log_->info(
         "collector: {} datagrams, {} results stored, {} duplicates, {} acks, {} commits ({} "
         "failed); rejected: {} malformed, {} unknown node, {} bad seal, {} not results, {} bad "
-        "results",
+        "results, {} outside the window",
         c.datagrams.load(), c.stored.load(), c.duplicates.load(), c.acks.load(), c.commits.load(),
         c.commit_failures.load(), c.malformed.load(), c.unknown_node.load(), c.bad_seal.load(),
-        c.not_results.load(), c.bad_results.load());
+        c.not_results.load(), c.bad_results.load(), c.outside_window.load());
   }
 
   Cache cache_;  // used by the receiver thread only, once started
@@ -336,6 +364,7 @@ class CollectorDaemon : public Collector {
   int socket_ = -1;
   int stop_fd_ = -1;
   std::array<char, 65536> buffer_{};
+  std::map<WindowKey, SeqWindow> windows_;  // as committed
   std::thread thread_;
 };
 

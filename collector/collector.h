@@ -26,6 +26,8 @@ struct CollectorCounters {
   std::atomic<std::uint64_t> bad_seal{0};     // forged or altered
   std::atomic<std::uint64_t> not_results{0};  // another kind of message
   std::atomic<std::uint64_t> bad_results{0};  // src is not the sender, seq 0, epoch 0, empty
+  // Results (not datagrams) further than kSeqWindow above the high-water mark.
+  std::atomic<std::uint64_t> outside_window{0};
 };
 
 class Collector : public Daemon {

@@ -1,0 +1,37 @@
+// The collector's view of one result datagram, as a pure function of its
+// bytes and the node keys: parse the outer frame, verify the seal, parse the
+// body, and check that it is a well-formed result batch of the sealing node.
+// The collector and the fuzz target (tests/fuzz/collector_datagram_fuzz.cpp)
+// both call it, so what the fuzzer exercises is what the collector runs.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/seal.h"
+#include "wire.pb.h"
+
+namespace flexmon {
+
+// Why a datagram was dropped; each reason has its own collector counter.
+enum class DatagramReject {
+  none,
+  malformed,     // not a Sealed frame, or another wire version
+  unknown_node,  // no key for the frame's node
+  bad_seal,      // the MAC does not verify, or the body names another node
+  not_results,   // a sealed message of another kind
+  bad_results,   // epoch 0, no results, seq 0, or a result of another src
+};
+
+struct DecodedDatagram {
+  DatagramReject reject = DatagramReject::none;
+  std::string why;                       // for the log when rejected
+  std::optional<wire::Message> message;  // set iff reject == none
+};
+
+// Never throws on any input; `why` is bounded in length.
+DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing& keys);
+
+}  // namespace flexmon

@@ -1,0 +1,55 @@
+// The collector's memory of what it committed, per (node, boot epoch): every
+// seq <= high_water, plus a few ranges above it. It is written in the same
+// transaction as the results it describes (table collector_window in the
+// cache file), so duplicates are recognised after a collector crash and after
+// retention trimmed the results themselves. Seqs further than kSeqWindow above
+// the high-water mark are outside the window: dropped and not acknowledged
+// (an honest prober never sends them, see schemas/wire.md).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace flexmon {
+
+namespace sqlite {
+class Database;
+}
+
+// A prober sends seq s of an epoch only while s < (its lowest unacknowledged
+// seq of that epoch) + kSeqWindow; equal to prober::kSeqWindow.
+constexpr std::uint64_t kSeqWindow = 1 << 16;
+
+class SeqWindow {
+ public:
+  enum class Verdict { fresh, duplicate, outside };
+
+  Verdict classify(std::uint64_t seq) const;
+  // Records a committed (or about to be) seq; precondition: classify == fresh.
+  void add(std::uint64_t seq);
+
+  std::uint64_t high_water() const { return high_water_; }
+  const std::vector<std::pair<std::uint64_t, std::uint64_t>>& above() const { return above_; }
+
+  // Compact form of the ranges above high_water (varints), and back; decode
+  // returns false on a blob it did not write.
+  std::string encode_above() const;
+  static bool decode(std::uint64_t high_water, std::string_view above, SeqWindow& out);
+
+ private:
+  std::uint64_t high_water_ = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> above_;  // sorted, disjoint, inclusive
+};
+
+using WindowKey = std::pair<std::string, std::uint64_t>;  // (node, boot epoch)
+
+// Creates the table if needed and reads every window.
+std::map<WindowKey, SeqWindow> load_windows(sqlite::Database& db);
+// Upserts windows; call inside the transaction that stores their results.
+void save_windows(sqlite::Database& db, const std::map<WindowKey, SeqWindow>& windows);
+
+}  // namespace flexmon
