@@ -1,0 +1,310 @@
+// run_measurement and its helpers: dispatch by tool, addresses, clocks,
+// sockets inside a network namespace, the bandwidth seal, JSON output, and
+// the daemon's worker pool (ToolRunner).
+#include "prober/tools.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <nlohmann/json.hpp>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "prober/tools_internal.h"
+#include "wire.pb.h"
+
+namespace flexmon::prober {
+
+namespace tools {
+
+std::string Address::to_string() const {
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (family() == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(storage).sin_addr, text, sizeof text);
+  else if (family() == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(storage).sin6_addr, text,
+              sizeof text);
+  return text;
+}
+
+std::optional<Address> resolve(const std::string& host, std::uint16_t port, std::string& error) {
+  if (host.empty()) {
+    error = "no target address";
+    return std::nullopt;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* list = nullptr;
+  int rc = getaddrinfo(host.c_str(), nullptr, &hints, &list);
+  if (rc != 0 || !list) {
+    error = fmt::format("cannot resolve '{}': {}", host, gai_strerror(rc));
+    return std::nullopt;
+  }
+  const addrinfo* pick = list;
+  for (const addrinfo* a = list; a; a = a->ai_next)
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+  Address out;
+  std::memcpy(&out.storage, pick->ai_addr, pick->ai_addrlen);
+  out.length = pick->ai_addrlen;
+  if (out.family() == AF_INET)
+    reinterpret_cast<sockaddr_in&>(out.storage).sin_port = htons(port);
+  else if (out.family() == AF_INET6)
+    reinterpret_cast<sockaddr_in6&>(out.storage).sin6_port = htons(port);
+  freeaddrinfo(list);
+  return out;
+}
+
+bool bind_source(int fd, const std::string& source, int family, std::string& error) {
+  if (source.empty()) return true;
+  std::string e;
+  auto a = resolve(source, 0, e);
+  if (!a || a->family() != family) {
+    error = fmt::format("source address '{}' unusable for this target", source);
+    return false;
+  }
+  if (::bind(fd, a->get(), a->length) != 0) {
+    error = fmt::format("bind {}: {}", source, std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+std::int64_t realtime_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_REALTIME, &t);
+  return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+
+std::int64_t mono_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+
+void sleep_until(std::int64_t deadline) {
+  timespec t{static_cast<time_t>(deadline / 1'000'000'000),
+             static_cast<long>(deadline % 1'000'000'000)};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, nullptr) == EINTR) {
+  }
+}
+
+void min_timer_slack() { prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0); }
+
+std::array<std::uint8_t, kSealBytes> seal16(const std::string& key, const std::uint8_t* data,
+                                            std::size_t size) {
+  std::array<std::uint8_t, EVP_MAX_MD_SIZE> full{};
+  unsigned len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data, size, full.data(), &len);
+  std::array<std::uint8_t, kSealBytes> out{};
+  std::memcpy(out.data(), full.data(), kSealBytes);
+  return out;
+}
+
+void put_be(std::uint8_t* p, std::uint64_t value, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) {
+    p[i] = static_cast<std::uint8_t>(value);
+    value >>= 8;
+  }
+}
+
+std::uint64_t get_be(const std::uint8_t* p, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v = (v << 8) | p[i];
+  return v;
+}
+
+}  // namespace tools
+
+int open_socket_in(const std::string& netns, int domain, int type, int protocol,
+                   std::string& error) {
+  if (netns.empty()) {
+    int fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
+    if (fd < 0) error = fmt::format("socket: {}", std::strerror(errno));
+    return fd;
+  }
+  std::string path = netns.find('/') == std::string::npos ? "/run/netns/" + netns : netns;
+  int fd = -1;
+  // setns() changes only the calling thread: a helper thread enters the
+  // namespace, creates the socket (which keeps that namespace) and returns.
+  std::thread helper([&] {
+    int own = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    int target = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (target < 0) {
+      error = fmt::format("netns {}: {}", path, std::strerror(errno));
+    } else if (setns(target, CLONE_NEWNET) != 0) {
+      error = fmt::format("setns {}: {}", path, std::strerror(errno));
+    } else {
+      fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
+      if (fd < 0) error = fmt::format("socket in {}: {}", path, std::strerror(errno));
+      if (own >= 0) setns(own, CLONE_NEWNET);
+    }
+    if (target >= 0) ::close(target);
+    if (own >= 0) ::close(own);
+  });
+  helper.join();
+  return fd;
+}
+
+std::string check_tool_args(const wire::Stream& s) {
+  if (s.tool() == "latency") {
+    const auto& m = s.latency().method();
+    if (m != "udp" && m != "icmp" && m != "tcp")
+      return fmt::format("latency method '{}' is not one of udp, icmp, tcp", m);
+    if (m == "udp" && s.latency().size() < 16) return "udp probes need size >= 16";
+    return {};
+  }
+  if (s.tool() == "abw") {
+    const auto& a = s.abw();
+    if (a.max_rate_bps() < 100'000) return "abw: max_rate_bps must be >= 100000";
+    if (a.max_bytes() < 100'000) return "abw: max_bytes must be >= 100000";
+    if (a.max_duration_ms() < 200) return "abw: max_duration_ms must be >= 200";
+    return {};
+  }
+  if (s.tool() == "throughput") {
+    if (s.throughput().duration_ms() < 100) return "throughput: duration_ms must be >= 100";
+    return {};
+  }
+  return fmt::format("tool '{}' is not one of latency, abw, throughput", s.tool());
+}
+
+wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context) {
+  if (auto why = check_tool_args(stream); !why.empty()) {
+    wire::Result r;
+    r.set_stream(stream.key());
+    r.set_tool(stream.tool());
+    r.set_src(context.node);
+    r.set_dst(stream.dst());
+    r.set_start_ns(utc_now_ns());
+    r.set_status(wire::ERROR);
+    r.set_error(why);
+    return r;
+  }
+  if (stream.tool() == "abw") return tools::measure_abw(stream, context);
+  if (stream.tool() == "throughput") return tools::measure_throughput(stream, context);
+  return tools::measure_latency(stream, context);
+}
+
+std::string result_json(const wire::Result& r) {
+  nlohmann::ordered_json j;
+  j["stream"] = r.stream();
+  j["tool"] = r.tool();
+  j["src"] = r.src();
+  j["dst"] = r.dst();
+  j["start_ns"] = r.start_ns();
+  j["start"] = format_utc(r.start_ns());
+  j["status"] = std::string(status_name(r.status()));
+  if (!r.error().empty()) j["error"] = r.error();
+  if (r.has_latency()) {
+    const auto& l = r.latency();
+    auto& o = j["latency"];
+    o["sent"] = l.sent();
+    o["received"] = l.received();
+    o["duplicates"] = l.duplicates();
+    o["loss_pct"] = l.sent() ? 100.0 * (l.sent() - std::min(l.sent(), l.received())) / l.sent() : 0;
+    o["min_ns"] = l.min_ns();
+    o["avg_ns"] = l.avg_ns();
+    o["median_ns"] = l.median_ns();
+    o["max_ns"] = l.max_ns();
+    o["stddev_ns"] = l.stddev_ns();
+    o["rtt_ns"] = std::vector<std::int64_t>(l.rtt_ns().begin(), l.rtt_ns().end());
+  }
+  if (r.has_abw()) {
+    const auto& a = r.abw();
+    j["abw"] = {{"estimate_bps", a.estimate_bps()},
+                {"lower_bps", a.lower_bps()},
+                {"upper_bps", a.upper_bps()},
+                {"bytes_sent", a.bytes_sent()},
+                {"duration_ns", a.duration_ns()}};
+  }
+  if (r.has_throughput()) {
+    const auto& t = r.throughput();
+    j["throughput"] = {{"throughput_bps", t.throughput_bps()},
+                       {"bytes_sent", t.bytes_sent()},
+                       {"duration_ns", t.duration_ns()}};
+  }
+  if (r.has_outage()) {
+    const auto& o = r.outage();
+    j["outage"] = {{"start_ns", o.start_ns()},
+                   {"end_ns", o.end_ns()},
+                   {"probes_sent", o.probes_sent()},
+                   {"resolution_ns", o.resolution_ns()}};
+  }
+  return j.dump();
+}
+
+struct ToolRunner::Impl {
+  ToolContext context;
+  std::atomic<bool> stopping{false};
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<std::pair<wire::Stream, Done>> queue;
+  std::mutex bandwidth;  // one abw / throughput measurement at a time per node
+  std::vector<std::thread> workers;
+
+  void work() {
+    tools::min_timer_slack();
+    for (;;) {
+      std::pair<wire::Stream, Done> job;
+      {
+        std::unique_lock lock(mutex);
+        wake.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (stopping) return;
+        job = std::move(queue.front());
+        queue.pop_front();
+      }
+      wire::Result r;
+      if (job.first.tool() == "latency") {
+        r = run_measurement(job.first, context);
+      } else {
+        std::lock_guard lock(bandwidth);
+        r = run_measurement(job.first, context);
+      }
+      if (job.second && !stopping) job.second(std::move(r));
+    }
+  }
+};
+
+ToolRunner::ToolRunner(ToolContext context, unsigned threads) : impl_(std::make_unique<Impl>()) {
+  impl_->context = std::move(context);
+  impl_->context.stop = &impl_->stopping;
+  for (unsigned i = 0; i < std::max(1U, threads); ++i)
+    impl_->workers.emplace_back([this] { impl_->work(); });
+}
+
+ToolRunner::~ToolRunner() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  for (auto& t : impl_->workers) t.join();
+}
+
+void ToolRunner::measure(const wire::Stream& stream, Done done) {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->queue.emplace_back(stream, std::move(done));
+  }
+  impl_->wake.notify_one();
+}
+
+}  // namespace flexmon::prober

@@ -1,0 +1,69 @@
+// The measurement tools behind one call: latency (icmp, udp, tcp), abw and
+// throughput. Each measurement runs synchronously on the calling thread with
+// its own sockets (opened in Stream.netns when set), on an absolute schedule
+// with timer slack at 1 ns. Used by `flexmon-prober run` and by the daemon's
+// stream runner (through ToolRunner). Methods and estimator: schemas/tools.md.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace flexmon::wire {
+class Result;
+class Stream;
+}  // namespace flexmon::wire
+
+namespace flexmon::prober {
+
+// How a path that lost every packet is probed until it answers again.
+struct OutageOptions {
+  bool enabled = true;
+  std::uint32_t spacing_ms = 200;  // between extra probes (faster than streams)
+  std::uint32_t max_probes = 50;   // hard bound on the extra probes
+};
+
+struct ToolContext {
+  std::string node;            // labels Result.src and names the sealing key
+  std::string key;             // this node's raw key: seals abw / throughput
+  std::string source_address;  // bind probing sockets here; empty = any
+  OutageOptions outage;
+  const std::atomic<bool>* stop = nullptr;  // ends a measurement early when set
+};
+
+// Runs one measurement of `stream` and returns its result (seq unset). Never
+// throws for a measurement failure: the status and error say what happened.
+wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context);
+
+// Why `stream`'s tool and arguments cannot run (tool, method, caps), or empty.
+std::string check_tool_args(const wire::Stream& stream);
+
+// The result as JSON, the same fields as stored (flexmon-prober run --json).
+std::string result_json(const wire::Result& result);
+
+// Opens a socket inside network namespace `netns` (a name under /run/netns or
+// a path such as /proc/PID/ns/net; empty = this process's namespace). The
+// socket keeps its namespace. -1 with `error` set on failure.
+int open_socket_in(const std::string& netns, int domain, int type, int protocol,
+                   std::string& error);
+
+// Runs measurements on worker threads for the daemon: latency in parallel,
+// bandwidth tools (abw, throughput) one at a time per node.
+class ToolRunner {
+ public:
+  using Done = std::function<void(wire::Result)>;
+  ToolRunner(ToolContext context, unsigned threads);
+  ~ToolRunner();  // stops and joins the workers; pending work is dropped
+  // Queues one measurement; `done` runs on a worker thread.
+  void measure(const wire::Stream& stream, Done done);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flexmon::prober
