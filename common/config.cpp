@@ -140,6 +140,13 @@ std::uint32_t Section::convert<std::uint32_t>(const YAML::Node& value,
 }
 
 template <>
+bool Section::convert<bool>(const YAML::Node& value, const std::string& key) const {
+  if (value.IsScalar() && (value.Scalar() == "true" || value.Scalar() == "false"))
+    return value.Scalar() == "true";
+  error_at(value, key, "expected true or false");
+}
+
+template <>
 double Section::convert<double>(const YAML::Node& value, const std::string& key) const {
   if (!value.IsScalar()) error_at(value, key, "expected a number");
   const std::string& text = value.Scalar();
@@ -314,6 +321,11 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("state_dir", p.state_dir);
     s.optional("heartbeat_s", p.heartbeat_s);
     if (!(p.heartbeat_s > 0)) s.fail("heartbeat_s", "must be positive");
+    Section spool = s.section("spool");
+    spool.optional("max_results", p.spool_max_results);
+    spool.optional("history", p.spool_history);
+    if (p.spool_max_results == 0) spool.fail("max_results", "must be positive");
+    spool.finish();
     s.finish();
     p.state_dir = resolve(config.data_dir, p.state_dir);
   }

@@ -94,6 +94,13 @@ struct ProberConfig {
   std::uint16_t responder_port = 8473;
   std::filesystem::path state_dir = "prober";  // per node: STATE_DIR/NODE_ID
   double heartbeat_s = 5.0;
+  // prober.spool: the durable result spool, STATE_DIR/NODE_ID/spool.db.
+  // Results kept until acknowledged; size it for 24 h of the node's load
+  // (the prober logs how many hours it holds at the assigned load).
+  std::uint64_t spool_max_results = 10'000'000;
+  // Records every (epoch, seq) ever spooled in table `history` (fault tests:
+  // what the prober produced). Grows without bound: off in production.
+  bool spool_history = false;
 };
 
 struct Config {
