@@ -43,7 +43,17 @@ class ProberDaemon : public Daemon {
     s.boot_epoch = epoch;
     s.source_address = node.address;
     s.collectors = config.collectors_for_probers();
-    sender_ = std::make_unique<ResultSender>(loop_, s, std::make_unique<MemorySpool>());
+    auto spool_file = config.prober.state_dir / node.id / "spool.db";
+    auto spool = std::make_unique<SqliteSpool>(
+        spool_file,
+        SqliteSpoolOptions{static_cast<std::size_t>(config.prober.spool_max_results),
+                           config.prober.spool_history});
+    if (spool->last_key().epoch >= epoch)
+      throw std::runtime_error(fmt::format(
+          "prober {}: {} holds results of boot epoch {} but this start's epoch is {}: the "
+          "boot_epoch file went back; refusing to reuse (epoch, seq) keys",
+          node.id, spool_file.string(), spool->last_key().epoch, epoch));
+    sender_ = std::make_unique<ResultSender>(loop_, s, std::move(spool));
     runner_ = std::make_unique<StreamRunner>(
         loop_, node.id, config.limits,
         [this](const wire::Stream& stream, std::function<void(wire::Result)> done) {
@@ -64,6 +74,9 @@ class ProberDaemon : public Daemon {
           h.set_load(runner_->load());
           h.set_streams(static_cast<std::uint32_t>(runner_->streams()));
           h.set_spooled(sender_->counters().spooled);
+          h.set_spool_paused(sender_->counters().paused);
+          h.set_spool_lost(sender_->counters().spool_full);
+          sender_->set_load(runner_->load());
         });
     loop_.start();
     log->info("prober {}: boot epoch {}, responder on {}:{}, manager {}, collector {}", node.id,

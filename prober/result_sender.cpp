@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -22,10 +23,14 @@ namespace {
 // Results sent at least once and not yet acknowledged are at most this many;
 // the rest wait in the spool, so a dead collector costs a bounded rate.
 constexpr std::size_t kWindow = 1024;
+// Part of the spool's capacity kept for measurements that were running when
+// every stream paused: 5 %, at most this many results.
+constexpr std::size_t kSpoolReserve = 10'000;
 
 struct InFlight {
   Mono::time_point due;
   int attempts = 0;
+  std::string bytes;  // the serialized wire::Result, as spooled
 };
 
 }  // namespace
@@ -42,11 +47,19 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
   asio::steady_timer tick;
   SenderCounters counters;
   std::uint64_t next_seq = 1;
-  std::uint64_t next_unsent = 1;
-  std::map<std::uint64_t, InFlight> in_flight;
-  int unanswered_rounds = 0;
-  bool acked_since_round = false;
+  SpoolKey next_unsent{0, 0};
+  std::map<SpoolKey, InFlight> in_flight;
+  // Progress: the last valid ack, or the last failover.
+  Mono::time_point last_progress = Mono::now();
+  bool waiting = false;  // results were in flight since last_progress
   Mono::time_point last_full_log{};
+  Mono::time_point last_sync_log{};
+  std::atomic<std::size_t> spool_size{0};
+  std::size_t spool_capacity = 0;
+  std::size_t full_at = 0;  // every stream pauses (capacity less the reserve)
+  std::size_t soft_at = 0;  // streams below the top priority pause
+  std::atomic<int> top_priority{std::numeric_limits<int>::min()};
+  std::atomic<double> load{-1};
   std::mt19937_64 random{std::random_device{}()};
   std::array<char, 65536> buffer{};
   udp::endpoint ack_from;
@@ -90,6 +103,14 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
                         ec ? ec.message() : "no address of the source's family"));
       collectors.push_back(chosen);
     }
+    spool_size = spool->size();
+    spool_capacity = spool->capacity();
+    full_at = spool_capacity - std::min(kSpoolReserve, spool_capacity / 20);
+    soft_at = static_cast<std::size_t>(kSpoolSoftFill * static_cast<double>(full_at));
+    counters.spooled = spool_size.load();
+    if (spool_size > 0)
+      log->info("prober {}: {} results of earlier boot epochs spooled, sending them first",
+                options.node, spool_size.load());
   }
 
   void start() {
@@ -111,21 +132,78 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
 
   void submit(wire::Result result) {
     result.set_seq(next_seq);
-    if (!spool->put(next_seq, result.SerializeAsString())) {
+    bool kept = false;
+    try {
+      kept = spool->put(SpoolKey{options.boot_epoch, next_seq}, result.SerializeAsString());
+    } catch (const std::exception& e) {
+      log->error("prober {}: cannot spool a result: {}", options.node, e.what());
+    }
+    if (!kept) {
       ++counters.spool_full;
       auto now = Mono::now();
       if (now - last_full_log > std::chrono::seconds(10)) {
         last_full_log = now;
         log->error(
-            "prober {}: SPOOL FULL ({} results unacknowledged): dropping new results; "
-            "is collector {} reachable?",
-            options.node, spool->size(), options.collectors[current].to_string());
+            "prober {}: SPOOL FULL ({} results unacknowledged, capacity {}): a result of stream "
+            "'{}' is LOST; is collector {} reachable?",
+            options.node, spool->size(), spool_capacity, result.stream(),
+            options.collectors[current].to_string());
       }
       return;
     }
     ++next_seq;
     ++counters.results;
-    counters.spooled = spool->size();
+    note_size();
+  }
+
+  void note_size() {
+    auto before = spool_size.load();
+    spool_size = spool->size();
+    counters.spooled = spool_size.load();
+    auto soft = soft_at;
+    if (before < soft && spool_size >= soft)
+      log->error(
+          "prober {}: SPOOL {}% FULL ({} of {} results unacknowledged): pausing streams below "
+          "the highest priority; collector {} does not acknowledge",
+          options.node, static_cast<int>(kSpoolSoftFill * 100), spool_size.load(), spool_capacity,
+          options.collectors[current].to_string());
+    if (before < full_at && spool_size >= full_at)
+      log->error("prober {}: SPOOL FULL ({} of {} results): pausing every stream", options.node,
+                 spool_size.load(), spool_capacity);
+    if (before >= soft && spool_size < soft)
+      log->warn("prober {}: spool below {}% again ({} results): every stream runs", options.node,
+                static_cast<int>(kSpoolSoftFill * 100), spool_size.load());
+  }
+
+  bool accepting(int priority) {
+    int top = top_priority.load();
+    while (priority > top && !top_priority.compare_exchange_weak(top, priority)) {
+    }
+    auto size = spool_size.load();
+    bool ok = size < soft_at || (size < full_at && priority >= top_priority.load());
+    if (!ok) ++counters.paused;
+    return ok;
+  }
+
+  void set_load(double per_second) {
+    double before = load.exchange(per_second);
+    if (before == per_second) return;
+    if (per_second <= 0) {
+      log->info("prober {}: spool capacity {} results (no periodic streams)", options.node,
+                spool_capacity);
+      return;
+    }
+    double hours = static_cast<double>(spool_capacity) / per_second / 3600.0;
+    if (hours < 24.0)
+      log->error(
+          "prober {}: spool capacity {} results holds only {:.1f} h at the configured load of "
+          "{:.2f} results/s (< 24 h): raise prober.spool.max_results to at least {:.0f}",
+          options.node, spool_capacity, hours, per_second, per_second * 86'400.0);
+    else
+      log->info(
+          "prober {}: spool capacity {} results = {:.1f} h at the configured load of {:.2f} "
+          "results/s",
+          options.node, spool_capacity, hours, per_second);
   }
 
   Mono::duration backoff(int attempts) {
@@ -135,55 +213,76 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
     return std::chrono::duration_cast<Mono::duration>(std::chrono::duration<double>(d));
   }
 
+  // Whether `key` may enter the window: its epoch's lowest unacknowledged seq
+  // (the first in flight of that epoch, as results enter in key order) is less
+  // than kSeqWindow below it.
+  bool within_seq_window(SpoolKey key) const {
+    auto it = in_flight.lower_bound(SpoolKey{key.epoch, 0});
+    return it == in_flight.end() || it->first.epoch != key.epoch ||
+           key.seq - it->first.seq < kSeqWindow;
+  }
+
   void flush() {
+    // Durable before sent: commit what was spooled (and erased) since the
+    // last tick, in one transaction.
+    try {
+      spool->sync();
+    } catch (const std::exception& e) {
+      ++counters.sync_failures;
+      auto now = Mono::now();
+      if (now - last_sync_log > std::chrono::seconds(10)) {
+        last_sync_log = now;
+        log->error("prober {}: cannot commit the spool, sending nothing until it works: {}",
+                   options.node, e.what());
+      }
+      return;
+    }
     auto now = Mono::now();
-    // Results enter the window in seq order.
     if (in_flight.size() < kWindow) {
-      spool->scan(next_unsent, [&](std::uint64_t seq, const std::string&) {
-        in_flight.emplace(seq, InFlight{now, 0});
-        next_unsent = seq + 1;
+      spool->scan(next_unsent, [&](SpoolKey key, const std::string& bytes) {
+        if (!within_seq_window(key)) return false;
+        in_flight.emplace(key, InFlight{now, 0, bytes});
+        next_unsent = SpoolKey{key.epoch, key.seq + 1};
         return in_flight.size() < kWindow;
       });
     }
-    bool retransmission = false;
     wire::Message message;
     message.set_node(options.node);
     auto* batch = message.mutable_results();
-    batch->set_boot_epoch(options.boot_epoch);
-    std::vector<std::uint64_t> lost;  // in flight but gone from the spool
-    for (auto& [seq, f] : in_flight) {
+    std::uint64_t epoch = 0;
+    for (auto& [key, f] : in_flight) {
       if (f.due > now) continue;
-      std::string bytes;
-      spool->scan(seq, [&](std::uint64_t found, const std::string& b) {
-        if (found == seq) bytes = b;
-        return false;
-      });
-      if (bytes.empty()) {
-        lost.push_back(seq);
-        continue;
+      // One epoch per datagram.
+      if (batch->results_size() > 0 && key.epoch != epoch) {
+        send(message);
+        batch->clear_results();
       }
+      epoch = key.epoch;
+      batch->set_boot_epoch(epoch);
       auto* added = batch->add_results();
-      if (!added->ParseFromString(bytes)) {
-        batch->mutable_results()->RemoveLast();
-        lost.push_back(seq);
-        continue;
+      if (!added->ParseFromString(f.bytes)) {
+        // Cannot happen for what this prober wrote; sending it would stall
+        // nothing, so it is sent as parsed so far and logged.
+        log->error("prober {}: spooled result {}/{} does not parse", options.node, key.epoch,
+                   key.seq);
       }
       if (sealed_size(message) > kMaxResultDatagram && batch->results_size() > 1) {
         batch->mutable_results()->RemoveLast();
         send(message);
         batch->clear_results();
-        batch->add_results()->ParseFromString(bytes);
+        batch->add_results()->ParseFromString(f.bytes);
       }
-      if (f.attempts > 0) {
-        retransmission = true;
-        ++counters.retransmitted;
-      }
+      if (f.attempts > 0) ++counters.retransmitted;
       ++f.attempts;
       f.due = now + backoff(f.attempts);
+      waiting = true;
     }
     if (batch->results_size() > 0) send(message);
-    for (auto seq : lost) in_flight.erase(seq);
-    if (retransmission) round_without_ack();
+    if (in_flight.empty()) {
+      waiting = false;
+      last_progress = now;
+    }
+    check_failover(now);
   }
 
   // Outer-frame size of a sealed message, computed as seal() lays it out.
@@ -217,14 +316,16 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
     ++counters.datagrams;
   }
 
-  void round_without_ack() {
-    if (acked_since_round) {
-      acked_since_round = false;
-      unanswered_rounds = 0;
-      return;
-    }
-    if (++unanswered_rounds < kFailoverRounds) return;
-    unanswered_rounds = 0;
+  // kFailoverRounds retransmission rounds (0.5 + 1 + 2 + 4 s with the
+  // defaults) without any valid ack while results were in flight: the next
+  // collector takes over and the backoff restarts.
+  void check_failover(Mono::time_point now) {
+    if (!waiting) return;
+    double rounds_s = 0;
+    for (int i = 0; i < kFailoverRounds; ++i)
+      rounds_s += std::min(options.initial_backoff_s * std::pow(2.0, i), options.max_backoff_s);
+    if (now - last_progress < std::chrono::duration<double>(rounds_s)) return;
+    last_progress = now;
     if (collectors.size() < 2) {
       log->warn("prober {}: collector {} does not acknowledge; {} results spooled", options.node,
                 options.collectors[current].to_string(), spool->size());
@@ -239,8 +340,10 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
         "spooled)",
         options.node, options.collectors[previous].to_string(),
         options.collectors[current].to_string(), spool->size());
-    auto now = Mono::now();
-    for (auto& [seq, f] : in_flight) f = InFlight{now, 0};
+    for (auto& [key, f] : in_flight) {
+      f.due = now;
+      f.attempts = 0;
+    }
   }
 
   void receive() {
@@ -257,23 +360,32 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
 
   void on_datagram(std::string_view frame) {
     auto message = open_from(frame, options.node, sealer);
-    if (!message || !message->has_ack() || message->ack().boot_epoch() != options.boot_epoch) {
+    if (!message || !message->has_ack() || message->ack().boot_epoch() == 0 ||
+        message->ack().boot_epoch() > options.boot_epoch) {
       ++counters.bad_acks;
       log->debug("prober {}: dropped a datagram from {}: {}", options.node,
                  ack_from.address().to_string(),
-                 !message ? message.error().message : "not an ack of this boot epoch");
+                 !message ? message.error().message : "not an ack of a boot epoch of ours");
       return;
     }
+    std::uint64_t epoch = message->ack().boot_epoch();
     std::uint64_t removed = 0;
     for (const auto& range : message->ack().ranges()) {
       if (range.first() > range.last()) continue;
-      removed += spool->erase(range.first(), range.last());
-      in_flight.erase(in_flight.lower_bound(range.first()), in_flight.upper_bound(range.last()));
+      try {
+        removed += spool->erase(epoch, range.first(), range.last());
+      } catch (const std::exception& e) {
+        // Not erased: it is sent again, and acknowledged again.
+        log->error("prober {}: cannot erase acknowledged results: {}", options.node, e.what());
+        continue;
+      }
+      in_flight.erase(in_flight.lower_bound(SpoolKey{epoch, range.first()}),
+                      in_flight.upper_bound(SpoolKey{epoch, range.last()}));
     }
     counters.acked += removed;
-    counters.spooled = spool->size();
-    acked_since_round = true;
-    unanswered_rounds = 0;
+    note_size();
+    last_progress = Mono::now();
+    waiting = !in_flight.empty();
   }
 };
 
@@ -289,6 +401,10 @@ void ResultSender::submit(wire::Result result) {
     if (auto self = weak.lock()) self->submit(std::move(result));
   });
 }
+
+bool ResultSender::accepting(int priority) { return impl_->accepting(priority); }
+
+void ResultSender::set_load(double results_per_second) { impl_->set_load(results_per_second); }
 
 const SenderCounters& ResultSender::counters() const { return impl_->counters; }
 

@@ -1,9 +1,10 @@
 // The result sender: numbers each result (seq 1, 2, ... within the boot
-// epoch), keeps it in the spool, and sends pending results to a collector as
-// sealed UDP datagrams (ResultBatch, under kMaxResultDatagram bytes) until an
-// Ack names them. Unacknowledged results are sent again with backoff (0.5 s
-// doubling to 8 s, with jitter); after kFailoverRounds unanswered rounds the
-// next collector of the list takes over.
+// epoch), keeps it in the spool, makes the spool durable, and only then sends
+// pending results (of this epoch and of earlier ones still spooled) to a
+// collector as sealed UDP datagrams (ResultBatch, under kMaxResultDatagram
+// bytes) until an Ack names them. Unacknowledged results are sent again with
+// backoff (0.5 s doubling to 8 s, with jitter); after kFailoverRounds rounds
+// without any valid ack the next collector of the list takes over.
 #pragma once
 
 #include <atomic>
@@ -24,7 +25,14 @@ namespace flexmon::prober {
 
 constexpr std::size_t kMaxResultDatagram = 1400;
 constexpr int kFailoverRounds = 4;
-
+// A result of seq s is sent only while s < (lowest unacknowledged seq of its
+// epoch) + kSeqWindow: the collector drops seqs further above its high-water
+// mark (collector/window.h, same value).
+constexpr std::uint64_t kSeqWindow = 1 << 16;
+// Fill of the spool (fraction of its capacity less a reserve of 5 %) from
+// which only the streams of the highest priority seen keep running; at 1.0
+// every stream pauses, and the reserve takes the measurements in progress.
+constexpr double kSpoolSoftFill = 0.9;
 struct SenderOptions {
   std::string node;
   std::string key;  // the node's key (raw bytes)
@@ -43,9 +51,11 @@ struct SenderCounters {
   std::atomic<std::uint64_t> acked{0};          // results removed by acks
   std::atomic<std::uint64_t> bad_acks{0};       // did not verify, or not for this epoch
   std::atomic<std::uint64_t> spool_full{0};     // results dropped: spool full
+  std::atomic<std::uint64_t> paused{0};         // measurements not started: spool full
   std::atomic<std::uint64_t> failovers{0};
   std::atomic<std::uint64_t> send_errors{0};
-  std::atomic<std::uint64_t> spooled{0};  // results waiting for an ack
+  std::atomic<std::uint64_t> spooled{0};        // results waiting for an ack
+  std::atomic<std::uint64_t> sync_failures{0};  // spool commits that failed (nothing sent)
 };
 
 class ResultSender {
@@ -56,6 +66,15 @@ class ResultSender {
 
   // Numbers, spools and sends a result. Any thread.
   void submit(wire::Result result);
+
+  // Whether a measurement of a stream of this priority should start now: false
+  // when the spool is nearly full (see kSpoolSoftFill); counts the refusals.
+  // Any thread; the stream runner calls it before each measurement.
+  bool accepting(int priority);
+
+  // Tells the sender the node's configured load (results per second), so it
+  // logs how many hours the spool holds at that load (warning under 24 h).
+  void set_load(double results_per_second);
 
   const SenderCounters& counters() const;
   // The collector results go to now (index into options.collectors).

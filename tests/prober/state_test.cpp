@@ -35,21 +35,21 @@ TEST(BootEpoch, GarbageInTheFileIsAnErrorNamingIt) {
 
 TEST(MemorySpool, KeepsOrderErasesRangesAndIsBounded) {
   MemorySpool spool(3);
-  EXPECT_TRUE(spool.put(1, "a"));
-  EXPECT_TRUE(spool.put(2, "b"));
-  EXPECT_TRUE(spool.put(3, "c"));
-  EXPECT_FALSE(spool.put(4, "d")) << "full";
+  EXPECT_TRUE(spool.put({1, 1}, "a"));
+  EXPECT_TRUE(spool.put({1, 2}, "b"));
+  EXPECT_TRUE(spool.put({2, 1}, "c"));
+  EXPECT_FALSE(spool.put({2, 2}, "d")) << "full";
   EXPECT_EQ(spool.size(), 3u);
   std::string seen;
-  spool.scan(2, [&](std::uint64_t, const std::string& r) {
+  spool.scan({1, 2}, [&](SpoolKey, const std::string& r) {
     seen += r;
     return true;
   });
-  EXPECT_EQ(seen, "bc");
-  EXPECT_EQ(spool.erase(2, 100), 2u);
-  EXPECT_EQ(spool.erase(5, 1), 0u) << "inverted range";
-  EXPECT_EQ(spool.size(), 1u);
-  EXPECT_TRUE(spool.put(4, "d"));
+  EXPECT_EQ(seen, "bc") << "in (epoch, seq) order, across epochs";
+  EXPECT_EQ(spool.erase(1, 2, 100), 1u);
+  EXPECT_EQ(spool.erase(1, 5, 1), 0u) << "inverted range";
+  EXPECT_EQ(spool.size(), 2u);
+  EXPECT_TRUE(spool.put({2, 2}, "d"));
 }
 
 }  // namespace
