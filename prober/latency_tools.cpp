@@ -388,6 +388,34 @@ PingOutcome ping_tcp(const Address& dst, const PingPlan& plan, const ToolContext
     std::int64_t tx_mono = 0;
   };
   std::vector<Conn> open;
+  // An ICMP error that came while connect() held the socket lock is only a
+  // soft error for TCP (the SYN is retried); IP_RECVERR queues it for us.
+  auto icmp_error = [&](Conn& c) {
+    std::array<std::uint8_t, 256> data;
+    iovec iov{data.data(), data.size()};
+    alignas(cmsghdr) char control[512];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    if (::recvmsg(c.fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return;
+    for (cmsghdr* m = CMSG_FIRSTHDR(&msg); m; m = CMSG_NXTHDR(&msg, m)) {
+      if (!((m->cmsg_level == SOL_IP && m->cmsg_type == IP_RECVERR) ||
+            (m->cmsg_level == SOL_IPV6 && m->cmsg_type == IPV6_RECVERR)))
+        continue;
+      const auto* e = reinterpret_cast<const sock_extended_err*>(CMSG_DATA(m));
+      if (e->ee_origin != SO_EE_ORIGIN_ICMP && e->ee_origin != SO_EE_ORIGIN_ICMP6) continue;
+      if (e->ee_errno == ECONNREFUSED) {
+        ++out.refused;
+      } else {
+        ++out.unreachable;
+        if (out.icmp_text.empty())
+          out.icmp_text = fmt::format("ICMP: {}", std::strerror(static_cast<int>(e->ee_errno)));
+      }
+      return;
+    }
+  };
   auto close_conn = [](Conn& c) {
     linger l{1, 0};  // RST: no TIME_WAIT per probe on either side
     setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
@@ -401,7 +429,10 @@ PingOutcome ping_tcp(const Address& dst, const PingPlan& plan, const ToolContext
     if (context.stop && context.stop->load()) break;
     std::int64_t now = mono_ns();
     for (auto& c : open)
-      if (c.fd >= 0 && now - c.tx_mono > plan.timeout_ns) close_conn(c);
+      if (c.fd >= 0 && now - c.tx_mono > plan.timeout_ns) {
+        icmp_error(c);
+        close_conn(c);
+      }
     std::erase_if(open, [](const Conn& c) { return c.fd < 0; });
     if (next < plan.count && now >= first + plan.spacing_ns * next) {
       std::uint32_t i = next++;
@@ -412,6 +443,9 @@ PingOutcome ping_tcp(const Address& dst, const PingPlan& plan, const ToolContext
         if (out.error.empty()) out.error = "tcp: " + error;
         continue;
       }
+      int one = 1;
+      bool v6 = dst.family() == AF_INET6;
+      setsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one);
       Conn c{fd, i, mono_ns()};
       out.tx_utc[i] = realtime_ns();
       int r = ::connect(fd, dst.get(), dst.length);
@@ -473,7 +507,10 @@ PingOutcome ping_tcp(const Address& dst, const PingPlan& plan, const ToolContext
     std::erase_if(open, [](const Conn& c) { return c.fd < 0; });
   }
   for (auto& c : open)
-    if (c.fd >= 0) close_conn(c);
+    if (c.fd >= 0) {
+      icmp_error(c);
+      close_conn(c);
+    }
   return out;
 }
 
