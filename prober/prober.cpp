@@ -45,9 +45,8 @@ class ProberDaemon : public Daemon {
     s.collectors = config.collectors_for_probers();
     auto spool_file = config.prober.state_dir / node.id / "spool.db";
     auto spool = std::make_unique<SqliteSpool>(
-        spool_file,
-        SqliteSpoolOptions{static_cast<std::size_t>(config.prober.spool_max_results),
-                           config.prober.spool_history});
+        spool_file, SqliteSpoolOptions{static_cast<std::size_t>(config.prober.spool_max_results),
+                                       config.prober.spool_history});
     if (spool->last_key().epoch >= epoch)
       throw std::runtime_error(fmt::format(
           "prober {}: {} holds results of boot epoch {} but this start's epoch is {}: the "
