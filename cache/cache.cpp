@@ -1,5 +1,6 @@
 #include "cache/cache.h"
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cache/storage.h"
@@ -73,6 +74,13 @@ std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& group
     const std::string& node = group.node;
     std::uint64_t boot_epoch = group.boot_epoch;
     for (const wire::Result* result : group.results) {
+      if (result->start_ns() < 0 || result->start_ns() >= kMaxStartNs) {
+        if (outcome.rejected++ == 0)
+          outcome.rejection = fmt::format(
+              "result {} of node '{}': start_ns {} is outside 1970-01-01..2100-01-01 UTC",
+              result->seq(), node.substr(0, 64), result->start_ns());
+        continue;
+      }
       insert.bind(1, std::string_view(node))
           .bind(2, static_cast<std::int64_t>(boot_epoch))
           .bind(3, static_cast<std::int64_t>(result->seq()))

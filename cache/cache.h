@@ -25,7 +25,15 @@ class Database;
 struct StoreOutcome {
   std::size_t stored = 0;      // new rows
   std::size_t duplicates = 0;  // already present: acknowledged, not stored again
+  // Refused, not stored (acknowledge them all the same: resending cannot fix
+  // them): start_ns outside [0, kMaxStartNs], which no weekly archive
+  // partition can hold. `rejection` says why, for the first one.
+  std::size_t rejected = 0;
+  std::string rejection;
 };
+
+// Results must start in [1970-01-01, 2100-01-01) UTC (schemas/cache.md).
+inline constexpr std::int64_t kMaxStartNs = 4'102'444'800'000'000'000;
 
 struct LatencyQuery {
   std::optional<std::string> src;

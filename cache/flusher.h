@@ -54,7 +54,7 @@ FlushLag flush_lag(const Config& config);
 class Flusher {
  public:
   explicit Flusher(const Config& config);  // config must outlive the Flusher
-  ~Flusher();  // stops
+  ~Flusher();                              // stops
   Flusher(const Flusher&) = delete;
   Flusher& operator=(const Flusher&) = delete;
   void start();

@@ -1,8 +1,16 @@
 // The PostgreSQL archive: libpq, COPY into `results` partitioned by week.
+#include <sqlite3.h>
+
 #include <algorithm>
+#include <array>
 #include <charconv>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -66,6 +74,12 @@ void Connection::copy_start(const std::string& sql) {
 void Connection::copy_send(std::string_view data) {
   if (PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1)
     throw ArchiveError(fmt::format("postgresql: COPY: {}", error()));
+}
+
+void Connection::copy_abort(const std::string& why) noexcept {
+  if (PQputCopyEnd(conn_, why.c_str()) == 1)
+    while (ResultPtr(PQgetResult(conn_))) {
+    }
 }
 
 void Connection::copy_end() {
@@ -159,6 +173,40 @@ class PgCursor : public Cursor {
   bool done_ = false;
 };
 
+// Rows of a query with a LIMIT (a page): one round trip, no cursor.
+class PgResultCursor : public Cursor {
+ public:
+  PgResultCursor(pq::Connection& connection, const std::string& sql,
+                 const std::vector<Param>& params) {
+    std::vector<std::string> values;
+    for (const auto& p : params) values.push_back(param_text(p));
+    result_ = connection.query(sql, values);
+    rows_ = PQntuples(result_.get());
+  }
+  bool next() override { return ++row_ < rows_; }
+  bool is_null(int c) const override { return PQgetisnull(result_.get(), row_, c); }
+  std::int64_t int64(int c) const override {
+    const char* v = PQgetvalue(result_.get(), row_, c);
+    std::int64_t out = 0;
+    std::from_chars(v, v + PQgetlength(result_.get(), row_, c), out);
+    return out;
+  }
+  double real(int c) const override {
+    const char* v = PQgetvalue(result_.get(), row_, c);
+    double out = 0;
+    std::from_chars(v, v + PQgetlength(result_.get(), row_, c), out);
+    return out;
+  }
+  std::string text(int c) const override {
+    return std::string(PQgetvalue(result_.get(), row_, c),
+                       static_cast<std::size_t>(PQgetlength(result_.get(), row_, c)));
+  }
+
+ private:
+  pq::ResultPtr result_;
+  int rows_ = 0, row_ = -1;
+};
+
 class PgSnapshot : public ArchiveSnapshot {
  public:
   PgSnapshot(pq::Connection& connection, const std::string& uuid)
@@ -175,6 +223,7 @@ class PgSnapshot : public ArchiveSnapshot {
   std::unique_ptr<Cursor> select(const Select& select) override {
     std::vector<Param> params;
     std::string sql = render(select, Dialect::postgres, params);
+    if (select.limit) return std::make_unique<PgResultCursor>(connection_, sql, params);
     return std::make_unique<PgCursor>(connection_, fmt::format("flexmon_c{}", ++cursors_), sql,
                                       params);
   }
@@ -186,10 +235,29 @@ class PgSnapshot : public ArchiveSnapshot {
   int cursors_ = 0;
 };
 
+// ---- COPY of cache rows ----------------------------------------------------
+//
+// A producer thread reads the cache rows with one prepared statement (no
+// per-row allocation) and formats them as COPY text while the flushing thread
+// sends the previous buffers: SQLite reading and PostgreSQL ingest overlap.
+// Rows are sorted by path (src, dst, start_ns) within chunks of kChunkRows, so
+// one path's rows of a flush land on a few heap pages and the path index is
+// filled in runs: the one-path query then reads few pages, and the index
+// inserts stay in cache. Chunks bound the memory whatever the batch size.
+
+constexpr std::size_t kSendBytes = 1 << 20;  // one PQputCopyData
+constexpr std::size_t kChunkRows = 65'536;   // rows sorted together
+constexpr std::size_t kQueueBuffers = 3;     // formatted buffers in flight
+
 // COPY text format: tab-separated, \N for NULL, backslash escapes.
-void append_text(std::string& out, std::string_view text) {
-  for (char c : text) {
-    switch (c) {
+void append_escaped(std::string& out, const char* text, std::size_t size) {
+  const char* end = text + size;
+  while (text < end) {
+    const char* run = text;
+    while (text < end && *text != '\\' && *text != '\t' && *text != '\n' && *text != '\r') ++text;
+    out.append(run, static_cast<std::size_t>(text - run));
+    if (text == end) break;
+    switch (*text++) {
       case '\\':
         out += "\\\\";
         break;
@@ -199,11 +267,8 @@ void append_text(std::string& out, std::string_view text) {
       case '\n':
         out += "\\n";
         break;
-      case '\r':
-        out += "\\r";
-        break;
       default:
-        out += c;
+        out += "\\r";
     }
   }
 }
@@ -215,37 +280,187 @@ void append_number(std::string& out, Number value) {
   out.append(buffer, end);
 }
 
-// Appends one cache row (kColumns, read by `s`) as a COPY text line.
-void append_copy_line(std::string& out, sqlite::Statement& s) {
-  for (int c = 0; c < kColumnCount; ++c) {
-    if (c) out += '\t';
-    if (s.is_null(c)) {
-      out += "\\N";
-      continue;
-    }
-    switch (c) {
-      case 20:
-      case 21:
-      case 22:
-      case 25:
-        append_number(out, s.real(c));
-        break;
-      case 1:
-      case 4:
-      case 5:
-      case 6:
-      case 7:
-      case 9:
-      case 10:
-      case 19:
-        append_text(out, s.text(c));
-        break;
-      default:
-        append_number(out, s.int64(c));
-    }
-  }
-  out += '\n';
+enum class Kind : unsigned char { integer, real, text };
+
+constexpr std::array<Kind, kColumnCount> column_kinds() {
+  std::array<Kind, kColumnCount> kinds{};
+  kinds.fill(Kind::integer);
+  for (int c : {1, 4, 5, 6, 7, 9, 10, 19}) kinds[static_cast<std::size_t>(c)] = Kind::text;
+  for (int c : {20, 21, 22, 25}) kinds[static_cast<std::size_t>(c)] = Kind::real;
+  return kinds;
 }
+constexpr auto kKinds = column_kinds();
+constexpr int kSrcColumn = 6, kDstColumn = 7, kStartColumn = 8;
+
+class CopyProducer {
+ public:
+  CopyProducer(sqlite::Database& cache, std::int64_t lower, std::int64_t upper)
+      : cache_(cache), lower_(lower), upper_(upper) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~CopyProducer() {
+    cancel();
+    thread_.join();
+  }
+  CopyProducer(const CopyProducer&) = delete;
+  CopyProducer& operator=(const CopyProducer&) = delete;
+
+  // The next formatted buffer; false at the end. Rethrows the producer's error.
+  bool next(std::string& buffer) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !full_.empty() || done_; });
+    if (full_.empty()) {
+      if (error_) std::rethrow_exception(error_);
+      return false;
+    }
+    if (!buffer.empty() || buffer.capacity()) free_.push_back(std::move(buffer));
+    buffer = std::move(full_.front());
+    full_.pop_front();
+    changed_.notify_all();
+    return true;
+  }
+  std::int64_t rows() const { return rows_; }  // after next() returned false
+
+ private:
+  struct Line {
+    std::uint32_t offset, size;        // in chunk_
+    std::uint32_t src, src_size, dst;  // offsets in chunk_ (escaped text)
+    std::uint32_t dst_size;
+    std::int64_t start_ns;
+  };
+
+  void cancel() {
+    std::lock_guard lock(mutex_);
+    cancelled_ = true;
+    changed_.notify_all();
+  }
+
+  // Hands `out` to the sender; false when cancelled.
+  bool publish(std::string& out) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return full_.size() < kQueueBuffers || cancelled_; });
+    if (cancelled_) return false;
+    full_.push_back(std::move(out));
+    changed_.notify_all();
+    if (!free_.empty()) {
+      out = std::move(free_.back());
+      free_.pop_back();
+    } else {
+      out = std::string();
+    }
+    out.clear();
+    out.reserve(kSendBytes + 64 * 1024);
+    return true;
+  }
+
+  // Sorts the chunk's lines by path and moves them to the send buffers.
+  bool flush_chunk(std::string& out) {
+    std::sort(lines_.begin(), lines_.end(), [&](const Line& a, const Line& b) {
+      std::string_view as(chunk_.data() + a.src, a.src_size), bs(chunk_.data() + b.src, b.src_size);
+      if (int c = as.compare(bs)) return c < 0;
+      std::string_view ad(chunk_.data() + a.dst, a.dst_size), bd(chunk_.data() + b.dst, b.dst_size);
+      if (int c = ad.compare(bd)) return c < 0;
+      return a.start_ns < b.start_ns;
+    });
+    for (const Line& line : lines_) {
+      out.append(chunk_.data() + line.offset, line.size);
+      if (out.size() >= kSendBytes && !publish(out)) return false;
+    }
+    lines_.clear();
+    chunk_.clear();
+    return true;
+  }
+
+  void run() {
+    try {
+      produce();
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      error_ = std::current_exception();
+    }
+    std::lock_guard lock(mutex_);
+    done_ = true;
+    changed_.notify_all();
+  }
+
+  void produce() {
+    std::string sql =
+        fmt::format("SELECT {} FROM results WHERE id > ?1 AND id <= ?2 ORDER BY id", kColumns);
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v2(cache_.handle(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK)
+      throw ArchiveError(fmt::format("cache: {}", sqlite3_errmsg(cache_.handle())));
+    std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> statement(raw, sqlite3_finalize);
+    sqlite3_bind_int64(raw, 1, lower_);
+    sqlite3_bind_int64(raw, 2, upper_);
+    std::string out;
+    out.reserve(kSendBytes + 64 * 1024);
+    chunk_.reserve(32 << 20);
+    lines_.reserve(kChunkRows);
+    std::int64_t count = 0;
+    for (;;) {
+      int rc = sqlite3_step(raw);
+      if (rc == SQLITE_DONE) break;
+      if (rc != SQLITE_ROW)
+        throw ArchiveError(fmt::format("cache: reading rows: {}", sqlite3_errmsg(cache_.handle())));
+      Line line{};
+      line.offset = static_cast<std::uint32_t>(chunk_.size());
+      for (int c = 0; c < kColumnCount; ++c) {
+        if (c) chunk_ += '\t';
+        if (sqlite3_column_type(raw, c) == SQLITE_NULL) {
+          chunk_ += "\\N";
+          continue;
+        }
+        switch (kKinds[static_cast<std::size_t>(c)]) {
+          case Kind::integer:
+            append_number(chunk_, static_cast<std::int64_t>(sqlite3_column_int64(raw, c)));
+            break;
+          case Kind::real:
+            append_number(chunk_, sqlite3_column_double(raw, c));
+            break;
+          case Kind::text: {
+            auto* text = reinterpret_cast<const char*>(sqlite3_column_text(raw, c));
+            auto size = static_cast<std::size_t>(sqlite3_column_bytes(raw, c));
+            auto at = static_cast<std::uint32_t>(chunk_.size());
+            append_escaped(chunk_, text, size);
+            auto written = static_cast<std::uint32_t>(chunk_.size()) - at;
+            if (c == kSrcColumn) {
+              line.src = at;
+              line.src_size = written;
+            } else if (c == kDstColumn) {
+              line.dst = at;
+              line.dst_size = written;
+            }
+          }
+        }
+      }
+      chunk_ += '\n';
+      line.start_ns = sqlite3_column_int64(raw, kStartColumn);
+      line.size = static_cast<std::uint32_t>(chunk_.size()) - line.offset;
+      lines_.push_back(line);
+      ++count;
+      if (lines_.size() >= kChunkRows || chunk_.size() >= (std::size_t{1} << 28)) {
+        if (!flush_chunk(out)) return;
+      }
+    }
+    if (!flush_chunk(out)) return;
+    if (!out.empty() && !publish(out)) return;
+    rows_ = count;
+  }
+
+  sqlite::Database& cache_;
+  std::int64_t lower_, upper_;
+  std::string chunk_;
+  std::vector<Line> lines_;
+  std::int64_t rows_ = 0;
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::string> full_;
+  std::vector<std::string> free_;
+  bool done_ = false, cancelled_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
 
 class PgArchive : public Archive {
  public:
@@ -273,7 +488,8 @@ class PgArchive : public Archive {
   // lock that blocks readers of `results`).
   void ensure_partitions(sqlite::Database& cache, std::int64_t lower, std::int64_t upper) {
     auto weeks = cache.prepare(
-        "SELECT DISTINCT (start_ns + 259200000000000) / 604800000000000 FROM results "
+        "SELECT DISTINCT (start_ns + 259200000000000) / 604800000000000 - "
+        "((start_ns + 259200000000000) % 604800000000000 < 0) FROM results "
         "WHERE id > ?1 AND id <= ?2");
     weeks.bind(1, lower).bind(2, upper);
     std::vector<UtcNs> starts;
@@ -311,22 +527,17 @@ class PgArchive : public Archive {
     lower = std::stoll(PQgetvalue(locked.get(), 0, 0));
     if (lower >= upper) return 0;
 
-    auto rows = cache.prepare(
-        fmt::format("SELECT {} FROM results WHERE id > ?1 AND id <= ?2 ORDER BY id", kColumns));
-    rows.bind(1, lower).bind(2, upper);
     connection_.copy_start(fmt::format("COPY results ({}) FROM STDIN", kColumns));
-    std::string buffer;
-    buffer.reserve(1 << 20);
     std::int64_t count = 0;
-    while (rows.step()) {
-      append_copy_line(buffer, rows);
-      ++count;
-      if (buffer.size() >= (1 << 20) - 4096) {
-        connection_.copy_send(buffer);
-        buffer.clear();
-      }
+    try {
+      CopyProducer producer(cache, lower, upper);
+      std::string buffer;
+      while (producer.next(buffer)) connection_.copy_send(buffer);
+      count = producer.rows();
+    } catch (const std::exception& e) {
+      connection_.copy_abort(e.what());  // leaves the connection usable for the rollback
+      throw;
     }
-    if (!buffer.empty()) connection_.copy_send(buffer);
     connection_.copy_end();
     if (hook) hook("after_copy");
     connection_.query(

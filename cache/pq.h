@@ -35,6 +35,8 @@ class Connection {
   void copy_start(const std::string& sql);
   void copy_send(std::string_view data);
   void copy_end();
+  // Ends a COPY in progress with an error (the server discards it).
+  void copy_abort(const std::string& why) noexcept;
 
   PGconn* handle() { return conn_; }
   std::string error() const;

@@ -8,17 +8,19 @@
 CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL);
 INSERT INTO schema_version SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM schema_version);
 
+-- Text keys compare bytewise (COLLATE "C"): the same order as SQLite and the
+-- readers' merge, and index inserts and lookups without locale collation.
 CREATE TABLE IF NOT EXISTS results (
   id             bigint  NOT NULL,  -- the result's id in the cache it came from
-  node           text    NOT NULL,
+  node           text    COLLATE "C" NOT NULL,
   boot_epoch     bigint  NOT NULL,
   seq            bigint  NOT NULL,
-  stream         text    NOT NULL,
-  tool           text    NOT NULL,
-  src            text    NOT NULL,
-  dst            text    NOT NULL,
+  stream         text    COLLATE "C" NOT NULL,
+  tool           text    COLLATE "C" NOT NULL,
+  src            text    COLLATE "C" NOT NULL,
+  dst            text    COLLATE "C" NOT NULL,
   start_ns       bigint  NOT NULL,
-  status         text    NOT NULL,
+  status         text    COLLATE "C" NOT NULL,
   error          text,
   sent           bigint,
   received       bigint,

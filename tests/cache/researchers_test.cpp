@@ -104,6 +104,17 @@ class ResearchersTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// The page promises every example for both databases: a psql block and a
+// sqlite3 block next to each other.
+TEST(ResearchersDoc, EveryExampleHasAPsqlAndASqlite3Version) {
+  auto all = examples();
+  ASSERT_EQ(all.size() % 2, 0u);
+  for (std::size_t i = 0; i < all.size(); i += 2) {
+    EXPECT_EQ(all[i].engine, "psql") << "example " << i / 2 + 1 << ":\n" << all[i].sql;
+    EXPECT_EQ(all[i + 1].engine, "sqlite3") << "example " << i / 2 + 1 << ":\n" << all[i + 1].sql;
+  }
+}
+
 TEST_F(ResearchersTest, ExamplesRunInSqlite) {
   auto all = examples();
   ASSERT_GE(all.size(), 8u);

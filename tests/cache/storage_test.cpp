@@ -382,6 +382,27 @@ TEST_P(StorageTest, PagesFiltersSummaryAndPathsAcrossCacheAndArchive) {
   EXPECT_EQ(counted, 400);
 }
 
+// A result before 1970 (or after 2099) has no weekly partition: the cache
+// refuses it with a reason, stores the rest, and the flush goes through.
+TEST_P(StorageTest, StartOutsideTheEpochRangeIsRejectedAtStore) {
+  Cache cache(config_.collector.cache_db);
+  auto good = make_result(1, "n1", "n2", kMonday);
+  auto before = make_result(2, "n1", "n2", -1);
+  auto after = make_result(3, "n1", "n2", kMaxStartNs);
+  auto last = make_result(4, "n1", "n2", kMaxStartNs - 1);
+  auto outcome = cache.store("n1", 1, {&good, &before, &after, &last});
+  EXPECT_EQ(outcome.stored, 2u);
+  EXPECT_EQ(outcome.duplicates, 0u);
+  EXPECT_EQ(outcome.rejected, 2u);
+  EXPECT_EQ(outcome.rejection,
+            "result 2 of node 'n1': start_ns -1 is outside 1970-01-01..2100-01-01 UTC");
+  EXPECT_EQ(cache.count_results(), 2);
+  auto report = flush_once(config_);
+  ASSERT_TRUE(report.archive_ok) << report.error;
+  EXPECT_EQ(report.rows, 2);
+  EXPECT_EQ(archive_keys(), (std::vector<std::string>{"n1/1/1", "n1/1/4"}));
+}
+
 TEST_P(StorageTest, DumpIsByteIdenticalAcrossRuns) {
   store(2000);
   config_.archive.flush_batch_rows = 700;
