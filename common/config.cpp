@@ -10,6 +10,7 @@
 #include <limits>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -140,6 +141,12 @@ std::uint32_t Section::convert<std::uint32_t>(const YAML::Node& value,
 }
 
 template <>
+std::uint64_t Section::convert<std::uint64_t>(const YAML::Node& value,
+                                              const std::string& key) const {
+  return convert_integer<std::uint64_t>(*this, value, key);
+}
+
+template <>
 bool Section::convert<bool>(const YAML::Node& value, const std::string& key) const {
   if (value.IsScalar() && (value.Scalar() == "true" || value.Scalar() == "false"))
     return value.Scalar() == "true";
@@ -228,6 +235,75 @@ void read_limits(Section s, Limits& limits) {
   if (limits.min_interval_s > limits.max_interval_s)
     s.fail("min_interval_s", "above max_interval_s");
   latency.finish();
+  s.optional("max_requests_per_user", limits.max_requests_per_user);
+  s.optional("max_paths_per_user", limits.max_paths_per_user);
+  {
+    Section abw = s.section("abw");
+    auto& a = limits.abw;
+    abw.optional("max_rate_bps", a.max_rate_bps);
+    abw.optional("max_bytes", a.max_bytes);
+    abw.optional("max_duration_ms", a.max_duration_ms);
+    abw.optional("min_interval_s", a.min_interval_s);
+    if (!(a.min_interval_s > 0)) abw.fail("min_interval_s", "must be positive");
+    abw.finish();
+  }
+  {
+    Section tp = s.section("throughput");
+    auto& t = limits.throughput;
+    tp.optional("max_duration_ms", t.max_duration_ms);
+    tp.optional("max_bytes", t.max_bytes);
+    tp.optional("min_interval_s", t.min_interval_s);
+    if (!(t.min_interval_s > 0)) tp.fail("min_interval_s", "must be positive");
+    tp.finish();
+  }
+  {
+    Section roles = s.section("roles");
+    for (auto [name, into] : {std::pair{"user", &limits.user}, std::pair{"admin", &limits.admin}}) {
+      Section r = roles.section(name);
+      auto read = [&r](const char* key, auto& field) {
+        if (!r.has(key)) return;
+        typename std::remove_reference_t<decltype(field)>::value_type v{};
+        r.optional(key, v);
+        field = v;
+      };
+      read("min_interval_s", into->min_interval_s);
+      read("max_duration_s", into->max_duration_s);
+      read("max_paths_per_request", into->max_paths_per_request);
+      read("max_requests_per_user", into->max_requests_per_user);
+      read("max_paths_per_user", into->max_paths_per_user);
+      if (into->min_interval_s && !(*into->min_interval_s > 0))
+        r.fail("min_interval_s", "must be positive");
+      r.finish();
+    }
+    roles.finish();
+  }
+  s.finish();
+}
+
+void read_budget(Section& s, Budget& b) {
+  s.optional("bps", b.bps);
+  s.optional("bytes_per_day", b.bytes_per_day);
+  if (b.bps < 0) s.fail("bps", "must not be negative");
+  if (b.bytes_per_day < 0) s.fail("bytes_per_day", "must not be negative");
+  s.finish();
+}
+
+void read_budgets(Section s, Budgets& budgets) {
+  for (auto [name, into] : {std::pair{"global", &budgets.global}, std::pair{"user", &budgets.user},
+                            std::pair{"node", &budgets.node}}) {
+    Section b = s.section(name);
+    read_budget(b, *into);
+  }
+  s.each("users", [&](Section& u) {
+    std::string name = u.required<std::string>("name");
+    Budget b = budgets.user;
+    u.optional("bps", b.bps);
+    u.optional("bytes_per_day", b.bytes_per_day);
+    if (b.bps < 0) u.fail("bps", "must not be negative");
+    if (b.bytes_per_day < 0) u.fail("bytes_per_day", "must not be negative");
+    if (!budgets.users.emplace(name, b).second)
+      u.fail("name", fmt::format("duplicate budget for user '{}'", name));
+  });
   s.finish();
 }
 
@@ -262,6 +338,20 @@ std::vector<Endpoint> Config::collectors_for_probers() const {
 
 std::uint16_t Config::responder_port(const NodeConfig& node) const {
   return node.responder_port != 0 ? node.responder_port : prober.responder_port;
+}
+
+EffectiveLimits Config::limits_for(Role role) const {
+  const RoleLimits& r = role == Role::admin ? limits.admin : limits.user;
+  return {r.min_interval_s.value_or(limits.min_interval_s),
+          r.max_duration_s.value_or(limits.max_duration_s),
+          r.max_paths_per_request.value_or(limits.max_paths_per_request),
+          r.max_requests_per_user.value_or(limits.max_requests_per_user),
+          r.max_paths_per_user.value_or(limits.max_paths_per_user)};
+}
+
+Budget Config::budget_for_user(const std::string& name) const {
+  auto it = budgets.users.find(name);
+  return it == budgets.users.end() ? budgets.user : it->second;
 }
 
 Config parse_config(const std::string& text, const std::string& name,
@@ -348,6 +438,7 @@ Config parse_config(const std::string& text, const std::string& name,
     a.dump_dir = resolve(config.data_dir, a.dump_dir);
   }
   read_limits(top.section("limits"), config.limits);
+  read_budgets(top.section("budgets"), config.budgets);
 
   top.each("nodes", [&](Section& s) {
     NodeConfig node;

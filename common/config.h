@@ -52,12 +52,66 @@ struct LatencyLimits {
   std::uint32_t max_timeout_ms = 10'000;
 };
 
+// Caps of the available-bandwidth tool's arguments, and its shortest interval.
+struct AbwLimits {
+  std::uint64_t max_rate_bps = 100'000'000;
+  std::uint64_t max_bytes = 10'000'000;
+  std::uint32_t max_duration_ms = 10'000;
+  double min_interval_s = 60.0;
+};
+
+// Caps of the throughput tool's arguments, and its shortest interval.
+struct ThroughputLimits {
+  std::uint32_t max_duration_ms = 10'000;
+  std::uint64_t max_bytes = 100'000'000;
+  double min_interval_s = 300.0;
+};
+
+// Per-role overrides of the request limits below (unset: the general value).
+struct RoleLimits {
+  std::optional<double> min_interval_s;
+  std::optional<double> max_duration_s;
+  std::optional<std::uint32_t> max_paths_per_request;
+  std::optional<std::uint32_t> max_requests_per_user;
+  std::optional<std::uint32_t> max_paths_per_user;
+};
+
 struct Limits {
   double min_interval_s = 1.0;
   double max_interval_s = 86'400.0;
   double max_duration_s = 30.0 * 86'400.0;
   std::uint32_t max_paths_per_request = 10'000;
+  std::uint32_t max_requests_per_user = 1'000;  // active requests
+  std::uint32_t max_paths_per_user = 100'000;   // paths over the user's active requests
   LatencyLimits latency;
+  AbwLimits abw;
+  ThroughputLimits throughput;
+  RoleLimits user;   // limits.roles.user
+  RoleLimits admin;  // limits.roles.admin
+};
+
+// Bandwidth budgets (schemas/config.md, "budgets"): average bits per second
+// and bytes per day of probe traffic; 0 = unlimited.
+struct Budget {
+  double bps = 0;
+  double bytes_per_day = 0;
+};
+
+struct Budgets {
+  Budget global;                        // every stream
+  Budget user;                          // each user (what the user's requests would cost alone)
+  Budget node;                          // each node, as the source or destination of streams
+  std::map<std::string, Budget> users;  // per-user overrides of `user`
+};
+
+// The request limits that apply to a role: the general ones with the role's
+// overrides.
+struct EffectiveLimits {
+  double min_interval_s;
+  double max_duration_s;
+  std::uint32_t max_paths_per_request;
+  std::uint32_t max_requests_per_user;
+  std::uint32_t max_paths_per_user;
 };
 
 struct ManagerConfig {
@@ -81,8 +135,8 @@ struct CollectorConfig {
 struct ArchiveConfig {
   std::string postgres;  // libpq connection string; empty: the SQLite file below
   std::filesystem::path sqlite_db = "archive.db";
-  double flush_interval_s = 3600.0;  // between flushes
-  double horizon_s = 3600.0;         // results committed more recently stay in the cache only
+  double flush_interval_s = 3600.0;     // between flushes
+  double horizon_s = 3600.0;            // results committed more recently stay in the cache only
   double retention_s = 7.0 * 86'400.0;  // archived results stay in the cache this long
   std::uint32_t flush_batch_rows = 1'000'000;  // rows per archive transaction, at most
   std::filesystem::path dump_dir = "dumps";    // `flexmon dump` default output
@@ -111,6 +165,7 @@ struct Config {
   ProberConfig prober;
   ArchiveConfig archive;
   Limits limits;
+  Budgets budgets;
   std::vector<NodeConfig> nodes;
   std::vector<UserConfig> users;
 
@@ -121,6 +176,10 @@ struct Config {
   std::vector<Endpoint> collectors_for_probers() const;
   // The port a node's responder listens on.
   std::uint16_t responder_port(const NodeConfig& node) const;
+  // The request limits of `role`.
+  EffectiveLimits limits_for(Role role) const;
+  // The budget of user `name`.
+  Budget budget_for_user(const std::string& name) const;
 };
 
 // Reads and validates a config file. Throws ConfigError naming file, line and

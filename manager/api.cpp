@@ -28,13 +28,24 @@ void expect_params(const xmlrpc_c::paramList& params, std::size_t min, std::size
                                max == 1 ? "" : "s", names, params.size()));
 }
 
+value dbl(double x) { return xmlrpc_c::value_double(x); }
+
+value cost_value(const Cost& c) {
+  return xmlrpc_c::value_struct({{"bps", dbl(c.bps)}, {"bytes_per_day", dbl(c.bytes_per_day)}});
+}
+
 value node_value(const NodeView& n) {
   xmlrpc_c::cstruct s{{"id", str(n.id)},
                       {"site", str(n.site)},
                       {"address", str(n.address)},
                       {"state", str(liveness_name(n.state))},
                       {"load", xmlrpc_c::value_double(n.load)},
-                      {"streams", integer(n.streams)}};
+                      {"streams", integer(n.streams)},
+                      {"skipped_slots", dbl(static_cast<double>(n.skipped_slots))},
+                      {"shortfall", dbl(n.shortfall)},
+                      {"behind_streams", integer(n.behind_streams)},
+                      {"paused_streams", integer(n.paused_streams)},
+                      {"cost", cost_value(n.cost)}};
   if (n.last_contact) s.emplace("last_contact", seconds(*n.last_contact));
   return xmlrpc_c::value_struct(s);
 }
@@ -62,12 +73,15 @@ value latency_value(const LatencyRow& row) {
 }
 
 const char* kSpecHelp =
-    "probe.request(spec) -> {id, paths, streams}. Asks for measurements. spec: tool "
-    "('latency'), nodes (array of node ids: every ordered pair) or paths (array of [src, dst]), "
-    "interval (seconds; required for continuous), mode ('continuous' default or 'oneshot'), "
-    "duration (seconds, continuous only; absent: until cancelled), args (latency: method 'udp', "
-    "count, spacing_ms, size, timeout_ms). Faults: 4001 bad argument, 4002 unknown node, 4010 "
-    "not authenticated. See schemas/xmlrpc-api.md.";
+    "probe.request(spec) -> {id, paths, streams, new_streams, shared_streams, cost, added}. Asks "
+    "for measurements. spec: tool ('latency', 'abw', 'throughput'), nodes (array of node ids: "
+    "every ordered pair) or paths (array of [src, dst]), interval (seconds; required for "
+    "continuous), mode ('continuous' default or 'oneshot'), duration (seconds, continuous only), "
+    "priority (-1000..1000, default 0), netns (string), dry_run (boolean: answer what would be "
+    "admitted and its cost without admitting), args (latency: method udp|icmp|tcp, count, "
+    "spacing_ms, size, timeout_ms, port for tcp; abw: max_rate_bps, max_bytes, max_duration_ms; "
+    "throughput: duration_ms, max_bytes). Faults: 4001 bad argument, 4002 unknown node, 4010 not "
+    "authenticated, 4290 per-user limit, 4291 bandwidth budget. See schemas/xmlrpc-api.md.";
 
 }  // namespace
 
@@ -89,13 +103,26 @@ std::vector<LatencyRow> CachePool::query(const LatencyQuery& query) {
   return rows;
 }
 
-value request_value(const Request& r) {
-  const auto& a = r.spec.latency;
-  xmlrpc_c::cstruct args{{"method", str(a.method)},
-                         {"count", integer(a.count)},
-                         {"spacing_ms", integer(a.spacing_ms)},
-                         {"size", integer(a.size)},
-                         {"timeout_ms", integer(a.timeout_ms)}};
+value request_value(const Request& r, const Cost* charged) {
+  xmlrpc_c::cstruct args;
+  if (r.spec.tool == "abw") {
+    const auto& a = r.spec.abw;
+    args = {{"max_rate_bps", dbl(static_cast<double>(a.max_rate_bps))},
+            {"max_bytes", dbl(static_cast<double>(a.max_bytes))},
+            {"max_duration_ms", integer(a.max_duration_ms)}};
+  } else if (r.spec.tool == "throughput") {
+    const auto& t = r.spec.throughput;
+    args = {{"duration_ms", integer(t.duration_ms)},
+            {"max_bytes", dbl(static_cast<double>(t.max_bytes))}};
+  } else {
+    const auto& a = r.spec.latency;
+    args = {{"method", str(a.method)},
+            {"count", integer(a.count)},
+            {"spacing_ms", integer(a.spacing_ms)},
+            {"size", integer(a.size)},
+            {"timeout_ms", integer(a.timeout_ms)}};
+    if (a.method == "tcp") args.emplace("port", integer(a.port));
+  }
   xmlrpc_c::carray paths;
   for (const auto& p : r.spec.paths)
     paths.push_back(xmlrpc_c::value_array({str(p.src), str(p.dst)}));
@@ -105,11 +132,19 @@ value request_value(const Request& r) {
                       {"mode", str(mode_name(r.spec.mode))},
                       {"state", str(state_name(r.state))},
                       {"interval", xmlrpc_c::value_double(r.spec.interval_s)},
+                      {"priority", xmlrpc_c::value_int(r.spec.priority)},
                       {"args", xmlrpc_c::value_struct(args)},
                       {"paths", xmlrpc_c::value_array(paths)},
                       {"created", seconds(r.created_ns)}};
+  if (!r.spec.netns.empty()) s.emplace("netns", str(r.spec.netns));
   if (r.spec.duration_s) s.emplace("duration", xmlrpc_c::value_double(*r.spec.duration_s));
   if (r.ends_ns) s.emplace("ends", seconds(*r.ends_ns));
+  if (r.revert)
+    s.emplace("temporary",
+              xmlrpc_c::value_struct({{"until", seconds(r.revert->at_ns)},
+                                      {"interval", dbl(r.revert->spec.interval_s)},
+                                      {"priority", xmlrpc_c::value_int(r.revert->spec.priority)}}));
+  if (charged) s.emplace("charged", cost_value(*charged));
   return xmlrpc_c::value_struct(s);
 }
 
@@ -122,20 +157,92 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
   methods.push_back({"probe.request", "S:S", kSpecHelp,
                      [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
                        expect_params(p, 1, 1, "probe.request", "spec");
-                       RequestSpec spec = parse_spec(p[0], config);
-                       Request r = core.add_request(caller.name, spec);
-                       // Streams this request maps to (shared ones included).
-                       return value(xmlrpc_c::value_struct(
-                           {{"id", str(r.id())},
-                            {"paths", integer(static_cast<std::int64_t>(spec.paths.size()))},
-                            {"streams", integer(static_cast<std::int64_t>(spec.paths.size()))}}));
+                       RequestSpec spec = parse_spec(p[0], config, caller.role);
+                       const bool dry_run = is_dry_run(p[0]);
+                       Admission a = core.admit(caller, spec, dry_run);
+                       xmlrpc_c::cstruct out{
+                           {"paths", integer(static_cast<std::int64_t>(a.paths))},
+                           {"streams", integer(static_cast<std::int64_t>(a.paths))},
+                           {"new_streams", integer(static_cast<std::int64_t>(a.new_streams))},
+                           {"shared_streams", integer(static_cast<std::int64_t>(a.shared_streams))},
+                           {"cost", cost_value(a.standalone)},
+                           {"added", cost_value(a.added)}};
+                       if (a.request) out.emplace("id", str(a.request->id()));
+                       if (dry_run) {
+                         out.emplace("dry_run", xmlrpc_c::value_boolean(true));
+                         out.emplace("admitted", xmlrpc_c::value_boolean(a.admitted));
+                         if (!a.admitted) {
+                           out.emplace("fault_code", xmlrpc_c::value_int(a.refusal_code));
+                           out.emplace("refusal", str(a.refusal));
+                         }
+                       }
+                       return value(xmlrpc_c::value_struct(out));
                      }});
+
+  methods.push_back(
+      {"probe.edit", "S:sS",
+       "probe.edit(id, changes) -> struct (as probe.get). Changes an active request: changes "
+       "has any of interval, duration, priority, args (merged into the current ones) and for "
+       "(seconds: the change is temporary, then the request returns to what it was). Checked "
+       "like probe.request. Faults: 4001, 4010, 4030, 4040, 4290, 4291.",
+       [&config, &core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+         expect_params(p, 2, 2, "probe.edit", "id, changes");
+         auto num = parse_id_arg(p[0], "id");
+         auto r = core.find(num);
+         if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
+         if (!visible(*r, caller))
+           throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
+         const UserConfig* owner = config.find_user(r->owner);
+         Edit e = parse_edit(p[1], r->spec, config, owner ? owner->role : caller.role);
+         Request updated = core.edit(num, caller, e.spec, e.for_s);
+         Cost charged = core.charged(updated);
+         return request_value(updated, &charged);
+       }});
+
+  methods.push_back(
+      {"user.usage", "S:,S:s",
+       "user.usage([user]) -> struct. What the caller (an admin may name a user) uses of each "
+       "limit now: requests, paths (each {used, limit}), bps and bytes_per_day (each {reserved: "
+       "sum of the requests' costs alone, charged: their shares of the running streams, "
+       "budget: 0 = unlimited}). Faults: 4001, 4010, 4030.",
+       [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+         expect_params(p, 0, 1, "user.usage", "user");
+         std::string name = caller.name;
+         if (p.size() == 1) {
+           if (p[0].type() != xmlrpc_c::value::TYPE_STRING)
+             throw ApiFault(kBadArgument, "user: expected a string, got " + type_name(p[0]));
+           name = xmlrpc_c::value_string(p[0]).cvalue();
+           if (name != caller.name && caller.role != Role::admin)
+             throw ApiFault(kNotPermitted, "user: only an admin may read another user's usage");
+           if (!config.find_user(name)) throw ApiFault(kBadArgument, "user: no such user");
+         }
+         Usage u = core.usage(name);
+         auto pair = [](double used, double limit) {
+           return xmlrpc_c::value_struct({{"used", dbl(used)}, {"limit", dbl(limit)}});
+         };
+         auto money = [](double reserved, double charged, double budget) {
+           return xmlrpc_c::value_struct(
+               {{"reserved", dbl(reserved)}, {"charged", dbl(charged)}, {"budget", dbl(budget)}});
+         };
+         return value(xmlrpc_c::value_struct(
+             {{"user", str(u.user)},
+              {"requests", pair(static_cast<double>(u.requests), u.limits.max_requests_per_user)},
+              {"paths", pair(static_cast<double>(u.paths), u.limits.max_paths_per_user)},
+              {"bps", money(u.reserved.bps, u.charged.bps, u.budget.bps)},
+              {"bytes_per_day",
+               money(u.reserved.bytes_per_day, u.charged.bytes_per_day, u.budget.bytes_per_day)},
+              {"min_interval", dbl(u.limits.min_interval_s)},
+              {"max_duration", dbl(u.limits.max_duration_s)},
+              {"max_paths_per_request", dbl(u.limits.max_paths_per_request)}}));
+       }});
 
   methods.push_back(
       {"probe.get", "S:s",
        "probe.get(id) -> struct. One request: id, owner, tool, mode, state (active, cancelled, "
-       "expired, done), interval, duration, args, paths, created, ends. Faults: 4001, 4010, "
-       "4030 not yours, 4040 no such request.",
+       "expired, done), interval, priority, netns, duration, args, paths, created, ends, "
+       "temporary (a pending revert: until, interval, priority), charged (its share of the "
+       "running streams: bps, bytes_per_day). Faults: 4001, 4010, 4030 not yours, 4040 no such "
+       "request.",
        [&core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 1, 1, "probe.get", "id");
          auto num = parse_id_arg(p[0], "id");
@@ -143,7 +250,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
          if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
          if (!visible(*r, caller))
            throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
-         return request_value(*r);
+         Cost charged = core.charged(*r);
+         return request_value(*r, &charged);
        }});
 
   methods.push_back(
@@ -155,7 +263,10 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
          auto requests =
              core.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
          xmlrpc_c::carray out;
-         for (const auto& r : requests) out.push_back(request_value(r));
+         for (const auto& r : requests) {
+           Cost charged = core.charged(r);
+           out.push_back(request_value(r, &charged));
+         }
          return value(xmlrpc_c::value_array(out));
        }});
 
@@ -173,7 +284,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
 
   methods.push_back({"node.list", "A:",
                      "node.list() -> array of {id, site, address, state (alive, suspect, "
-                     "dead), last_contact, load, streams}. Faults: 4010.",
+                     "dead), last_contact, load, streams, skipped_slots, shortfall, "
+                     "behind_streams, paused_streams, cost}. Faults: 4010.",
                      [&core](const UserConfig&, const xmlrpc_c::paramList& p) {
                        expect_params(p, 0, 0, "node.list", "none");
                        xmlrpc_c::carray out;

@@ -39,7 +39,7 @@ struct ApiMethod {
 // Every method of API v1, bound to `core` and `cache`.
 std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& cache);
 
-// A request as probe.get returns it.
-xmlrpc_c::value request_value(const Request& request);
+// A request as probe.get returns it; with its charged cost when given.
+xmlrpc_c::value request_value(const Request& request, const Cost* charged = nullptr);
 
 }  // namespace flexmon::manager

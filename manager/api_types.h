@@ -13,6 +13,8 @@ enum FaultCode : int {
   kNotAuthenticated = 4010,  // missing or malformed credentials, unknown user or wrong token
   kNotPermitted = 4030,      // the request belongs to someone else
   kNoSuchRequest = 4040,     // no request has this id
+  kLimitExceeded = 4290,     // a per-user limit (requests, paths) would be exceeded
+  kBudgetExceeded = 4291,    // a bandwidth budget (global, user, node) would be exceeded
   kInternal = 5000,          // a bug or a failing disk: logged by the manager
 };
 

@@ -11,14 +11,17 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/clock.h"
 #include "common/config.h"
+#include "manager/cost.h"
 #include "manager/model.h"
 #include "manager/store.h"
+#include "manager/streams.h"
 
 namespace flexmon::manager {
 
@@ -34,6 +37,35 @@ struct NodeView {
   std::optional<UtcNs> last_contact;
   double load = 0;
   std::uint32_t streams = 0;  // as reported by the prober's last heartbeat
+  // Shortfall from the last heartbeat: what the prober could not run.
+  std::uint64_t skipped_slots = 0;
+  double shortfall = 0;
+  std::uint32_t behind_streams = 0;
+  std::uint32_t paused_streams = 0;  // its streams paused (a dead end) or held (budget)
+  Cost cost;                         // probe traffic it sends or receives
+};
+
+// What probe.request answers (also for a dry run).
+struct Admission {
+  bool admitted = false;           // a dry run: whether it would be
+  std::optional<Request> request;  // the stored request (not for a dry run)
+  std::size_t paths = 0;
+  std::size_t new_streams = 0;     // streams this request creates
+  std::size_t shared_streams = 0;  // existing streams it joins
+  Cost standalone;                 // what it costs alone: counted against the user budget
+  Cost added;                      // what the global total grows by, after deduplication
+  int refusal_code = 0;            // a dry run that would be refused: the fault
+  std::string refusal;
+};
+
+// A user's use of each limit, now (user.usage).
+struct Usage {
+  std::string user;
+  std::size_t requests = 0, paths = 0;
+  EffectiveLimits limits{};
+  Cost reserved;  // sum of standalone costs of the active requests
+  Cost charged;   // shares of the running streams (charging rule, cost.h)
+  Budget budget;
 };
 
 // Where assignments go: the control channel. push() is called with the core's
@@ -59,6 +91,10 @@ class Core {
   void stop();
 
   // --- XML-RPC side (may wait on SQLite). Throw ApiFault or SqliteError.
+  // Checks the per-user limits and every budget, then stores the request and
+  // updates the streams (unless `dry_run`: then only answers).
+  Admission admit(const UserConfig& caller, const RequestSpec& spec, bool dry_run);
+  // admit() for the user named `owner` (role from the config; tests).
   Request add_request(const std::string& owner, const RequestSpec& spec);
   std::optional<Request> find(std::uint64_t num) const;
   // The requests of `owner`, or all of them when nullopt; oldest first.
@@ -66,6 +102,14 @@ class Core {
   // Cancels an active request of the caller (an admin may cancel any).
   // Returns the request as it is now; a finished one is returned unchanged.
   Request cancel(std::uint64_t num, const UserConfig& caller);
+  // Replaces an active request's spec (same paths and tool) after the same
+  // checks as admit(); with `for_s`, it returns to the spec it had before the
+  // first of its pending temporary edits after that many seconds.
+  Request edit(std::uint64_t num, const UserConfig& caller, const RequestSpec& spec,
+               std::optional<double> for_s);
+  Usage usage(const std::string& user) const;
+  // The cost model's view of one request: its share of each running stream.
+  Cost charged(const Request& r) const;
   std::vector<NodeView> nodes() const;
 
   // --- Control side (never waits on SQLite).
@@ -81,8 +125,17 @@ class Core {
   // the housekeeping thread runs. Public so tests can pass their own time.
   void housekeeping(UtcNs now);
 
-  // The stream sets as last derived (tests, diagnostics).
+  // The stream sets as they stand, from the incremental index (tests).
   StreamSets current_streams() const;
+  // The same, derived from scratch from the requests (the reference).
+  StreamSets derived_streams() const;
+  // Budget totals now: global and per node (tests, diagnostics).
+  Cost global_cost() const;
+  Cost node_cost(const std::string& node) const;
+  // Replaces the bandwidth history (tests; housekeeping reads the cache).
+  void set_history(History history);
+  // Marks a node dead or alive as liveness would (tests).
+  void set_node_dead_for_test(const std::string& node, bool dead);
 
  private:
   struct NodeState {
@@ -90,18 +143,30 @@ class Core {
     std::optional<UtcNs> last_contact_utc;
     double load = 0;
     std::uint32_t streams = 0;
+    std::uint64_t skipped_slots = 0;
+    double shortfall = 0;
+    std::uint32_t behind_streams = 0;
     std::uint64_t session = 0;  // 0: no registered session
-    std::string fingerprint;    // of the continuous streams last assigned
   };
   struct Sent {
     std::uint64_t num;
     Path path;
   };
+  struct UserState {
+    std::size_t requests = 0, paths = 0;
+    Cost reserved;
+  };
 
-  StreamSets derive_locked(UtcNs now) const;
-  void recompute_locked(UtcNs now);
-  wire::Assignment assignment_locked(const std::string& node, std::vector<wire::Stream> streams);
+  // Throws ApiFault(4290/4291) naming the limit or budget that `after`
+  // (replacing `before`, if any) would break.
+  void check_locked(const UserConfig& caller, const Request* before, const Request& after) const;
+  void apply_locked(const Request* before, const Request* after);
+  Cost charged_locked(const Request& r) const;
+  void publish_locked();
+  void update_liveness_locked();
+  wire::Assignment assignment_locked(const std::string& node);
   void touch_locked(const std::string& node);
+  const UserConfig& user_of(const std::string& name) const;
   void run();
 
   const Config& config_;
@@ -114,6 +179,12 @@ class Core {
   std::map<std::string, std::map<std::uint64_t, std::vector<Sent>>> inflight_;  // mu_
   std::map<std::uint64_t, std::set<Path>> delivered_;  // one-shot paths, mu_
   std::uint64_t generation_;                           // mu_
+  StreamIndex index_;                                  // mu_
+  std::map<std::string, UserState> users_;             // mu_
+  std::map<std::uint64_t, Cost> reserved_;             // standalone cost per active request, mu_
+  std::set<std::string> forced_dead_;                  // tests, mu_
+  MonoClock::time_point started_ = MonoClock::now();
+  UtcNs history_loaded_ = 0;
   AssignmentSink* sink_ = nullptr;
   bool stopping_ = false;  // mu_
   bool wake_ = false;      // mu_

@@ -40,11 +40,60 @@ std::optional<std::uint64_t> parse_request_id(std::string_view id) {
 
 std::string stream_key(const RequestSpec& spec, const Path& path,
                        std::optional<std::uint64_t> oneshot_request) {
-  const auto& a = spec.latency;
-  std::string key = fmt::format("{}/{}/c{}/s{}/z{}/t{}/{}>{}", spec.tool, a.method, a.count,
-                                a.spacing_ms, a.size, a.timeout_ms, path.src, path.dst);
+  std::string key;
+  if (spec.tool == "abw") {
+    const auto& a = spec.abw;
+    key = fmt::format("abw/r{}/b{}/d{}", a.max_rate_bps, a.max_bytes, a.max_duration_ms);
+  } else if (spec.tool == "throughput") {
+    const auto& t = spec.throughput;
+    key = fmt::format("throughput/d{}/b{}", t.duration_ms, t.max_bytes);
+  } else {
+    const auto& a = spec.latency;
+    key = fmt::format("{}/{}/c{}/s{}/z{}/t{}", spec.tool, a.method, a.count, a.spacing_ms, a.size,
+                      a.timeout_ms);
+    if (a.method == "tcp") key += fmt::format("/p{}", a.port);
+  }
+  if (!spec.netns.empty()) key += "/ns=" + spec.netns;
+  key += fmt::format("/{}>{}", path.src, path.dst);
   if (oneshot_request) key += fmt::format("/once-r{}", *oneshot_request);
   return key;
+}
+
+wire::Stream make_stream(const RequestSpec& spec, const Path& path, const Config& config,
+                         std::optional<std::uint64_t> oneshot_request) {
+  wire::Stream s;
+  const NodeConfig* dst = config.find_node(path.dst);
+  s.set_key(stream_key(spec, path, oneshot_request));
+  s.set_tool(spec.tool);
+  s.set_src(path.src);
+  s.set_dst(path.dst);
+  if (dst) {
+    s.set_dst_address(dst->address);
+    s.set_dst_port(config.responder_port(*dst));
+  }
+  s.set_interval_s(spec.interval_s);
+  s.set_oneshot(oneshot_request.has_value());
+  s.set_priority(spec.priority);
+  if (!spec.netns.empty()) s.set_netns(spec.netns);
+  if (spec.tool == "abw") {
+    auto* a = s.mutable_abw();
+    a->set_max_rate_bps(spec.abw.max_rate_bps);
+    a->set_max_bytes(spec.abw.max_bytes);
+    a->set_max_duration_ms(spec.abw.max_duration_ms);
+  } else if (spec.tool == "throughput") {
+    auto* t = s.mutable_throughput();
+    t->set_duration_ms(spec.throughput.duration_ms);
+    t->set_max_bytes(spec.throughput.max_bytes);
+  } else {
+    auto* l = s.mutable_latency();
+    l->set_method(spec.latency.method);
+    l->set_count(spec.latency.count);
+    l->set_spacing_ms(spec.latency.spacing_ms);
+    l->set_size(spec.latency.size);
+    l->set_timeout_ms(spec.latency.timeout_ms);
+    if (spec.latency.method == "tcp" && spec.latency.port) s.set_dst_tcp_port(spec.latency.port);
+  }
+  return s;
 }
 
 StreamSets derive_streams(const std::vector<const Request*>& requests, const Config& config,
@@ -59,29 +108,17 @@ StreamSets derive_streams(const std::vector<const Request*>& requests, const Con
     const bool oneshot = r->spec.mode == Mode::oneshot;
     for (const auto& path : r->spec.paths) {
       if (oneshot && r->oneshot_sent.count(path)) continue;
-      const NodeConfig* dst = config.find_node(path.dst);
-      if (!config.find_node(path.src) || !dst) continue;
+      if (!config.find_node(path.src) || !config.find_node(path.dst)) continue;
       std::string key = stream_key(r->spec, path, oneshot ? std::optional(r->num) : std::nullopt);
-      auto [it, inserted] = streams.try_emplace(key);
-      wire::Stream& s = it->second;
-      if (inserted) {
-        s.set_key(key);
-        s.set_tool(r->spec.tool);
-        s.set_src(path.src);
-        s.set_dst(path.dst);
-        s.set_dst_address(dst->address);
-        s.set_dst_port(config.responder_port(*dst));
-        s.set_interval_s(r->spec.interval_s);
-        s.set_oneshot(oneshot);
-        auto* l = s.mutable_latency();
-        l->set_method(r->spec.latency.method);
-        l->set_count(r->spec.latency.count);
-        l->set_spacing_ms(r->spec.latency.spacing_ms);
-        l->set_size(r->spec.latency.size);
-        l->set_timeout_ms(r->spec.latency.timeout_ms);
-      } else if (r->spec.interval_s < s.interval_s()) {
-        s.set_interval_s(r->spec.interval_s);
+      auto it = streams.find(key);
+      if (it == streams.end()) {
+        streams.emplace(key, make_stream(r->spec, path, config,
+                                         oneshot ? std::optional(r->num) : std::nullopt));
+        continue;
       }
+      wire::Stream& s = it->second;
+      if (r->spec.interval_s < s.interval_s()) s.set_interval_s(r->spec.interval_s);
+      if (r->spec.priority > s.priority()) s.set_priority(r->spec.priority);
     }
   }
   for (auto& [key, stream] : streams) sets[stream.src()].push_back(std::move(stream));

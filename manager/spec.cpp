@@ -108,15 +108,38 @@ std::string node_arg(const V& v, const std::string& where, const Config& config)
   return id;
 }
 
-LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limits) {
-  LatencyArgs a;
+std::uint64_t bounded_u64(const V& v, const std::string& name, std::uint64_t min,
+                          std::uint64_t max) {
+  double x = 0;
+  if (v.type() == V::TYPE_DOUBLE) {
+    x = xmlrpc_c::value_double(v).cvalue();
+    if (!std::isfinite(x) || x != std::floor(x))
+      bad(fmt::format("{}: expected a whole number, got {}", name, fmt_number(x)));
+  } else {
+    x = static_cast<double>(get_int(v, name));
+  }
+  if (x < static_cast<double>(min))
+    bad(fmt::format("{}: {} is below the limit of {}", name, fmt_number(x), min));
+  if (x > static_cast<double>(max))
+    bad(fmt::format("{}: {} is above the limit of {}", name, fmt_number(x), max));
+  return static_cast<std::uint64_t>(x);
+}
+
+void check_range64(std::uint64_t x, const std::string& name, std::uint64_t min, std::uint64_t max) {
+  if (x < min) bad(fmt::format("{}: {} (the default) is below the limit of {}", name, x, min));
+  if (x > max) bad(fmt::format("{}: {} (the default) is above the limit of {}", name, x, max));
+}
+
+LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limits,
+                               LatencyArgs a = {}) {
   const LatencyLimits& l = limits.latency;
   if (args) {
-    check_keys(*args, "args.", {"method", "count", "spacing_ms", "size", "timeout_ms"});
+    check_keys(*args, "args.", {"method", "count", "spacing_ms", "size", "timeout_ms", "port"});
     if (auto it = args->find("method"); it != args->end()) {
       a.method = get_string(it->second, "args.method");
-      if (a.method != "udp")
-        bad(fmt::format("args.method: {} is not supported (supported: udp)", quote(a.method)));
+      if (a.method != "udp" && a.method != "icmp" && a.method != "tcp")
+        bad(fmt::format("args.method: {} is not supported (supported: udp, icmp, tcp)",
+                        quote(a.method)));
     }
     if (auto it = args->find("count"); it != args->end())
       a.count = bounded_uint(it->second, "args.count", 1, l.max_count);
@@ -128,7 +151,12 @@ LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limi
     if (auto it = args->find("timeout_ms"); it != args->end())
       a.timeout_ms =
           bounded_uint(it->second, "args.timeout_ms", l.min_timeout_ms, l.max_timeout_ms);
+    if (auto it = args->find("port"); it != args->end()) {
+      if (a.method != "tcp") bad("args.port: only the tcp method takes a port");
+      a.port = bounded_uint(it->second, "args.port", 1, 65535);
+    }
   }
+  if (a.method != "tcp") a.port = 0;
   // Defaults must fit the configured limits too.
   check_range(a.count, "args.count", 1, l.max_count);
   check_range(a.spacing_ms, "args.spacing_ms", l.min_spacing_ms, l.max_spacing_ms);
@@ -137,7 +165,83 @@ LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limi
   return a;
 }
 
-std::vector<Path> parse_nodes(const V& v, const Config& config) {
+AbwArgs parse_abw_args(const xmlrpc_c::cstruct* args, const Limits& limits, AbwArgs a = {}) {
+  const AbwLimits& l = limits.abw;
+  if (args) {
+    check_keys(*args, "args.", {"max_rate_bps", "max_bytes", "max_duration_ms"});
+    if (auto it = args->find("max_rate_bps"); it != args->end())
+      a.max_rate_bps = bounded_u64(it->second, "args.max_rate_bps", 1, l.max_rate_bps);
+    if (auto it = args->find("max_bytes"); it != args->end())
+      a.max_bytes = bounded_u64(it->second, "args.max_bytes", 1, l.max_bytes);
+    if (auto it = args->find("max_duration_ms"); it != args->end())
+      a.max_duration_ms = bounded_uint(it->second, "args.max_duration_ms", 1, l.max_duration_ms);
+  }
+  check_range64(a.max_rate_bps, "args.max_rate_bps", 1, l.max_rate_bps);
+  check_range64(a.max_bytes, "args.max_bytes", 1, l.max_bytes);
+  check_range(a.max_duration_ms, "args.max_duration_ms", 1, l.max_duration_ms);
+  return a;
+}
+
+ThroughputArgs parse_throughput_args(const xmlrpc_c::cstruct* args, const Limits& limits,
+                                     ThroughputArgs a = {}) {
+  const ThroughputLimits& l = limits.throughput;
+  if (args) {
+    check_keys(*args, "args.", {"duration_ms", "max_bytes"});
+    if (auto it = args->find("duration_ms"); it != args->end())
+      a.duration_ms = bounded_uint(it->second, "args.duration_ms", 1, l.max_duration_ms);
+    if (auto it = args->find("max_bytes"); it != args->end())
+      a.max_bytes = bounded_u64(it->second, "args.max_bytes", 1, l.max_bytes);
+  }
+  check_range(a.duration_ms, "args.duration_ms", 1, l.max_duration_ms);
+  check_range64(a.max_bytes, "args.max_bytes", 1, l.max_bytes);
+  return a;
+}
+
+// Parses `args` for spec.tool into spec, starting from what spec has.
+void parse_tool_args(const xmlrpc_c::cstruct* args, const Limits& limits, RequestSpec& spec) {
+  if (spec.tool == "abw")
+    spec.abw = parse_abw_args(args, limits, spec.abw);
+  else if (spec.tool == "throughput")
+    spec.throughput = parse_throughput_args(args, limits, spec.throughput);
+  else
+    spec.latency = parse_latency_args(args, limits, spec.latency);
+}
+
+// The shortest interval for a tool and role.
+double min_interval(const std::string& tool, const Config& config, Role role) {
+  double m = config.limits_for(role).min_interval_s;
+  if (tool == "abw") m = std::max(m, config.limits.abw.min_interval_s);
+  if (tool == "throughput") m = std::max(m, config.limits.throughput.min_interval_s);
+  return m;
+}
+
+double parse_interval(const V& v, const std::string& tool, const Config& config, Role role) {
+  double x = get_number(v, "interval");
+  const double low = min_interval(tool, config, role);
+  if (x < low)
+    bad(fmt::format("interval: {} s is below the limit of {} s", fmt_number(x), fmt_number(low)));
+  if (x > config.limits.max_interval_s)
+    bad(fmt::format("interval: {} s is above the limit of {} s", fmt_number(x),
+                    fmt_number(config.limits.max_interval_s)));
+  return x;
+}
+
+double parse_duration(const V& v, const Config& config, Role role) {
+  double x = get_number(v, "duration");
+  const double high = config.limits_for(role).max_duration_s;
+  if (x <= 0) bad(fmt::format("duration: {} s is not positive", fmt_number(x)));
+  if (x > high)
+    bad(fmt::format("duration: {} s is above the limit of {} s", fmt_number(x), fmt_number(high)));
+  return x;
+}
+
+std::int32_t parse_priority(const V& v) {
+  std::int64_t x = get_int(v, "priority");
+  if (x < -1000 || x > 1000) bad(fmt::format("priority: {} is outside -1000..1000", x));
+  return static_cast<std::int32_t>(x);
+}
+
+std::vector<Path> parse_nodes(const V& v, const Config& config, std::uint32_t max_paths) {
   auto nodes = get_array(v, "nodes");
   std::vector<std::string> ids;
   std::set<std::string> seen;
@@ -149,9 +253,9 @@ std::vector<Path> parse_nodes(const V& v, const Config& config) {
   }
   if (ids.size() < 2) bad(fmt::format("nodes: at least 2 nodes are needed, got {}", ids.size()));
   const std::uint64_t count = ids.size() * (ids.size() - 1);
-  if (count > config.limits.max_paths_per_request)
+  if (count > max_paths)
     bad(fmt::format("nodes: {} nodes make {} paths, above the limit of {} paths per request",
-                    ids.size(), count, config.limits.max_paths_per_request));
+                    ids.size(), count, max_paths));
   std::vector<Path> paths;
   for (const auto& s : ids)
     for (const auto& d : ids)
@@ -159,12 +263,12 @@ std::vector<Path> parse_nodes(const V& v, const Config& config) {
   return paths;
 }
 
-std::vector<Path> parse_paths(const V& v, const Config& config) {
+std::vector<Path> parse_paths(const V& v, const Config& config, std::uint32_t max_paths) {
   auto items = get_array(v, "paths");
   if (items.empty()) bad("paths: at least 1 path is needed");
-  if (items.size() > config.limits.max_paths_per_request)
+  if (items.size() > max_paths)
     bad(fmt::format("paths: {} paths are above the limit of {} paths per request", items.size(),
-                    config.limits.max_paths_per_request));
+                    max_paths));
   std::vector<Path> paths;
   std::set<Path> seen;
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -221,15 +325,18 @@ std::string type_name(const xmlrpc_c::value& v) {
   }
 }
 
-RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config) {
+RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role role) {
   auto s = get_struct(value, "spec");
-  check_keys(s, "spec.", {"tool", "nodes", "paths", "interval", "mode", "duration", "args"});
+  check_keys(s, "spec.",
+             {"tool", "nodes", "paths", "interval", "mode", "duration", "args", "priority", "netns",
+              "dry_run"});
   RequestSpec spec;
   auto tool = s.find("tool");
-  if (tool == s.end()) bad("tool: missing (supported: latency)");
+  if (tool == s.end()) bad("tool: missing (supported: latency, abw, throughput)");
   spec.tool = get_string(tool->second, "tool");
-  if (spec.tool != "latency")
-    bad(fmt::format("tool: {} is not a supported tool (supported: latency)", quote(spec.tool)));
+  if (spec.tool != "latency" && spec.tool != "abw" && spec.tool != "throughput")
+    bad(fmt::format("tool: {} is not a supported tool (supported: latency, abw, throughput)",
+                    quote(spec.tool)));
 
   if (auto it = s.find("mode"); it != s.end()) {
     std::string mode = get_string(it->second, "mode");
@@ -241,41 +348,79 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config) {
       bad(fmt::format("mode: {} is not a mode (expected continuous or oneshot)", quote(mode)));
   }
 
-  const Limits& limits = config.limits;
   if (auto it = s.find("interval"); it != s.end()) {
-    double x = get_number(it->second, "interval");
-    if (x < limits.min_interval_s)
-      bad(fmt::format("interval: {} s is below the limit of {} s", fmt_number(x),
-                      fmt_number(limits.min_interval_s)));
-    if (x > limits.max_interval_s)
-      bad(fmt::format("interval: {} s is above the limit of {} s", fmt_number(x),
-                      fmt_number(limits.max_interval_s)));
-    spec.interval_s = x;
+    spec.interval_s = parse_interval(it->second, spec.tool, config, role);
   } else if (spec.mode == Mode::continuous) {
     bad("interval: missing (required for continuous requests)");
   }
 
   if (auto it = s.find("duration"); it != s.end()) {
     if (spec.mode != Mode::continuous) bad("duration: only continuous requests have a duration");
-    double x = get_number(it->second, "duration");
-    if (x <= 0) bad(fmt::format("duration: {} s is not positive", fmt_number(x)));
-    if (x > limits.max_duration_s)
-      bad(fmt::format("duration: {} s is above the limit of {} s", fmt_number(x),
-                      fmt_number(limits.max_duration_s)));
-    spec.duration_s = x;
+    spec.duration_s = parse_duration(it->second, config, role);
   }
+  if (auto it = s.find("priority"); it != s.end()) spec.priority = parse_priority(it->second);
+  if (auto it = s.find("netns"); it != s.end()) {
+    spec.netns = get_string(it->second, "netns");
+    if (spec.netns.size() > 255 || spec.netns.find('\0') != std::string::npos ||
+        spec.netns.find("..") != std::string::npos ||
+        spec.netns.find_first_of(" \t\n") != std::string::npos)
+      bad(fmt::format("netns: {} is not a namespace name or /proc path", quote(spec.netns)));
+  }
+  if (auto it = s.find("dry_run"); it != s.end())
+    expect_type(it->second, V::TYPE_BOOLEAN, "dry_run", "a boolean");
 
+  const std::uint32_t max_paths = config.limits_for(role).max_paths_per_request;
   const auto nodes = s.find("nodes");
   const auto paths = s.find("paths");
   if (nodes != s.end() && paths != s.end()) bad("nodes, paths: give one of them, not both");
   if (nodes == s.end() && paths == s.end()) bad("nodes, paths: one of them is required");
-  spec.paths =
-      nodes != s.end() ? parse_nodes(nodes->second, config) : parse_paths(paths->second, config);
+  spec.paths = nodes != s.end() ? parse_nodes(nodes->second, config, max_paths)
+                                : parse_paths(paths->second, config, max_paths);
 
   std::optional<xmlrpc_c::cstruct> args;
   if (auto it = s.find("args"); it != s.end()) args = get_struct(it->second, "args");
-  spec.latency = parse_latency_args(args ? &*args : nullptr, limits);
+  parse_tool_args(args ? &*args : nullptr, config.limits, spec);
   return spec;
+}
+
+bool is_dry_run(const xmlrpc_c::value& value) {
+  if (value.type() != V::TYPE_STRUCT) return false;
+  auto s = xmlrpc_c::value_struct(value).cvalue();
+  auto it = s.find("dry_run");
+  return it != s.end() && it->second.type() == V::TYPE_BOOLEAN &&
+         xmlrpc_c::value_boolean(it->second).cvalue();
+}
+
+Edit parse_edit(const xmlrpc_c::value& value, const RequestSpec& current, const Config& config,
+                Role role) {
+  auto s = get_struct(value, "changes");
+  check_keys(s, "changes.", {"interval", "duration", "priority", "args", "for"});
+  if (s.empty()) bad("changes: nothing to change (keys: interval, duration, priority, args, for)");
+  Edit e;
+  e.spec = current;
+  if (auto it = s.find("interval"); it != s.end()) {
+    if (current.mode != Mode::continuous)
+      bad("interval: a one-shot request has no interval to edit");
+    e.spec.interval_s = parse_interval(it->second, current.tool, config, role);
+  }
+  if (auto it = s.find("duration"); it != s.end()) {
+    if (current.mode != Mode::continuous) bad("duration: only continuous requests have a duration");
+    e.spec.duration_s = parse_duration(it->second, config, role);
+  }
+  if (auto it = s.find("priority"); it != s.end()) e.spec.priority = parse_priority(it->second);
+  if (auto it = s.find("args"); it != s.end()) {
+    auto args = get_struct(it->second, "args");
+    parse_tool_args(&args, config.limits, e.spec);
+  }
+  if (auto it = s.find("for"); it != s.end()) {
+    double x = get_number(it->second, "for");
+    if (x <= 0) bad(fmt::format("for: {} s is not positive", fmt_number(x)));
+    if (x > config.limits_for(role).max_duration_s)
+      bad(fmt::format("for: {} s is above the limit of {} s", fmt_number(x),
+                      fmt_number(config.limits_for(role).max_duration_s)));
+    e.for_s = x;
+  }
+  return e;
 }
 
 UtcNs parse_time(const xmlrpc_c::value& v, const std::string& name) {

@@ -15,9 +15,20 @@
 
 namespace flexmon::manager {
 
-// Checks a probe.request spec against config.limits and config.nodes.
-// Throws ApiFault (kBadArgument, kUnknownNode).
-RequestSpec parse_spec(const xmlrpc_c::value& spec, const Config& config);
+// Checks a probe.request spec against config.limits (those of `role`) and
+// config.nodes. Throws ApiFault (kBadArgument, kUnknownNode).
+RequestSpec parse_spec(const xmlrpc_c::value& spec, const Config& config, Role role = Role::user);
+
+// Whether a probe.request spec asks for a dry run (`dry_run: true`).
+bool is_dry_run(const xmlrpc_c::value& spec);
+
+// A probe.edit change set applied to `current`: the new spec, and `for`.
+struct Edit {
+  RequestSpec spec;
+  std::optional<double> for_s;
+};
+Edit parse_edit(const xmlrpc_c::value& changes, const RequestSpec& current, const Config& config,
+                Role role);
 
 // A time: epoch seconds (int, i8 or double) or dateTime.iso8601 (UTC).
 UtcNs parse_time(const xmlrpc_c::value& value, const std::string& name);

@@ -20,6 +20,9 @@ class RequestStore {
   // Stores a new active request and returns it with its number.
   Request add(const std::string& owner, const RequestSpec& spec, UtcNs created_ns);
   void set_state(std::uint64_t num, RequestState state);
+  // Stores an edited request: spec (interval, duration, priority, args),
+  // end and pending revert.
+  void update(const Request& request);
   // Every request, oldest first.
   std::vector<Request> load_all();
 

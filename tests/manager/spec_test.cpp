@@ -86,8 +86,9 @@ TEST_F(SpecTest, RejectsEveryArgumentBound) {
   expect_bad(with_args({{"timeout_ms", num(9)}}), "args.timeout_ms: 9 is below the limit of 10");
   expect_bad(with_args({{"timeout_ms", num(10001)}}),
              "args.timeout_ms: 10001 is above the limit of 10000");
-  expect_bad(with_args({{"method", str("icmp")}}),
-             "args.method: 'icmp' is not supported (supported: udp)");
+  expect_bad(with_args({{"method", str("raw")}}),
+             "args.method: 'raw' is not supported (supported: udp, icmp, tcp)");
+  expect_bad(with_args({{"port", num(80)}}), "args.port: only the tcp method takes a port");
   expect_bad(with("interval", dbl(0.5)), "interval: 0.5 s is below the limit of 1 s");
   expect_bad(with("interval", num(86401)), "interval: 86401 s is above the limit of 86400 s");
   expect_bad(with("duration", num(2592001)), "duration: 2592001 s is above the limit of 2592000 s");
@@ -99,10 +100,10 @@ TEST_F(SpecTest, RejectsEveryArgumentBound) {
 
 TEST_F(SpecTest, RejectsUnknownKeysAndNodes) {
   expect_bad(with("colour", str("red")),
-             "spec.colour: unknown key (expected one of args, duration, interval, mode, nodes, "
-             "paths, tool)");
+             "spec.colour: unknown key (expected one of args, dry_run, duration, interval, mode, "
+             "netns, nodes, paths, priority, tool)");
   expect_bad(with_args({{"ttl", num(3)}}),
-             "args.ttl: unknown key (expected one of count, method, size, spacing_ms, "
+             "args.ttl: unknown key (expected one of count, method, port, size, spacing_ms, "
              "timeout_ms)");
   expect_bad(with("nodes", arr({str("n1"), str("n2"), str("n9")})), "unknown node 'n9' in nodes[2]",
              kUnknownNode);
