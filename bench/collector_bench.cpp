@@ -1,0 +1,226 @@
+// collector_bench: simulated probers on loopback push sealed result datagrams
+// through the real collector (collector/collector.h) into the real cache with
+// the durable settings (WAL, synchronous=FULL, window in the same
+// transaction), each keeping a bounded number of datagrams unacknowledged, as
+// the prober's sender does. Then SQLite's own ceiling: the same rows written
+// through Cache::store_many in batches of the size the collector committed,
+// with the same settings. Prints one figure per line.
+//   collector_bench [results=300000] [nodes=8] [window=16 datagrams per node]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cache/cache.h"
+#include "collector/collector.h"
+#include "common/log.h"
+#include "common/seal.h"
+#include "common/sqlite.h"
+#include "wire.pb.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace flexmon;
+
+wire::Result make_result(const std::string& node, std::uint64_t seq, std::mt19937_64& random) {
+  wire::Result r;
+  r.set_seq(seq);
+  r.set_stream("latency/udp/count=5/" + node + "/peer");
+  r.set_tool("latency");
+  r.set_src(node);
+  r.set_dst("peer");
+  r.set_start_ns(1'760'000'000'000'000'000 + static_cast<std::int64_t>(seq) * 1'000'000'000);
+  r.set_status(wire::OK);
+  auto* l = r.mutable_latency();
+  l->set_sent(5);
+  l->set_received(5);
+  for (int i = 0; i < 5; ++i) l->add_rtt_ns(200'000 + static_cast<std::int64_t>(random() % 50'000));
+  l->set_min_ns(200'000);
+  l->set_avg_ns(225'000);
+  l->set_median_ns(224'000);
+  l->set_max_ns(249'000);
+  l->set_stddev_ns(12'000);
+  return r;
+}
+
+struct Outstanding {
+  std::uint64_t first, last;
+  Clock::time_point sent;
+  std::string frame;
+};
+
+struct Node {
+  std::string id;
+  std::string key;
+  std::unique_ptr<Sealer> sealer;
+  int fd = -1;
+  std::uint64_t next_seq = 1;
+  std::map<std::uint64_t, Outstanding> outstanding;  // by last seq
+};
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint64_t total = argc > 1 ? std::stoull(argv[1]) : 300'000;
+  int node_count = argc > 2 ? std::stoi(argv[2]) : 8;
+  std::size_t window = argc > 3 ? std::stoul(argv[3]) : 16;
+  logger("collector")->set_level(spdlog::level::warn);
+  auto dir = std::filesystem::temp_directory_path() /
+             ("flexmon-collector-bench-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+
+  Config config;
+  config.collector.listen = Endpoint{"127.0.0.1", 0};
+  config.collector.cache_db = dir / "cache.db";
+  std::vector<Node> nodes(static_cast<std::size_t>(node_count));
+  for (int i = 0; i < node_count; ++i) {
+    auto& n = nodes[static_cast<std::size_t>(i)];
+    n.id = "n" + std::to_string(i + 1);
+    n.key = std::string(32, static_cast<char>('A' + i));
+    n.sealer = std::make_unique<Sealer>(n.key);
+    config.nodes.push_back(NodeConfig{n.id, "bench", "127.0.0.1", 0, n.key});
+  }
+  auto collector = start_collector(config);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  to.sin_port = htons(collector->local_endpoint().port);
+  for (auto& n : nodes) {
+    n.fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(n.fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+
+  std::mt19937_64 random(1);
+  std::vector<double> ack_ms;
+  std::vector<std::string> rows_bytes;  // every result sent, for the ceiling run
+  std::uint64_t sent = 0, acked = 0, resent = 0;
+  const std::uint64_t per_node = total / static_cast<std::uint64_t>(node_count);
+  auto start = Clock::now();
+  auto limit = start + std::chrono::seconds(120);
+  char buffer[65536];
+  while (acked < per_node * static_cast<std::uint64_t>(node_count) && Clock::now() < limit) {
+    auto now = Clock::now();
+    for (auto& n : nodes) {
+      while (n.outstanding.size() < window && n.next_seq <= per_node) {
+        wire::Message m;
+        m.set_node(n.id);
+        auto* batch = m.mutable_results();
+        batch->set_boot_epoch(1);
+        std::uint64_t first = n.next_seq;
+        while (n.next_seq <= per_node) {
+          *batch->add_results() = make_result(n.id, n.next_seq, random);
+          if (m.ByteSizeLong() + 80 > 1400) {
+            batch->mutable_results()->RemoveLast();
+            break;
+          }
+          ++n.next_seq;
+        }
+        for (const auto& r : batch->results()) rows_bytes.push_back(r.SerializeAsString());
+        auto frame = seal(m, *n.sealer);
+        sendto(n.fd, frame.data(), frame.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+        sent += static_cast<std::uint64_t>(batch->results_size());
+        n.outstanding.emplace(n.next_seq - 1, Outstanding{first, n.next_seq - 1, now, frame});
+      }
+      for (auto& [last, o] : n.outstanding) {  // lost on loopback (buffer full): again
+        if (now - o.sent > std::chrono::seconds(1)) {
+          sendto(n.fd, o.frame.data(), o.frame.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                 sizeof to);
+          o.sent = now;  // latency of a resent datagram counts from the resend
+          ++resent;
+        }
+      }
+    }
+    std::vector<pollfd> fds;
+    for (auto& n : nodes) fds.push_back({n.fd, POLLIN, 0});
+    if (poll(fds.data(), fds.size(), 5) <= 0) continue;
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      if (!(fds[i].revents & POLLIN)) continue;
+      auto& n = nodes[i];
+      for (;;) {
+        ssize_t got = recv(n.fd, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (got <= 0) break;
+        auto arrived = Clock::now();
+        auto m =
+            open_from(std::string_view(buffer, static_cast<std::size_t>(got)), n.id, *n.sealer);
+        if (!m || !m->has_ack()) continue;
+        for (const auto& range : m->ack().ranges()) {
+          auto it = n.outstanding.lower_bound(range.first());
+          while (it != n.outstanding.end() && it->second.first >= range.first() &&
+                 it->second.last <= range.last()) {
+            ack_ms.push_back(
+                std::chrono::duration<double, std::milli>(arrived - it->second.sent).count());
+            acked += it->second.last - it->second.first + 1;
+            it = n.outstanding.erase(it);
+          }
+        }
+      }
+    }
+  }
+  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const auto& c = collector->counters();
+  double per_commit =
+      c.commits ? static_cast<double>(c.stored) / static_cast<double>(c.commits) : 1;
+  collector->stop();
+  collector->wait();
+  collector.reset();
+
+  // SQLite's ceiling: the same rows, same settings, batches of the size the
+  // collector committed, no network, no seal, no window.
+  std::vector<wire::Result> parsed(rows_bytes.size());
+  for (std::size_t i = 0; i < rows_bytes.size(); ++i) parsed[i].ParseFromString(rows_bytes[i]);
+  std::size_t batch_rows = std::max<std::size_t>(1, static_cast<std::size_t>(per_commit));
+  double ceiling_seconds = 0;
+  {
+    Cache cache(dir / "ceiling.db");
+    cache.database().exec("PRAGMA synchronous=FULL");
+    auto t0 = Clock::now();
+    std::size_t per_node_rows = parsed.size() / nodes.size();
+    for (std::size_t begin = 0; begin < parsed.size(); begin += batch_rows) {
+      std::size_t end = std::min(parsed.size(), begin + batch_rows);
+      std::map<std::string, Cache::StoreGroup> groups;
+      for (std::size_t i = begin; i < end; ++i) {
+        auto& g = groups[parsed[i].src()];
+        g.node = parsed[i].src();
+        g.boot_epoch = 1;
+        g.results.push_back(&parsed[i]);
+      }
+      std::vector<Cache::StoreGroup> list;
+      for (auto& [k, g] : groups) list.push_back(std::move(g));
+      cache.store_many(list);
+    }
+    (void)per_node_rows;
+    ceiling_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  double rate = static_cast<double>(c.stored) / seconds;
+  double ceiling = static_cast<double>(parsed.size()) / ceiling_seconds;
+  std::printf("collector_committed_results_per_s %.0f\n", rate);
+  std::printf("collector_ack_latency_p50_ms %.2f\n", percentile(ack_ms, 0.50));
+  std::printf("collector_ack_latency_p99_ms %.2f\n", percentile(ack_ms, 0.99));
+  std::printf("collector_results_stored %llu\n", static_cast<unsigned long long>(c.stored.load()));
+  std::printf("collector_results_per_commit %.0f\n", per_commit);
+  std::printf("collector_datagrams_resent %llu\n", static_cast<unsigned long long>(resent));
+  std::printf("sqlite_ceiling_results_per_s %.0f\n", ceiling);
+  std::printf("collector_over_sqlite_ratio %.2f\n", rate / ceiling);
+  std::filesystem::remove_all(dir);
+  return acked == sent ? 0 : 1;
+}

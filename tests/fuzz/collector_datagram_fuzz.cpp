@@ -1,0 +1,61 @@
+// libFuzzer target: the collector's datagram decoder (collector/datagram.h),
+// the function the collector runs on every datagram it receives. Two modes,
+// chosen by the first byte: the raw datagram, or the rest sealed properly as
+// the body of node n1's frame, so the checks behind a valid seal (message
+// kind, epoch, seq, src) see arbitrary bytes too. Accepted batches then go
+// through the seq window the collector keeps (collector/window.h).
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "collector/datagram.h"
+#include "collector/window.h"
+#include "common/seal.h"
+#include "wire.pb.h"
+
+namespace {
+
+const flexmon::KeyRing& keys() {
+  static const flexmon::KeyRing ring = [] {
+    flexmon::KeyRing r;
+    r.add("n1", std::string(32, '\x11'));
+    r.add("n2", std::string(32, '\x22'));
+    return r;
+  }();
+  return ring;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size == 0) return 0;
+  std::string_view input(reinterpret_cast<const char*>(data) + 1, size - 1);
+  flexmon::DecodedDatagram decoded;
+  if (data[0] & 1) {
+    flexmon::wire::Sealed frame;
+    frame.set_version(flexmon::kWireVersion);
+    frame.set_node("n1");
+    frame.set_body(std::string(input));
+    auto mac = keys().find("n1")->mac(frame.body());
+    frame.set_mac(mac.data(), mac.size());
+    decoded = flexmon::decode_result_datagram(frame.SerializeAsString(), keys());
+  } else {
+    decoded = flexmon::decode_result_datagram(input, keys());
+  }
+  if (decoded.reject != flexmon::DatagramReject::none) {
+    if (decoded.message) __builtin_trap();  // a rejected datagram carries no message
+    return 0;
+  }
+  const auto& batch = decoded.message->results();
+  if (batch.boot_epoch() == 0 || batch.results_size() == 0) __builtin_trap();
+  flexmon::SeqWindow window;
+  for (const auto& r : batch.results()) {
+    if (r.seq() == 0 || r.src() != decoded.message->node()) __builtin_trap();
+    if (window.classify(r.seq()) == flexmon::SeqWindow::Verdict::fresh) window.add(r.seq());
+  }
+  flexmon::SeqWindow back;
+  if (!flexmon::SeqWindow::decode(window.high_water(), window.encode_above(), back) ||
+      back.above() != window.above())
+    __builtin_trap();
+  return 0;
+}
