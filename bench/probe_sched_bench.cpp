@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   std::mutex mutex;
   std::map<std::string, std::vector<std::int64_t>> calls;  // per stream: call times, ns
   std::uint64_t results = 0, ok = 0;
+  std::vector<std::string> errors;
   {
     EventLoop loop;
     Responder responder(loop, "127.0.0.1", 0, 16, 1472);
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
         [&](wire::Result r) {
           ++results;
           ok += r.status() == wire::OK;
+          if (r.status() != wire::OK && errors.size() < 3) errors.push_back(r.error() + "/" + std::to_string(r.status()));
         });
     std::vector<wire::Stream> set;
     for (int i = 0; i < streams; ++i) {
@@ -130,6 +132,7 @@ int main(int argc, char** argv) {
         100 * cpu / wall, static_cast<unsigned long long>(results),
         static_cast<unsigned long long>(ok),
         static_cast<unsigned long long>(runner.counters().skipped_slots.load()));
+    for (auto& e : errors) std::fprintf(stderr, "not ok: %s\n", e.c_str());
   }
   return 0;
 }

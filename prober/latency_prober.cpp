@@ -103,6 +103,10 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
           fmt::format("prober: cannot bind UDP probing socket to {}: {}", source, ec.message()));
     int one = 1;
     int fd = socket.native_handle();
+    // Thousands of streams share this socket: room for a loop stall's replies.
+    int buf = 4 << 20;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) != 0)
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
     bool v6 = ip.is_v6();
     if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) != 0 ||
         setsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one) !=
@@ -355,6 +359,11 @@ LatencyProber::LatencyProber(EventLoop& loop, const std::string& source_address,
 LatencyProber::~LatencyProber() = default;
 
 void LatencyProber::measure(const wire::Stream& stream, Done done) {
+  // On the loop thread (the stream runner) start at once: no queueing delay.
+  if (impl_->io.get_executor().running_in_this_thread()) {
+    impl_->start(stream, std::move(done));
+    return;
+  }
   asio::post(impl_->io,
              [weak = std::weak_ptr<Impl>(impl_), stream, done = std::move(done)]() mutable {
                if (auto self = weak.lock()) self->start(stream, std::move(done));

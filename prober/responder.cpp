@@ -54,7 +54,8 @@ struct Responder::Impl : std::enable_shared_from_this<Responder::Impl> {
     int one = 1;
     setsockopt(socket.native_handle(), SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
     int buf = 4 << 20;
-    setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
+    if (setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) != 0)
+      setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
     // TCP on the same port: latency method tcp and the throughput tool.
     tcp::endpoint tcp_local(ip, socket.local_endpoint().port());
     acceptor.open(tcp_local.protocol(), ec);
