@@ -114,6 +114,8 @@ class CollectorDaemon : public Collector {
     // FULL: every commit is fsynced (WAL) before it is acknowledged, so an ack
     // survives power loss as well as a crash (schemas/wire.md, stable commit).
     cache_.database().exec("PRAGMA synchronous=FULL");
+    // The indexes of `results` stay in memory while a batch is inserted.
+    cache_.database().exec("PRAGMA cache_size=-65536");
     windows_ = load_windows(cache_.database());
     bind(config.collector.listen);
     stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
