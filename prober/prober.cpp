@@ -1,12 +1,14 @@
 #include "prober/prober.h"
 
+#include <map>
+
 #include <fmt/format.h>
 
 #include "common/log.h"
 #include "prober/boot_epoch.h"
 #include "prober/control_client.h"
 #include "prober/event_loop.h"
-#include "prober/latency_prober.h"
+#include "prober/measurements.h"
 #include "prober/responder.h"
 #include "prober/result_sender.h"
 #include "prober/stream_runner.h"
@@ -36,7 +38,10 @@ class ProberDaemon : public Daemon {
     responder_ = std::make_unique<Responder>(
         loop_, node.address, config.responder_port(node),
         std::max<std::size_t>(16, config.limits.latency.min_size), config.limits.latency.max_size);
-    latency_ = std::make_unique<LatencyProber>(loop_, node.address, node.id);
+    std::map<std::string, std::string> peer_keys;  // whose abw / throughput probes we serve
+    for (const auto& n : config.nodes) peer_keys[n.id] = n.key;
+    responder_->set_peer_keys(std::move(peer_keys));
+    measurements_ = std::make_unique<Measurements>(loop_, node.address, node.id, node.key);
     SenderOptions s;
     s.node = node.id;
     s.key = node.key;
@@ -56,7 +61,7 @@ class ProberDaemon : public Daemon {
     runner_ = std::make_unique<StreamRunner>(
         loop_, node.id, config.limits,
         [this](const wire::Stream& stream, std::function<void(wire::Result)> done) {
-          latency_->measure(stream, std::move(done));
+          measurements_->measure(stream, std::move(done));
         },
         [this](wire::Result result) { sender_->submit(std::move(result)); });
     ControlOptions c;
@@ -95,7 +100,7 @@ class ProberDaemon : public Daemon {
  private:
   EventLoop loop_;
   std::unique_ptr<Responder> responder_;
-  std::unique_ptr<LatencyProber> latency_;
+  std::unique_ptr<Measurements> measurements_;
   std::unique_ptr<ResultSender> sender_;
   std::unique_ptr<StreamRunner> runner_;
   std::unique_ptr<ControlClient> control_;

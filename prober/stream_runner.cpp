@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "prober/asio_loop.h"
 #include "prober/schedule.h"
+#include "prober/tools.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -21,10 +22,10 @@ std::string check_stream(const wire::Stream& s, const std::string& node, const L
   const auto& a = s.latency();
   if (s.key().empty()) return "stream has no key";
   if (s.src() != node) return fmt::format("src '{}' is not this node '{}'", s.src(), node);
-  if (s.tool() != "latency") return fmt::format("tool '{}' is not supported", s.tool());
-  if (a.method() != "udp") return fmt::format("latency method '{}' is not supported", a.method());
+  if (auto why = check_tool_args(s); !why.empty()) return why;
   if (!(s.interval_s() >= 0.001 && s.interval_s() <= limits.max_interval_s) && !s.oneshot())
     return fmt::format("interval_s {} is out of bounds", s.interval_s());
+  if (s.tool() != "latency") return {};  // abw / throughput: caps checked by check_tool_args
   if (a.count() < 1 || a.count() > l.max_count || a.count() > 65535)
     return fmt::format("count {} is out of bounds 1..{}", a.count(), l.max_count);
   if (a.spacing_ms() > l.max_spacing_ms)

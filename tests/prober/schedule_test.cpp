@@ -94,6 +94,8 @@ TEST(CheckStream, AcceptsAGoodStreamAndNamesWhatIsWrong) {
   EXPECT_NE(check_stream(s, "n1", limits).find("size"), std::string::npos);
   s = stream();
   s.mutable_latency()->set_method("icmp");
+  EXPECT_EQ(check_stream(s, "n1", limits), "");
+  s.mutable_latency()->set_method("sctp");
   EXPECT_NE(check_stream(s, "n1", limits).find("method"), std::string::npos);
   s = stream();
   s.set_interval_s(0);
