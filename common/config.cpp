@@ -380,6 +380,8 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("state_db", m.state_db);
     s.optional("max_connections", m.max_connections);
     s.optional("http_timeout_s", m.http_timeout_s);
+    s.optional("keepalive_max_requests", m.keepalive_max_requests);
+    if (m.keepalive_max_requests == 0) s.fail("keepalive_max_requests", "must be at least 1");
     s.optional("max_request_bytes", m.max_request_bytes);
     s.optional("max_nesting", m.max_nesting);
     s.optional("dead_after_s", m.dead_after_s);

@@ -9,19 +9,21 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include <fmt/format.h>
-#include <xmlrpc-c/abyss.h>
 #include <xmlrpc-c/util.h>
 #include <xmlrpc-c/registry.hpp>
-#include <xmlrpc-c/server_abyss.hpp>
 
 #include "common/log.h"
 #include "manager/api_types.h"
@@ -32,6 +34,13 @@ namespace flexmon::manager {
 namespace {
 
 auto log() { return logger("manager"); }
+
+// What a call carries from its HTTP request to the method: the
+// Authorization header (empty when absent).
+class HttpCallInfo : public xmlrpc_c::callInfo {
+ public:
+  std::string authorization;
+};
 
 xmlrpc_c::fault make_fault(int code, const std::string& message) {
   return xmlrpc_c::fault(message, static_cast<xmlrpc_c::fault::code_t>(code));
@@ -50,10 +59,8 @@ class AuthMethod : public xmlrpc_c::method2 {
                xmlrpc_c::value* result) override {
     try {
       const UserConfig* caller = nullptr;
-      if (auto* abyss = dynamic_cast<const xmlrpc_c::callInfo_serverAbyss*>(info)) {
-        const char* header = RequestHeaderValue(abyss->abyssSessionP, "authorization");
-        if (header) caller = auth_.authenticate(header);
-      }
+      if (auto* http = dynamic_cast<const HttpCallInfo*>(info))
+        if (!http->authorization.empty()) caller = auth_.authenticate(http->authorization);
       if (!caller)
         throw ApiFault(kNotAuthenticated,
                        "not authenticated: send HTTP Basic credentials user:token that are "
@@ -104,10 +111,12 @@ int listen_on(const Endpoint& endpoint, int backlog) {
 
 }  // namespace
 
-// Connections are accepted here, not by Abyss, and each is served by
-// serverAbyss::runConn() on its own thread (one request per connection). So
-// the manager knows every open connection and stop() can close them at once:
-// Abyss's own run() waits in 2 s steps, and for idle keep-alive clients.
+// Connections are accepted here and each is served on its own thread by a
+// small, strict HTTP/1.1 loop (below) that hands each body to the xmlrpc-c
+// registry. Abyss's serverAbyss::runConn() forces one call per connection
+// (it sets keepalivemaxconn = 1), and its run() waits in 2 s steps; here the
+// manager knows every open connection, serves keep-alive, and stop() wakes
+// every connection thread at once with shutdown(SHUT_RDWR).
 struct XmlRpcServer::Impl {
   const Config& config;
   Authenticator auth;
@@ -116,7 +125,6 @@ struct XmlRpcServer::Impl {
   int wake_pipe[2] = {-1, -1};
   sockaddr_storage bound{};
   socklen_t bound_len = sizeof bound;
-  std::unique_ptr<xmlrpc_c::serverAbyss> server;
   std::thread thread;
   std::atomic<bool> stopping{false};
 
@@ -137,14 +145,6 @@ struct XmlRpcServer::Impl {
     getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
     if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
       throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
-    server = std::make_unique<xmlrpc_c::serverAbyss>(xmlrpc_c::serverAbyss::constrOpt()
-                                                         .registryP(&registry)
-                                                         .timeout(c.manager.http_timeout_s)
-                                                         .keepaliveTimeout(c.manager.http_timeout_s)
-                                                         .keepaliveMaxConn(1)
-                                                         .uriPath("/RPC2")
-                                                         .dontAdvertise(true)
-                                                         .serverOwnsSignals(false));
   }
 
   ~Impl() {
@@ -194,9 +194,120 @@ struct XmlRpcServer::Impl {
     }
   }
 
+  // Reads into `buffer` until it holds `want` bytes; false on EOF, error,
+  // timeout (config.manager.http_timeout_s) or stop.
+  bool fill(int conn, std::string& buffer, std::size_t want) {
+    char chunk[16384];
+    while (buffer.size() < want) {
+      pollfd p{conn, POLLIN, 0};
+      int ready = poll(&p, 1, static_cast<int>(config.manager.http_timeout_s) * 1000);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0 || stopping) return false;
+      ssize_t n = recv(conn, chunk, sizeof chunk, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      buffer.append(chunk, static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+
+  static bool send_all(int conn, std::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = send(conn, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+
+  static void refuse(int conn, const char* status) {
+    std::string r =
+        fmt::format("HTTP/1.1 {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
+    send_all(conn, r);
+  }
+
+  static std::string lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+  }
+
+  // Serves calls on one connection until the client closes, a limit, an
+  // error, keepalive_max_requests calls, or stop.
+  void serve_calls(int conn) {
+    constexpr std::size_t kMaxHeader = 4096;
+    std::string buffer;
+    for (std::uint32_t served = 0; served < config.manager.keepalive_max_requests;) {
+      std::size_t end = std::string::npos;
+      while ((end = buffer.find("\r\n\r\n")) == std::string::npos) {
+        if (buffer.size() > kMaxHeader) return refuse(conn, "431 Request Header Fields Too Large");
+        if (!fill(conn, buffer, buffer.size() + 1)) return;
+      }
+      if (end > kMaxHeader) return refuse(conn, "431 Request Header Fields Too Large");
+      std::string_view head(buffer.data(), end);
+      auto line_end = head.find("\r\n");
+      std::string_view request_line = head.substr(0, line_end);
+      bool keep_alive = request_line.ends_with("HTTP/1.1");
+      if (!request_line.starts_with("POST ")) return refuse(conn, "405 Method Not Allowed");
+      auto target = request_line.substr(5, request_line.rfind(' ') - 5);
+      if (target != "/RPC2") return refuse(conn, "404 Not Found");
+      std::optional<std::size_t> length;
+      HttpCallInfo info;
+      std::string_view rest = line_end == std::string_view::npos ? "" : head.substr(line_end + 2);
+      while (!rest.empty()) {
+        auto eol = rest.find("\r\n");
+        std::string_view line = rest.substr(0, eol);
+        rest = eol == std::string_view::npos ? "" : rest.substr(eol + 2);
+        auto colon = line.find(':');
+        if (colon == std::string_view::npos) return refuse(conn, "400 Bad Request");
+        std::string name = lower(line.substr(0, colon));
+        std::string_view value = line.substr(colon + 1);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+          value.remove_prefix(1);
+        if (name == "content-length") {
+          std::size_t n = 0;
+          auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+          if (ec != std::errc() || p != value.data() + value.size() || length)
+            return refuse(conn, "400 Bad Request");
+          length = n;
+        } else if (name == "authorization") {
+          info.authorization = std::string(value);
+        } else if (name == "connection") {
+          std::string v = lower(value);
+          if (v.find("close") != std::string::npos) keep_alive = false;
+          if (v.find("keep-alive") != std::string::npos) keep_alive = true;
+        } else if (name == "transfer-encoding") {
+          return refuse(conn, "411 Length Required");
+        }
+      }
+      if (!length) return refuse(conn, "411 Length Required");
+      if (*length > config.manager.max_request_bytes) return refuse(conn, "413 Content Too Large");
+      const std::size_t body_at = end + 4;
+      if (!fill(conn, buffer, body_at + *length)) return;
+      std::string body = buffer.substr(body_at, *length);
+      buffer.erase(0, body_at + *length);
+      std::string response;
+      try {
+        registry.processCall(body, &info, &response);
+      } catch (const std::exception& e) {
+        log()->warn("XML-RPC: call refused: {}", e.what());
+        return refuse(conn, "400 Bad Request");
+      }
+      ++served;
+      const bool last = !keep_alive || served >= config.manager.keepalive_max_requests || stopping;
+      std::string out = fmt::format(
+          "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: "
+          "{}\r\n\r\n",
+          response.size(), last ? "close" : "keep-alive");
+      out += response;
+      if (!send_all(conn, out) || last) return;
+    }
+  }
+
   void serve(int conn) {
     try {
-      server->runConn(conn);
+      serve_calls(conn);
     } catch (const std::exception& e) {
       log()->error("XML-RPC connection: {}", e.what());
     } catch (...) {
