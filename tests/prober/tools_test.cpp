@@ -1,0 +1,202 @@
+// The synchronous probe tools on loopback: every latency method, statuses,
+// outage bound, sealed abw / throughput against a real responder, caps, JSON.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "prober/event_loop.h"
+#include "prober/responder.h"
+#include "prober/tools.h"
+#include "wire.pb.h"
+
+namespace flexmon::prober {
+namespace {
+
+const std::string kKey = "0123456789abcdef0123456789abcdef";
+
+struct Lab {
+  EventLoop loop;
+  std::unique_ptr<Responder> responder;
+  Lab() {
+    responder = std::make_unique<Responder>(loop, "127.0.0.1", 0, 16, 1472);
+    responder->set_peer_keys({{"n1", kKey}});
+    loop.start();
+  }
+  ~Lab() {
+    loop.stop();
+    loop.join();
+  }
+};
+
+ToolContext context(std::string key = kKey) {
+  ToolContext c;
+  c.node = "n1";
+  c.key = std::move(key);
+  c.source_address = "127.0.0.1";
+  c.outage.spacing_ms = 10;
+  c.outage.max_probes = 5;
+  return c;
+}
+
+wire::Stream latency(const std::string& method, std::uint16_t port, std::uint32_t count = 5) {
+  wire::Stream s;
+  s.set_key("k");
+  s.set_tool("latency");
+  s.set_src("n1");
+  s.set_dst("n2");
+  s.set_dst_address("127.0.0.1");
+  s.set_dst_port(port);
+  auto* a = s.mutable_latency();
+  a->set_method(method);
+  a->set_count(count);
+  a->set_spacing_ms(5);
+  a->set_size(64);
+  a->set_timeout_ms(1000);
+  return s;
+}
+
+// A UDP port bound but never read: probes to it get no reply and no error.
+struct SilentPort {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  std::uint16_t port = 0;
+  SilentPort() {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~SilentPort() { close(fd); }
+};
+
+TEST(Tools, UdpAndTcpAgainstTheResponder) {
+  Lab lab;
+  for (const char* method : {"udp", "tcp"}) {
+    auto r = run_measurement(latency(method, lab.responder->port()), context());
+    EXPECT_EQ(r.status(), wire::OK) << method << ": " << r.error();
+    EXPECT_EQ(r.latency().sent(), 5U);
+    EXPECT_EQ(r.latency().received(), 5U);
+    EXPECT_EQ(r.latency().rtt_ns_size(), 5);
+    EXPECT_GT(r.latency().min_ns(), 0);
+    EXPECT_FALSE(r.has_outage());
+  }
+}
+
+TEST(Tools, IcmpToLoopback) {
+  auto r = run_measurement(latency("icmp", 0, 3), context());
+  if (r.status() == wire::ERROR) GTEST_SKIP() << "no ICMP socket here: " << r.error();
+  EXPECT_EQ(r.status(), wire::OK) << r.error();
+  EXPECT_EQ(r.latency().received(), 3U);
+}
+
+TEST(Tools, Statuses) {
+  Lab lab;
+  SilentPort silent;
+  int closed_fd = socket(AF_INET, SOCK_STREAM, 0);  // bound, not listening: RST
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(closed_fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(closed_fd, reinterpret_cast<sockaddr*>(&a), &len);
+  auto r = run_measurement(latency("tcp", ntohs(a.sin_port), 2), context());
+  EXPECT_EQ(r.status(), wire::REFUSED) << r.error();
+  close(closed_fd);
+
+  auto s = latency("udp", silent.port, 2);
+  s.mutable_latency()->set_timeout_ms(50);
+  r = run_measurement(s, context());
+  EXPECT_EQ(r.status(), wire::TIMEOUT) << r.error();
+  // The outage probing is bounded: 5 extra probes, no answer, no end.
+  ASSERT_TRUE(r.has_outage());
+  EXPECT_EQ(r.outage().probes_sent(), 5U);
+  EXPECT_EQ(r.outage().end_ns(), 0);
+  EXPECT_EQ(r.outage().start_ns(), r.start_ns());
+
+  s.set_dst_address("no-such-host.invalid");
+  r = run_measurement(s, context());
+  EXPECT_EQ(r.status(), wire::RESOLVE_FAILURE);
+  EXPECT_NE(r.error().find("no-such-host.invalid"), std::string::npos);
+
+  s = latency("udp", lab.responder->port(), 1);
+  s.set_netns("/nonexistent/netns");
+  r = run_measurement(s, context());
+  EXPECT_EQ(r.status(), wire::ERROR);
+  EXPECT_NE(r.error().find("/nonexistent/netns"), std::string::npos);
+}
+
+wire::Stream abw(std::uint16_t port, std::uint64_t max_bytes) {
+  wire::Stream s;
+  s.set_key("a");
+  s.set_tool("abw");
+  s.set_dst_address("127.0.0.1");
+  s.set_dst_port(port);
+  s.mutable_abw()->set_max_rate_bps(50'000'000);
+  s.mutable_abw()->set_max_bytes(max_bytes);
+  s.mutable_abw()->set_max_duration_ms(3000);
+  return s;
+}
+
+TEST(Tools, AbwNeedsAValidSealAndKeepsItsCaps) {
+  Lab lab;
+  auto r = run_measurement(abw(lab.responder->port(), 300'000), context());
+  EXPECT_EQ(r.status(), wire::OK) << r.error();
+  EXPECT_LE(r.abw().bytes_sent(), 300'000U);
+  EXPECT_LE(r.abw().duration_ns(), 3'000'000'000);
+  EXPECT_LE(r.abw().upper_bps(), 50e6);
+  EXPECT_LE(r.abw().lower_bps(), r.abw().estimate_bps());
+  EXPECT_GT(lab.responder->counters().abw_answered.load(), 0U);
+
+  auto bad = run_measurement(abw(lab.responder->port(), 300'000),
+                             context("ffffffffffffffffffffffffffffffff"));
+  EXPECT_EQ(bad.status(), wire::TIMEOUT) << bad.error();
+  EXPECT_GT(lab.responder->counters().abw_rejected.load(), 0U);
+}
+
+TEST(Tools, ThroughputStopsAtMaxBytesAndNeedsASeal) {
+  Lab lab;
+  wire::Stream s;
+  s.set_key("t");
+  s.set_tool("throughput");
+  s.set_dst_address("127.0.0.1");
+  s.set_dst_port(lab.responder->port());
+  s.mutable_throughput()->set_duration_ms(2000);
+  s.mutable_throughput()->set_max_bytes(1'000'000);
+  auto r = run_measurement(s, context());
+  EXPECT_EQ(r.status(), wire::OK) << r.error();
+  EXPECT_LE(r.throughput().bytes_sent(), 1'000'000U + 64);
+  EXPECT_GT(r.throughput().throughput_bps(), 0);
+  EXPECT_EQ(lab.responder->counters().throughput_bytes.load() + 64, r.throughput().bytes_sent());
+
+  auto bad = run_measurement(s, context("ffffffffffffffffffffffffffffffff"));
+  EXPECT_NE(bad.status(), wire::OK);
+  EXPECT_GT(lab.responder->counters().throughput_rejected.load(), 0U);
+}
+
+TEST(Tools, CheckToolArgsAndJson) {
+  EXPECT_EQ(check_tool_args(latency("icmp", 0)), "");
+  EXPECT_NE(check_tool_args(latency("sctp", 0)).find("method"), std::string::npos);
+  wire::Stream s;
+  s.set_tool("traceroute");
+  EXPECT_NE(check_tool_args(s).find("tool"), std::string::npos);
+  EXPECT_NE(check_tool_args(abw(1, 10)).find("max_bytes"), std::string::npos);
+
+  wire::Result r;
+  r.set_tool("latency");
+  r.set_status(wire::TIMEOUT);
+  r.mutable_latency()->set_sent(2);
+  r.mutable_latency()->add_rtt_ns(-1);
+  r.mutable_outage()->set_start_ns(5);
+  auto json = result_json(r);
+  EXPECT_NE(json.find("\"status\":\"timeout\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"rtt_ns\":[-1]"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"outage\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"loss_pct\":100.0"), std::string::npos) << json;
+}
+
+}  // namespace
+}  // namespace flexmon::prober
