@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "cache/cache.h"
+#include "collector/window.h"
 #include "common/seal.h"
+#include "common/sqlite.h"
 #include "prober/event_loop.h"
 #include "prober/result_sender.h"
 #include "test_util.h"
@@ -138,6 +140,38 @@ TEST(Collector, SameBatchTwiceIsStoredOnceAndAckedTwice) {
   f.send(seal(batch("n1", 2, 10, 12, "n1"), Sealer(kKey1)));
   expect_ack(f.receive(), 2, 10, 12);
   EXPECT_EQ(f.stored_rows(), 6);
+}
+
+TEST(Collector, DedupeSurvivesRestartAndTrimmedResults) {
+  auto f = std::make_unique<Fixture>();
+  auto datagram = seal(batch("n1", 4, 1, 3, "n1"), Sealer(kKey1));
+  f->send(datagram);
+  expect_ack(f->receive(), 4, 1, 3);
+  // Retention trims the rows; the collector restarts on the same cache.
+  {
+    sqlite::Database db(f->config.collector.cache_db);
+    db.exec("DELETE FROM results");
+  }
+  f->collector->stop();
+  f->collector->wait();
+  f->collector = start_collector(f->config);
+  f->to.sin_port = htons(f->collector->local_endpoint().port);
+  f->send(datagram);
+  expect_ack(f->receive(), 4, 1, 3);
+  EXPECT_EQ(f->stored_rows(), 0) << "acked again, not stored again";
+  EXPECT_EQ(f->collector->counters().duplicates.load(), 3u);
+}
+
+TEST(Collector, ResultsOutsideTheWindowAreDroppedNotAcked) {
+  Fixture f;
+  f.send(seal(batch("n1", 1, kSeqWindow, kSeqWindow, "n1"), Sealer(kKey1)));
+  expect_ack(f.receive(), 1, kSeqWindow, kSeqWindow);
+  f.send(seal(batch("n1", 1, kSeqWindow + 1, kSeqWindow + 1, "n1"), Sealer(kKey1)));
+  ASSERT_TRUE(f.processed(2));
+  f.send(seal(batch("n1", 1, 1, 1, "n1"), Sealer(kKey1)));
+  expect_ack(f.receive(), 1, 1, 1);  // and no ack for window + 1 came before it
+  EXPECT_EQ(f.collector->counters().outside_window.load(), 1u);
+  EXPECT_EQ(f.stored_rows(), 2);
 }
 
 TEST(Collector, RejectsForgedTruncatedAndMisattributedDatagrams) {

@@ -1,0 +1,68 @@
+// The collector's dedupe window: what it classifies, how it is stored, and
+// that it survives a collector restart and the trimming of the results.
+#include "collector/window.h"
+
+#include <gtest/gtest.h>
+
+#include "collector/collector.h"
+#include "collector/datagram.h"
+#include "common/seal.h"
+#include "common/sqlite.h"
+#include "prober/result_sender.h"
+#include "test_util.h"
+#include "wire.pb.h"
+
+namespace flexmon {
+namespace {
+
+static_assert(kSeqWindow == prober::kSeqWindow, "prober and collector agree on the window");
+
+TEST(SeqWindow, ClassifiesFoldsAndRoundTrips) {
+  SeqWindow w;
+  EXPECT_EQ(w.classify(1), SeqWindow::Verdict::fresh);
+  w.add(3);
+  w.add(5);
+  EXPECT_EQ(w.classify(3), SeqWindow::Verdict::duplicate);
+  EXPECT_EQ(w.classify(4), SeqWindow::Verdict::fresh);
+  EXPECT_EQ(w.high_water(), 0u);
+  w.add(1);
+  w.add(2);
+  EXPECT_EQ(w.high_water(), 3u) << "1..3 fold into the high-water mark";
+  w.add(4);
+  EXPECT_EQ(w.high_water(), 5u);
+  EXPECT_TRUE(w.above().empty());
+  EXPECT_EQ(w.classify(5 + kSeqWindow), SeqWindow::Verdict::fresh);
+  EXPECT_EQ(w.classify(6 + kSeqWindow), SeqWindow::Verdict::outside);
+  w.add(9);
+  w.add(10);
+  w.add(20);
+  SeqWindow back;
+  ASSERT_TRUE(SeqWindow::decode(w.high_water(), w.encode_above(), back));
+  EXPECT_EQ(back.above(), w.above());
+  EXPECT_EQ(back.classify(10), SeqWindow::Verdict::duplicate);
+  EXPECT_FALSE(SeqWindow::decode(0, std::string("\x80", 1), back)) << "truncated varint";
+}
+
+TEST(DecodeResultDatagram, NamesTheReason) {
+  KeyRing keys;
+  keys.add("n1", "key-of-node-n1-0123456789abcdef");
+  wire::Message m;
+  m.set_node("n1");
+  m.mutable_results()->set_boot_epoch(1);
+  auto* r = m.mutable_results()->add_results();
+  r->set_seq(1);
+  r->set_src("n1");
+  auto good = seal(m, Sealer("key-of-node-n1-0123456789abcdef"));
+  EXPECT_EQ(decode_result_datagram(good, keys).reject, DatagramReject::none);
+  EXPECT_EQ(decode_result_datagram(good.substr(0, good.size() - 3), keys).reject,
+            DatagramReject::malformed);
+  EXPECT_EQ(decode_result_datagram(seal(m, Sealer("another key of sixteen bytes")), keys).reject,
+            DatagramReject::bad_seal);
+  r->set_src("n2");
+  auto other = decode_result_datagram(seal(m, Sealer("key-of-node-n1-0123456789abcdef")), keys);
+  EXPECT_EQ(other.reject, DatagramReject::bad_results);
+  EXPECT_FALSE(other.message);
+}
+
+}  // namespace
+}  // namespace flexmon
