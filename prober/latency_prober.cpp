@@ -1,6 +1,7 @@
 #include "prober/latency_prober.h"
 
 #include <linux/errqueue.h>
+#include <linux/net_tstamp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -62,7 +63,8 @@ struct Measurement {
   Mono::duration spacing{};
   Mono::duration timeout{};
   std::size_t size = 0;
-  std::vector<std::int64_t> tx_real;  // CLOCK_REALTIME at send, 0 = not sent
+  std::vector<std::int64_t> tx_real;    // CLOCK_REALTIME at send, 0 = not sent
+  std::vector<std::int64_t> tx_kernel;  // the kernel's send timestamp, 0 = none
   std::vector<Mono::time_point> tx_mono;
   std::vector<std::int64_t> rtt;  // -1 = lost
   std::uint32_t next = 0;         // next packet to send
@@ -88,6 +90,10 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
   std::mt19937_64 random{std::random_device{}()};
   std::array<std::uint8_t, 65536> buffer{};
   std::shared_ptr<spdlog::logger> log = logger("prober");
+  // Kernel send timestamps (SO_TIMESTAMPING, OPT_ID): send number -> probe.
+  bool tx_stamps = false;
+  std::uint32_t sends = 0;
+  std::unordered_map<std::uint32_t, std::pair<std::uint64_t, std::uint32_t>> unstamped;
 
   Impl(asio::io_context& context, const std::string& source, std::string node_id)
       : io(context), socket(context), node(std::move(node_id)) {
@@ -113,6 +119,9 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
             0)
       throw std::runtime_error(
           fmt::format("prober: cannot enable timestamps / ICMP errors: {}", std::strerror(errno)));
+    unsigned flags = SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE |
+                     SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY;
+    tx_stamps = setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &flags, sizeof flags) == 0;
   }
 
   void arm() {
@@ -145,6 +154,7 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
     m->timeout = std::chrono::milliseconds(std::max<std::uint32_t>(1, args.timeout_ms()));
     m->size = std::max<std::size_t>(args.size(), kProbeHeaderBytes);
     m->tx_real.assign(m->count, 0);
+    m->tx_kernel.assign(m->count, 0);
     m->tx_mono.assign(m->count, {});
     m->rtt.assign(m->count, -1);
 
@@ -202,7 +212,14 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
       m.tx_real[index] = realtime_ns();
       ssize_t n = ::sendto(socket.native_handle(), packet.data(), packet.size(), MSG_DONTWAIT, dst,
                            static_cast<socklen_t>(m.dst.size()));
-      if (n == static_cast<ssize_t>(packet.size())) return true;
+      if (n == static_cast<ssize_t>(packet.size())) {
+        if (tx_stamps) {
+          if (unstamped.size() > 65536) unstamped.clear();  // stamps stopped coming
+          unstamped[sends] = {m.id, index};
+        }
+        ++sends;
+        return true;
+      }
       // With IP_RECVERR a pending ICMP error of any earlier packet on this
       // shared socket is reported by the next sendto; it is not ours: retry.
       if (n < 0 && (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH) &&
@@ -271,7 +288,11 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
         ++counters.late;
         continue;
       }
-      std::int64_t rtt = rx_real - m.tx_real[index];
+      std::int64_t tx = m.tx_real[index];
+      // The kernel's stamp (at the device) comes after ours, before the reply.
+      if (std::int64_t k = m.tx_kernel[index]; k >= tx && k - tx < 10'000'000 && k < rx_real)
+        tx = k;
+      std::int64_t rtt = rx_real - tx;
       // The wall clock was stepped between send and receive: fall back to the
       // monotonic interval (slightly longer: it includes the wake-up).
       if (rtt <= 0 || rtt > mono_rtt.count() + 1'000'000) rtt = mono_rtt.count();
@@ -297,10 +318,26 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
       ssize_t n = ::recvmsg(socket.native_handle(), &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
       if (n < 0) return;
       const sock_extended_err* err = nullptr;
+      std::int64_t stamp = 0;
       for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if ((c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) ||
             (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR))
           err = reinterpret_cast<const sock_extended_err*>(CMSG_DATA(c));
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPING) {
+          timespec ts[3]{};
+          std::memcpy(&ts, CMSG_DATA(c), sizeof ts);
+          stamp = std::int64_t{ts[0].tv_sec} * 1'000'000'000 + ts[0].tv_nsec;
+        }
+      }
+      if (err && err->ee_origin == SO_EE_ORIGIN_TIMESTAMPING) {
+        auto it = unstamped.find(err->ee_data);
+        if (it != unstamped.end()) {
+          auto m = running.find(it->second.first);
+          if (m != running.end() && it->second.second < m->second->tx_kernel.size())
+            m->second->tx_kernel[it->second.second] = stamp;
+          unstamped.erase(it);
+        }
+        continue;
       }
       if (!err || (err->ee_origin != SO_EE_ORIGIN_ICMP && err->ee_origin != SO_EE_ORIGIN_ICMP6))
         continue;

@@ -2,8 +2,9 @@
 // `spacing_ms` apart to the destination's responder, each waited for up to
 // `timeout_ms`. All measurements of a prober share one socket bound to the
 // node's address; replies are matched by measurement id and packet index.
-// RTT = kernel receive timestamp (SO_TIMESTAMPNS) - send timestamp taken just
-// before sendto, both CLOCK_REALTIME.
+// RTT = kernel receive timestamp (SO_TIMESTAMPNS) - the kernel's send
+// timestamp (SO_TIMESTAMPING TX_SOFTWARE, else the time just before sendto),
+// both CLOCK_REALTIME.
 #pragma once
 
 #include <atomic>
