@@ -38,7 +38,7 @@ struct Probe {
   std::int64_t rx = 0;  // responder's kernel receive time, UTC ns; 0 = lost
 };
 
-enum class Trend { increasing, flat, grey };
+enum class Trend { increasing, flat, grey, disturbed };
 
 class AbwSession {
  public:
@@ -183,7 +183,7 @@ double delivery_rate(const std::vector<Probe>& probes) {
 // Pathload's tests on the one-way delays: PCT (pairwise comparisons of group
 // medians) and PDT (net change over total variation), plus loss and a
 // delivery rate below the sending rate.
-Trend classify(const std::vector<Probe>& probes) {
+Trend classify(const std::vector<Probe>& probes, bool strict = true) {
   std::vector<std::int64_t> owd;
   std::size_t sent = 0;
   for (const auto& p : probes) {
@@ -191,6 +191,21 @@ Trend classify(const std::vector<Probe>& probes) {
     if (p.tx != 0 && p.rx != 0) owd.push_back(p.rx - p.tx);
   }
   if (sent == 0) return Trend::grey;
+  // The sender was descheduled mid-stream (a gap of several periods): the
+  // stream did not probe rate R; pathload discards such streams too.
+  if (strict) {
+    std::int64_t prev = 0, first_tx = 0, last_tx = 0, gaps = 0, worst = 0;
+    for (const auto& p : probes) {
+      if (p.tx == 0) continue;
+      if (prev != 0) worst = std::max(worst, p.tx - prev);
+      if (first_tx == 0) first_tx = p.tx;
+      last_tx = p.tx;
+      prev = p.tx;
+      ++gaps;
+    }
+    double period = gaps > 1 ? static_cast<double>(last_tx - first_tx) / (gaps - 1) : 0;
+    if (period > 0 && worst > std::max(8 * period, period + 1'000'000.0)) return Trend::disturbed;
+  }
   if (owd.size() < sent * 9 / 10) return Trend::increasing;  // >10 % lost: too fast
   std::size_t groups = std::max<std::size_t>(4, static_cast<std::size_t>(std::sqrt(owd.size())));
   std::size_t per = owd.size() / groups;
@@ -217,8 +232,13 @@ Trend classify(const std::vector<Probe>& probes) {
       span = probes[i].tx - probes.front().tx;
       break;
     }
+  // A queue that built up within the stream (and drained when bursty cross
+  // traffic paused) is also a sign that R exceeded the available bandwidth.
+  double peak = static_cast<double>(*std::max_element(med.begin(), med.end()) - med.front());
   Trend t = Trend::grey;
-  if (net < std::max(100'000.0, 0.02 * static_cast<double>(span)))
+  if (peak > std::max(500'000.0, 0.05 * static_cast<double>(span)) && pct >= 0.5)
+    t = Trend::increasing;
+  else if (net < std::max(100'000.0, 0.02 * static_cast<double>(span)))
     t = Trend::flat;
   else if (pct > 0.66 || pdt > 0.55)
     t = Trend::increasing;
@@ -291,23 +311,33 @@ wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context)
   if (std::getenv("FLEXMON_ABW_DEBUG"))
     std::fprintf(stderr, "abw: train %zu/%u answered, dispersion rate %.2f Mbit/s\n", answered,
                  kTrain, adr / 1e6);
-  if (adr > 0) hi = std::min(max_rate, adr * 1.15);
-  // 2. Binary search over the rate with fleets of streams.
-  for (int iteration = 0; iteration < 12 && hi - lo > 0.03 * hi; ++iteration) {
-    double rate = (lo + hi) / 2;
+  // 2. Binary search over the rate with fleets of streams; the first try is
+  //    the train's dispersion rate (a guess near the answer, not a bound:
+  //    noisy receive stamps can make it far too low or high).
+  double first = adr > 0 ? std::min(adr, max_rate * 0.97) : max_rate / 2;
+  for (int iteration = 0; iteration < 14 && hi - lo > 0.03 * hi; ++iteration) {
+    double rate = iteration == 0 ? first : (lo + hi) / 2;
     if (std::getenv("FLEXMON_ABW_DEBUG"))
       std::fprintf(stderr, "abw: [%.2f, %.2f] try %.2f Mbit/s\n", lo / 1e6, hi / 1e6, rate / 1e6);
     if (rate < 50'000) break;
     int increasing = 0, flat = 0;
+    // A stream lasts at least ~25 ms: long enough for a queue to outgrow a
+    // bottleneck's token-bucket burst (a few ms of data) at R just above A.
+    auto n = static_cast<std::uint32_t>(
+        std::clamp(rate * 0.025 / ((kPayload + kWireOverhead) * 8.0), double{kStream}, 400.0));
     for (int k = 0; k < kStreamsPerFleet; ++k) {
-      if (!s.fits(kStream, rate)) return finish(wire::OK, "");
-      auto t = classify(s.stream(kStream, rate));
+      if (!s.fits(n, rate)) return finish(wire::OK, "");
+      auto probes = s.stream(n, rate);
+      auto t = classify(probes);
+      for (int retry = 0; t == Trend::disturbed && retry < 1 && s.fits(n, rate); ++retry)
+        t = classify(probes = s.stream(n, rate));
+      if (t == Trend::disturbed) t = classify(probes, false);  // the best we could do
       increasing += t == Trend::increasing;
       flat += t == Trend::flat;
     }
-    if (increasing == kStreamsPerFleet)
+    if (increasing > flat)
       hi = rate;
-    else if (flat == kStreamsPerFleet)
+    else if (flat > increasing)
       lo = rate;
     else {  // the grey region: R is about the available bandwidth
       lo = std::max(lo, rate * 0.97);
