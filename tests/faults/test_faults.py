@@ -49,6 +49,8 @@ class FaultLab(Flexmon):
             "  heartbeat_s: 1\n"
             f"  collectors: [127.0.0.1:{self.relay_port_holder[0]}]\n"
             "  spool: {history: true}\n")
+        if "collectors:" not in text:
+            raise RuntimeError("the harness config changed: cannot route probers via the relay")
         return text + ("limits:\n  min_interval_s: 0.01\n")
 
 
