@@ -27,7 +27,8 @@
 #include "prober/tools_internal.h"
 #include "wire.pb.h"
 
-namespace flexmon::prober::tools {
+namespace flexmon::prober {
+namespace tools {
 
 namespace {
 
@@ -572,22 +573,37 @@ wire::Result measure_latency(const wire::Stream& stream, const ToolContext& cont
   } else {
     r.set_status(wire::TIMEOUT);
   }
-  // Outage or heavy loss: probe the dead path faster until it answers.
-  if ((r.status() == wire::TIMEOUT || r.status() == wire::UNREACHABLE) && out.sent > 0 &&
-      context.outage.enabled && context.outage.max_probes > 0) {
-    PingPlan fast = plan;
-    fast.count = context.outage.max_probes;
-    fast.spacing_ns =
-        std::int64_t{std::max<std::uint32_t>(1, context.outage.spacing_ms)} * 1'000'000;
-    fast.stop_on_reply = true;
-    auto probe = ping(*dst, fast, context, stream.netns());
-    auto* o = r.mutable_outage();
-    o->set_start_ns(r.start_ns());
-    o->set_probes_sent(probe.sent);
-    o->set_resolution_ns(fast.spacing_ns);
-    if (probe.first_answered >= 0) o->set_end_ns(probe.tx_utc[probe.first_answered]);
-  }
+  if (out.sent > 0) follow_outage(stream, context, r);
   return r;
 }
 
-}  // namespace flexmon::prober::tools
+}  // namespace tools
+
+void follow_outage(const wire::Stream& stream, const ToolContext& context, wire::Result& r) {
+  using namespace tools;
+  // Outage or heavy loss: probe the dead path faster until it answers.
+  if (r.status() != wire::TIMEOUT && r.status() != wire::UNREACHABLE) return;
+  if (r.latency().received() > 0 || !context.outage.enabled || context.outage.max_probes == 0)
+    return;
+  const auto& args = stream.latency();
+  PingPlan fast;
+  fast.method = args.method().empty() ? "udp" : args.method();
+  fast.timeout_ns = std::int64_t{std::max<std::uint32_t>(1, args.timeout_ms())} * 1'000'000;
+  fast.size = args.size() ? args.size() : (fast.method == "icmp" ? 56 : 64);
+  fast.count = context.outage.max_probes;
+  fast.spacing_ns = std::int64_t{std::max<std::uint32_t>(1, context.outage.spacing_ms)} * 1'000'000;
+  fast.stop_on_reply = true;
+  std::uint32_t port =
+      fast.method == "tcp" && stream.dst_tcp_port() ? stream.dst_tcp_port() : stream.dst_port();
+  std::string error;
+  auto dst = resolve(stream.dst_address(), static_cast<std::uint16_t>(port), error);
+  if (!dst) return;
+  auto probe = ping(*dst, fast, context, stream.netns());
+  auto* o = r.mutable_outage();
+  o->set_start_ns(r.start_ns());
+  o->set_probes_sent(probe.sent);
+  o->set_resolution_ns(fast.spacing_ns);
+  if (probe.first_answered >= 0) o->set_end_ns(probe.tx_utc[probe.first_answered]);
+}
+
+}  // namespace flexmon::prober

@@ -7,12 +7,14 @@
 namespace flexmon::prober {
 
 Measurements::Measurements(EventLoop& loop, const std::string& source_address,
-                           const std::string& node, const std::string& key, unsigned worker_threads)
+                           const std::string& node, const std::string& key, unsigned worker_threads,
+                           OutageOptions outage)
     : loop_(loop), latency_(std::make_unique<LatencyProber>(loop, source_address, node)) {
   ToolContext context;
   context.node = node;
   context.key = key;
   context.source_address = source_address;
+  context.outage = outage;
   tools_ = std::make_unique<ToolRunner>(std::move(context), worker_threads);
 }
 
@@ -21,7 +23,18 @@ Measurements::~Measurements() { tools_.reset(); }
 
 void Measurements::measure(const wire::Stream& stream, Done done) {
   if (stream.tool() == "latency" && stream.latency().method() == "udp" && stream.netns().empty()) {
-    latency_->measure(stream, std::move(done));
+    // A result that lost every probe is followed by the outage probing (on a
+    // worker: it blocks), then handed back on the loop.
+    latency_->measure(stream, [this, stream, done = std::move(done)](wire::Result result) mutable {
+      if ((result.status() == wire::TIMEOUT || result.status() == wire::UNREACHABLE) &&
+          result.latency().sent() > 0 && result.latency().received() == 0) {
+        tools_->follow_outage(stream, std::move(result), [this, done](wire::Result r) {
+          loop_.post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+        });
+        return;
+      }
+      done(std::move(result));
+    });
     return;
   }
   tools_->measure(stream, [this, done = std::move(done)](wire::Result result) {

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "prober/event_loop.h"
+#include "prober/tools.h"
 
 namespace flexmon::wire {
 class Result;
@@ -19,7 +20,6 @@ class Stream;
 namespace flexmon::prober {
 
 class LatencyProber;
-class ToolRunner;
 
 class Measurements {
  public:
@@ -27,7 +27,7 @@ class Measurements {
   // Binds the UDP probing socket to `source_address`; `key` seals abw and
   // throughput probes. Throws std::runtime_error on failure.
   Measurements(EventLoop& loop, const std::string& source_address, const std::string& node,
-               const std::string& key, unsigned worker_threads = 8);
+               const std::string& key, unsigned worker_threads = 8, OutageOptions outage = {});
   ~Measurements();
 
   void measure(const wire::Stream& stream, Done done);

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -256,14 +257,19 @@ struct ToolRunner::Impl {
   std::atomic<bool> stopping{false};
   std::mutex mutex;
   std::condition_variable wake;
-  std::deque<std::pair<wire::Stream, Done>> queue;
+  struct Job {
+    wire::Stream stream;
+    Done done;
+    std::optional<wire::Result> outage_of;  // set: follow an outage, not measure
+  };
+  std::deque<Job> queue;
   std::mutex bandwidth;  // one abw / throughput measurement at a time per node
   std::vector<std::thread> workers;
 
   void work() {
     tools::min_timer_slack();
     for (;;) {
-      std::pair<wire::Stream, Done> job;
+      Job job;
       {
         std::unique_lock lock(mutex);
         wake.wait(lock, [&] { return stopping || !queue.empty(); });
@@ -272,13 +278,16 @@ struct ToolRunner::Impl {
         queue.pop_front();
       }
       wire::Result r;
-      if (job.first.tool() == "latency") {
-        r = run_measurement(job.first, context);
+      if (job.outage_of) {
+        r = std::move(*job.outage_of);
+        prober::follow_outage(job.stream, context, r);
+      } else if (job.stream.tool() == "latency") {
+        r = run_measurement(job.stream, context);
       } else {
         std::lock_guard lock(bandwidth);
-        r = run_measurement(job.first, context);
+        r = run_measurement(job.stream, context);
       }
-      if (job.second && !stopping) job.second(std::move(r));
+      if (job.done && !stopping) job.done(std::move(r));
     }
   }
 };
@@ -302,7 +311,15 @@ ToolRunner::~ToolRunner() {
 void ToolRunner::measure(const wire::Stream& stream, Done done) {
   {
     std::lock_guard lock(impl_->mutex);
-    impl_->queue.emplace_back(stream, std::move(done));
+    impl_->queue.push_back({stream, std::move(done), std::nullopt});
+  }
+  impl_->wake.notify_one();
+}
+
+void ToolRunner::follow_outage(const wire::Stream& stream, wire::Result result, Done done) {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->queue.push_back({stream, std::move(done), std::move(result)});
   }
   impl_->wake.notify_one();
 }

@@ -38,6 +38,11 @@ struct ToolContext {
 // throws for a measurement failure: the status and error say what happened.
 wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context);
 
+// After a latency result that lost every probe (timeout / unreachable):
+// probes the path every outage.spacing_ms, at most outage.max_probes times,
+// until it answers, and sets `result.outage`. Blocks for that time.
+void follow_outage(const wire::Stream& stream, const ToolContext& context, wire::Result& result);
+
 // Why `stream`'s tool and arguments cannot run (tool, method, caps), or empty.
 std::string check_tool_args(const wire::Stream& stream);
 
@@ -59,6 +64,8 @@ class ToolRunner {
   ~ToolRunner();  // stops and joins the workers; pending work is dropped
   // Queues one measurement; `done` runs on a worker thread.
   void measure(const wire::Stream& stream, Done done);
+  // Queues follow_outage(stream, result); `done` runs on a worker thread.
+  void follow_outage(const wire::Stream& stream, wire::Result result, Done done);
 
   struct Impl;
 

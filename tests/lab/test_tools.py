@@ -74,9 +74,13 @@ class LatencyMethods(unittest.TestCase):
     DELAY_MS = 5.0
     LOSS = 5.0
     COUNT = 200
-    # Median RTT may exceed 2 x delay by the relay's own cost (~80 us quiet,
-    # ms on a loaded machine): tolerance 2 ms above, 0.1 ms below.
-    RTT_TOL_MS = 2.0
+    # RTTs never fall below 2 x delay (0.05 ms slack for clock reads); above
+    # it the relay adds its own cost: ~80 us on a quiet host, but ms-long
+    # stalls when the 2-core CI VM is loaded. Tolerances: the minimum within
+    # 1 ms, the 10th percentile within 1.5 ms, the median within 5 ms.
+    MIN_TOL_MS = 1.0
+    P10_TOL_MS = 1.5
+    MEDIAN_TOL_MS = 5.0
     # 200 probes: binomial sd of the loss is ~2.1 points; tolerance 3 sd.
     LOSS_TOL = 7.0
 
@@ -98,9 +102,12 @@ class LatencyMethods(unittest.TestCase):
         lat = r["latency"]
         self.assertEqual(lat["sent"], self.COUNT)
         self.assertEqual(len(lat["rtt_ns"]), self.COUNT)
-        median_ms = lat["median_ns"] / 1e6
-        self.assertGreaterEqual(median_ms, 2 * self.DELAY_MS - 0.1, r)
-        self.assertLessEqual(median_ms, 2 * self.DELAY_MS + self.RTT_TOL_MS, r)
+        truth = 2 * self.DELAY_MS
+        rtts = sorted(x / 1e6 for x in lat["rtt_ns"] if x > 0)
+        self.assertGreaterEqual(rtts[0], truth - 0.05, r)
+        self.assertLessEqual(rtts[0], truth + self.MIN_TOL_MS, r)
+        self.assertLessEqual(rtts[len(rtts) // 10], truth + self.P10_TOL_MS, r)
+        self.assertLessEqual(lat["median_ns"] / 1e6, truth + self.MEDIAN_TOL_MS, r)
         expected_loss = 100 * (1 - (1 - self.LOSS / 100) ** 2)
         self.assertAlmostEqual(lat["loss_pct"], expected_loss, delta=self.LOSS_TOL)
         self.assertEqual(lat["received"], sum(1 for x in lat["rtt_ns"] if x > 0))

@@ -6,7 +6,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <future>
+
 #include "prober/event_loop.h"
+#include "prober/measurements.h"
 #include "prober/responder.h"
 #include "prober/tools.h"
 #include "wire.pb.h"
@@ -175,6 +178,34 @@ TEST(Tools, ThroughputStopsAtMaxBytesAndNeedsASeal) {
   auto bad = run_measurement(s, context("ffffffffffffffffffffffffffffffff"));
   EXPECT_NE(bad.status(), wire::OK);
   EXPECT_GT(lab.responder->counters().throughput_rejected.load(), 0U);
+}
+
+TEST(Tools, DaemonDispatchFollowsAnOutageOfUdpStreams) {
+  Lab lab;
+  SilentPort silent;
+  OutageOptions outage;
+  outage.spacing_ms = 10;
+  outage.max_probes = 3;
+  Measurements m(lab.loop, "127.0.0.1", "n1", kKey, 2, outage);
+  auto promise = std::make_shared<std::promise<wire::Result>>();
+  auto future = promise->get_future();
+  auto s = latency("udp", silent.port, 2);
+  s.mutable_latency()->set_timeout_ms(50);
+  lab.loop.post([&m, s, promise] {
+    m.measure(s, [promise](wire::Result r) { promise->set_value(std::move(r)); });
+  });
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto r = future.get();
+  EXPECT_EQ(r.status(), wire::TIMEOUT);
+  ASSERT_TRUE(r.has_outage());
+  EXPECT_EQ(r.outage().probes_sent(), 3U);
+
+  auto promise2 = std::make_shared<std::promise<wire::Result>>();
+  auto future2 = promise2->get_future();
+  m.measure(latency("tcp", lab.responder->port(), 2),
+            [promise2](wire::Result r) { promise2->set_value(std::move(r)); });
+  ASSERT_EQ(future2.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_EQ(future2.get().status(), wire::OK);
 }
 
 TEST(Tools, CheckToolArgsAndJson) {
