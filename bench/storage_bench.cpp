@@ -9,11 +9,13 @@
 // CONNINFO names a database (bench/run-storage makes one per benchmark).
 #include <libpq-fe.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -122,6 +124,61 @@ Config bench_config(const std::filesystem::path& dir, const std::string& conninf
   return c;
 }
 
+// CPU seconds used so far by the PostgreSQL server: every `postgres`
+// process, with the children it reaped (a backend that exits, like the
+// flush's, is counted in the postmaster's cutime). Robust to other load.
+struct ProcStat {
+  long ppid = 0;
+  double ticks = 0;  // utime + stime + cutime + cstime
+};
+
+std::optional<ProcStat> proc_stat(const std::filesystem::path& dir) {
+  std::FILE* f = std::fopen((dir / "stat").c_str(), "r");
+  if (!f) return std::nullopt;
+  char line[1024];
+  std::size_t n = std::fread(line, 1, sizeof line - 1, f);
+  std::fclose(f);
+  line[n] = 0;
+  std::string text(line);
+  auto close = text.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  // After ")": state ppid ... utime(12th) stime cutime cstime.
+  std::vector<std::string> fields;
+  std::size_t at = close + 2;
+  while (at < text.size() && fields.size() < 15) {
+    auto space = text.find(' ', at);
+    fields.push_back(text.substr(at, space - at));
+    if (space == std::string::npos) break;
+    at = space + 1;
+  }
+  if (fields.size() < 15) return std::nullopt;
+  ProcStat out;
+  out.ppid = std::stol(fields[1]);
+  for (int i : {11, 12, 13, 14}) out.ticks += std::stod(fields[static_cast<std::size_t>(i)]);
+  return out;
+}
+
+long g_postmaster = 0;  // set in main from a backend's parent
+
+double server_cpu_s() {
+  double ticks = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    auto name = entry.path().filename().string();
+    if (name.empty() || name[0] < '0' || name[0] > '9') continue;
+    auto stat = proc_stat(entry.path());
+    if (stat && (std::stol(name) == g_postmaster || stat->ppid == g_postmaster))
+      ticks += stat->ticks;
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double self_cpu_s() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
 long peak_rss_kb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -148,12 +205,17 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  if (auto backend = proc_stat(fmt::format("/proc/{}", PQbackendPID(conn))))
+    g_postmaster = backend->ppid;
+
   if (mode == "flush") {
     fill_cache(config.collector.cache_db, rows);
     pg_exec(conn, "CHECKPOINT");
+    double server0 = server_cpu_s(), client0 = self_cpu_s();
     auto start = Clock::now();
     auto report = flush_once(config);
     double flush_s = seconds_since(start);
+    double flush_server = server_cpu_s() - server0, flush_client = self_cpu_s() - client0;
     if (!report.archive_ok || report.rows != rows) {
       fmt::print(stderr, "flush failed: {} ({} rows)\n", report.error, report.rows);
       return 1;
@@ -182,6 +244,8 @@ int main(int argc, char** argv) {
     }
     pg_exec(conn, "TRUNCATE results");
     pg_exec(conn, "CHECKPOINT");
+    server0 = server_cpu_s();
+    client0 = self_cpu_s();
     start = Clock::now();
     pg_exec(conn, "BEGIN");
     PGresult* r = PQexec(conn, fmt::format("COPY results ({}) FROM STDIN", columns).c_str());
@@ -193,6 +257,7 @@ int main(int argc, char** argv) {
     while (PGresult* rest = PQgetResult(conn)) PQclear(rest);
     pg_exec(conn, "COMMIT");
     double copy_s = seconds_since(start);
+    double copy_server = server_cpu_s() - server0, copy_client = self_cpu_s() - client0;
     if (pg_count(conn, "SELECT count(*) FROM results") != rows) {
       fmt::print(stderr, "plain COPY did not load {} rows\n", rows);
       return 1;
@@ -201,11 +266,20 @@ int main(int argc, char** argv) {
     fmt::print("flush_rows_per_s: {:.0f}\n", rows / flush_s);
     fmt::print("copy_rows_per_s: {:.0f}\n", rows / copy_s);
     fmt::print("flush_vs_copy: {:.2f}\n", copy_s / flush_s);
+    // CPU per 100,000 rows: what a run costs whatever else the machine does.
+    fmt::print("flush_server_cpu_s_per_100k: {:.2f}\n", flush_server * 1e5 / rows);
+    fmt::print("flush_client_cpu_s_per_100k: {:.2f}\n", flush_client * 1e5 / rows);
+    fmt::print("copy_server_cpu_s_per_100k: {:.2f}\n", copy_server * 1e5 / rows);
+    fmt::print("copy_client_cpu_s_per_100k: {:.2f}\n", copy_client * 1e5 / rows);
   } else if (mode == "query") {
     ensure_archive(conn, rows, config, "query");
     flush_lag(config);  // creates the (empty) cache
     ResultReader reader(config);
-    std::mt19937 random(1);
+    // Another sample of paths every run: repeated runs do not just re-read
+    // the pages the previous run left in the caches.
+    unsigned seed = std::random_device()();
+    fmt::print(stderr, "query: 200 queries, path seed {}\n", seed);
+    std::mt19937 random(seed);
     std::vector<double> ms;
     std::int64_t returned = 0;
     for (int i = 0; i < 200; ++i) {
