@@ -282,6 +282,7 @@ int main(int argc, char** argv) {
     std::mt19937 random(seed);
     std::vector<double> ms;
     std::int64_t returned = 0;
+    double server0 = server_cpu_s(), client0 = self_cpu_s();
     for (int i = 0; i < 200; ++i) {
       int src = static_cast<int>(random() % kNodes);
       int dst = (src + 1 + static_cast<int>(random() % (kNodes - 1))) % kNodes;
@@ -301,11 +302,17 @@ int main(int argc, char** argv) {
       }
       returned += static_cast<std::int64_t>(page->rows.size());
     }
+    double server_ms = (server_cpu_s() - server0) * 1e3 / 200;
+    double client_ms = (self_cpu_s() - client0) * 1e3 / 200;
     std::sort(ms.begin(), ms.end());
     fmt::print("query_archive_rows: {}\n", rows);
     fmt::print("query_rows_per_query: {}\n", returned / 200);
     fmt::print("query_p50_ms: {:.2f}\n", ms[ms.size() / 2]);
     fmt::print("query_p99_ms: {:.2f}\n", ms[ms.size() * 99 / 100]);
+    // CPU per query (mean): the latency floor on an idle machine with the
+    // week in the page cache, whatever else the machine runs meanwhile.
+    fmt::print("query_server_cpu_ms: {:.2f}\n", server_ms);
+    fmt::print("query_client_cpu_ms: {:.2f}\n", client_ms);
   } else if (mode == "dump") {
     ensure_archive(conn, rows, config, "dump");
     long rss_before = peak_rss_kb();
