@@ -94,11 +94,12 @@ class Sharing(unittest.TestCase):
 
     def test_2_dry_run_limits_and_budgets(self):
         mesh = {"tool": "latency", "nodes": ["n1", "n2", "n3"], "interval": 1}
+        before = self.bob.probe.list()
         dry = self.bob.probe.request(dict(mesh, dry_run=True))
         self.assertFalse(dry["admitted"])
         self.assertEqual(dry["fault_code"], BUDGET_EXCEEDED)
         self.assertNotIn("id", dry)
-        self.assertEqual(self.bob.probe.list(), [])
+        self.assertEqual(self.bob.probe.list(), before)
         message = self.assertFault(BUDGET_EXCEEDED, self.bob.probe.request, mesh)
         self.assertIn("budget user bob bps", message)
         self.assertIn("allowed", message)
