@@ -170,15 +170,15 @@ AbwArgs parse_abw_args(const xmlrpc_c::cstruct* args, const Limits& limits, AbwA
   if (args) {
     check_keys(*args, "args.", {"max_rate_bps", "max_bytes", "max_duration_ms"});
     if (auto it = args->find("max_rate_bps"); it != args->end())
-      a.max_rate_bps = bounded_u64(it->second, "args.max_rate_bps", 1, l.max_rate_bps);
+      a.max_rate_bps = bounded_u64(it->second, "args.max_rate_bps", 100'000, l.max_rate_bps);
     if (auto it = args->find("max_bytes"); it != args->end())
-      a.max_bytes = bounded_u64(it->second, "args.max_bytes", 1, l.max_bytes);
+      a.max_bytes = bounded_u64(it->second, "args.max_bytes", 100'000, l.max_bytes);
     if (auto it = args->find("max_duration_ms"); it != args->end())
-      a.max_duration_ms = bounded_uint(it->second, "args.max_duration_ms", 1, l.max_duration_ms);
+      a.max_duration_ms = bounded_uint(it->second, "args.max_duration_ms", 200, l.max_duration_ms);
   }
-  check_range64(a.max_rate_bps, "args.max_rate_bps", 1, l.max_rate_bps);
-  check_range64(a.max_bytes, "args.max_bytes", 1, l.max_bytes);
-  check_range(a.max_duration_ms, "args.max_duration_ms", 1, l.max_duration_ms);
+  check_range64(a.max_rate_bps, "args.max_rate_bps", 100'000, l.max_rate_bps);
+  check_range64(a.max_bytes, "args.max_bytes", 100'000, l.max_bytes);
+  check_range(a.max_duration_ms, "args.max_duration_ms", 200, l.max_duration_ms);
   return a;
 }
 
@@ -188,11 +188,11 @@ ThroughputArgs parse_throughput_args(const xmlrpc_c::cstruct* args, const Limits
   if (args) {
     check_keys(*args, "args.", {"duration_ms", "max_bytes"});
     if (auto it = args->find("duration_ms"); it != args->end())
-      a.duration_ms = bounded_uint(it->second, "args.duration_ms", 1, l.max_duration_ms);
+      a.duration_ms = bounded_uint(it->second, "args.duration_ms", 100, l.max_duration_ms);
     if (auto it = args->find("max_bytes"); it != args->end())
       a.max_bytes = bounded_u64(it->second, "args.max_bytes", 1, l.max_bytes);
   }
-  check_range(a.duration_ms, "args.duration_ms", 1, l.max_duration_ms);
+  check_range(a.duration_ms, "args.duration_ms", 100, l.max_duration_ms);
   check_range64(a.max_bytes, "args.max_bytes", 1, l.max_bytes);
   return a;
 }

@@ -20,7 +20,9 @@ bool over(double value, double limit) { return limit > 0 && value > limit * (1 +
 
 }  // namespace
 
-StreamIndex::StreamIndex(const Config& config) : config_(config) {}
+StreamIndex::StreamIndex(const Config& config) : config_(config) {
+  for (const auto& n : config.nodes) known_.insert(n.id);
+}
 
 Cost StreamIndex::node(const std::string& id) const {
   auto it = node_cost_.find(id);
@@ -72,7 +74,7 @@ void StreamIndex::refresh(const std::string& key, Entry& e, bool was_running, do
 }
 
 void StreamIndex::attach_key(const Request& r, const Path& path, bool oneshot) {
-  if (!config_.find_node(path.src) || !config_.find_node(path.dst)) return;
+  if (!known_.contains(path.src) || !known_.contains(path.dst)) return;
   std::optional<std::uint64_t> once = oneshot ? std::optional(r.num) : std::nullopt;
   std::string key = stream_key(r.spec, path, once);
   auto [it, inserted] = streams_.try_emplace(key);
@@ -154,7 +156,7 @@ StreamIndex::Delta StreamIndex::simulate(const Request* before, const Request* a
     }
   if (after)
     for (const auto& p : after->spec.paths) {
-      if (!config_.find_node(p.src) || !config_.find_node(p.dst)) continue;
+      if (!known_.contains(p.src) || !known_.contains(p.dst)) continue;
       if (is_oneshot(*after) && after->oneshot_sent.contains(p)) continue;
       Change& c = changes[key_of(*after, p)];
       c.path = p;

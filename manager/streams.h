@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "common/config.h"
@@ -101,6 +102,7 @@ class StreamIndex {
   void retry_held();
 
   const Config& config_;
+  std::unordered_set<std::string> known_;  // configured node ids
   std::unordered_map<std::string, Entry> streams_;
   std::map<std::string, std::set<std::string>> by_src_;   // node -> keys it runs
   std::map<std::string, std::set<std::string>> by_node_;  // node -> keys from or to it

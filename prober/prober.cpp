@@ -77,6 +77,10 @@ class ProberDaemon : public Daemon {
         [this](wire::Heartbeat& h) {
           h.set_load(runner_->load());
           h.set_streams(static_cast<std::uint32_t>(runner_->streams()));
+          Shortfall f = runner_->take_shortfall();
+          h.set_skipped_slots(f.skipped_slots);
+          h.set_shortfall(f.per_second);
+          h.set_behind_streams(f.behind_streams);
           h.set_spooled(sender_->counters().spooled);
           h.set_spool_paused(sender_->counters().paused);
           h.set_spool_lost(sender_->counters().spool_full);

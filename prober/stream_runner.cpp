@@ -1,6 +1,7 @@
 #include "prober/stream_runner.h"
 
 #include <cmath>
+#include <future>
 #include <map>
 #include <random>
 #include <set>
@@ -46,8 +47,24 @@ struct Running {
   std::uint64_t instance = 0;  // tells a replaced stream's callbacks apart
   Schedule schedule;
   std::uint64_t slot = 0;
-  bool busy = false;
+  bool busy = false;    // a measurement runs
+  bool queued = false;  // its slot came; waiting for its destination or the bandwidth turn
   std::unique_ptr<asio::steady_timer> timer;
+};
+
+bool is_bandwidth(const wire::Stream& s) { return s.tool() == "abw" || s.tool() == "throughput"; }
+
+// Order of the ready queue: higher priority first, then the earlier slot.
+struct Ready {
+  std::int32_t priority;
+  MonoTime due;
+  std::string key;
+  std::uint64_t instance;
+  bool operator<(const Ready& o) const {
+    if (priority != o.priority) return priority > o.priority;
+    if (due != o.due) return due < o.due;
+    return key < o.key;
+  }
 };
 
 }  // namespace
@@ -61,6 +78,14 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
   RunnerCounters counters;
   std::map<std::string, Running> streams;
   std::set<std::string> oneshots_done;  // kept while assignments still list them
+  std::set<Ready> ready;                // slots due, not started yet
+  std::set<std::string> busy_dst;       // destinations with a measurement running
+  bool bandwidth_busy = false;          // an abw or throughput measurement runs
+  bool dispatching = false, dispatch_again = false;
+  // Shortfall of the current heartbeat period.
+  std::uint64_t period_skipped = 0;
+  std::set<std::string> period_behind;
+  MonoTime period_start = Mono::now();
   std::uint64_t next_instance = 1;
   std::atomic<std::size_t> stream_count{0};
   std::atomic<double> load{0};
@@ -117,6 +142,7 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
               Schedule(Mono::now() + offset, interval),
               0,
               false,
+              false,
               std::make_unique<asio::steady_timer>(io)};
     auto key = r.stream.key();
     auto [it, inserted] = streams.insert_or_assign(key, std::move(r));
@@ -137,36 +163,108 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
     return it != streams.end() && it->second.instance == instance ? &it->second : nullptr;
   }
 
+  void skip(const std::string& key, std::uint64_t n) {
+    counters.skipped_slots += n;
+    period_skipped += n;
+    period_behind.insert(key);
+  }
+
+  // A slot came: the measurement waits in the ready queue for its turn.
   void fire(const std::string& key, std::uint64_t instance) {
     Running* r = find(key, instance);
     if (!r) return;
-    if (r->busy) {
-      ++counters.skipped_slots;  // the previous run outlasts the interval
+    if (r->busy || r->queued) {
+      skip(key, 1);  // the previous run (or wait) outlasts the interval
     } else {
-      r->busy = true;
-      ++counters.started;
-      measure(r->stream, [weak = weak_from_this(), key, instance](wire::Result result) {
-        auto self = weak.lock();
-        if (!self) return;
-        self->sink(std::move(result));
-        if (Running* r = self->find(key, instance)) {
-          r->busy = false;
-          if (r->stream.oneshot()) {
-            self->oneshots_done.insert(key);
-            self->streams.erase(key);
-            self->refresh_stats();
-          }
+      r->queued = true;
+      ready.insert({r->stream.priority(), r->schedule.slot_time(r->slot), key, instance});
+    }
+    if (!r->stream.oneshot()) {
+      Slot next = r->schedule.next_after(r->slot, Mono::now());
+      if (next.skipped > 0) {
+        skip(key, next.skipped);
+        log->debug("prober {}: stream '{}' skipped {} slots", node, key, next.skipped);
+      }
+      r->slot = next.index;
+      arm(*r);
+    }
+    dispatch();
+  }
+
+  // Starts what may start, highest priority first: at most one measurement
+  // per destination, and one bandwidth measurement per node.
+  void dispatch() {
+    // A tool that completes synchronously calls back into dispatch() from
+    // start(): the outer call picks up what it asks for.
+    if (dispatching) {
+      dispatch_again = true;
+      return;
+    }
+    dispatching = true;
+    do {
+      dispatch_again = false;
+      dispatch_once();
+    } while (dispatch_again);
+    dispatching = false;
+  }
+
+  void dispatch_once() {
+    for (auto it = ready.begin(); it != ready.end();) {
+      Running* r = find(it->key, it->instance);
+      if (!r) {
+        it = ready.erase(it);
+        continue;
+      }
+      const bool bandwidth = is_bandwidth(r->stream);
+      if (busy_dst.contains(r->stream.dst()) || (bandwidth && bandwidth_busy)) {
+        ++it;
+        continue;
+      }
+      const std::string key = it->key;
+      const std::uint64_t instance = it->instance;
+      ready.erase(it);
+      start(*r, key, instance, bandwidth);
+      it = ready.begin();  // start() may have changed the queue
+    }
+  }
+
+  void start(Running& run, const std::string& key, std::uint64_t instance, bool bandwidth) {
+    run.queued = false;
+    run.busy = true;
+    busy_dst.insert(run.stream.dst());
+    if (bandwidth) bandwidth_busy = true;
+    ++counters.started;
+    measure(run.stream, [weak = weak_from_this(), key, instance, dst = run.stream.dst(),
+                         bandwidth](wire::Result result) {
+      auto self = weak.lock();
+      if (!self) return;
+      self->sink(std::move(result));
+      self->busy_dst.erase(dst);
+      if (bandwidth) self->bandwidth_busy = false;
+      if (Running* r = self->find(key, instance)) {
+        r->busy = false;
+        if (r->stream.oneshot()) {
+          self->oneshots_done.insert(key);
+          self->streams.erase(key);
+          self->refresh_stats();
         }
-      });
-      if (r->stream.oneshot()) return;  // dropped once its result is in
-    }
-    Slot next = r->schedule.next_after(r->slot, Mono::now());
-    if (next.skipped > 0) {
-      counters.skipped_slots += next.skipped;
-      log->debug("prober {}: stream '{}' skipped {} slots", node, key, next.skipped);
-    }
-    r->slot = next.index;
-    arm(*r);
+      }
+      self->dispatch();
+    });
+  }
+
+  Shortfall take_shortfall() {
+    Shortfall f;
+    const auto now = Mono::now();
+    const double seconds = std::chrono::duration<double>(now - period_start).count();
+    f.skipped_slots = counters.skipped_slots;
+    f.per_second = seconds > 0 ? static_cast<double>(period_skipped) / seconds : 0;
+    f.behind_streams = static_cast<std::uint32_t>(period_behind.size());
+    f.waiting = ready.size();
+    period_skipped = 0;
+    period_behind.clear();
+    period_start = now;
+    return f;
   }
 
   void refresh_stats() {
@@ -193,6 +291,14 @@ void StreamRunner::assign(std::vector<wire::Stream> streams) {
 }
 
 std::size_t StreamRunner::streams() const { return impl_->stream_count; }
+
+Shortfall StreamRunner::take_shortfall() {
+  std::promise<Shortfall> promise;
+  auto future = promise.get_future();
+  if (impl_->io.get_executor().running_in_this_thread()) return impl_->take_shortfall();
+  asio::post(impl_->io, [impl = impl_, &promise] { promise.set_value(impl->take_shortfall()); });
+  return future.get();
+}
 double StreamRunner::load() const { return impl_->load; }
 const RunnerCounters& StreamRunner::counters() const { return impl_->counters; }
 

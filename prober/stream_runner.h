@@ -2,6 +2,10 @@
 // schedule.h): each stream gets a random initial offset within its interval so
 // that streams spread, keeps its schedule across assignments that still list
 // it, and stops when an assignment drops it. A one-shot stream runs once.
+// A due slot waits in a ready queue until it may start: at most one
+// measurement towards a destination at a time, bandwidth measurements (abw,
+// throughput) never overlap on the node; the queue serves higher priorities
+// first, and slots that pass while waiting are skipped and counted.
 #pragma once
 
 #include <atomic>
@@ -27,6 +31,14 @@ struct RunnerCounters {
   std::atomic<std::uint64_t> rejected_streams{0};
 };
 
+// What the prober could not run, reported in each heartbeat (never hidden).
+struct Shortfall {
+  std::uint64_t skipped_slots = 0;   // since the start
+  double per_second = 0;             // slots skipped per second over the last period
+  std::uint32_t behind_streams = 0;  // streams that skipped a slot in the last period
+  std::size_t waiting = 0;           // measurements due, waiting for their turn now
+};
+
 class StreamRunner {
  public:
   // Starts one measurement of a stream, calling back with its result.
@@ -41,6 +53,10 @@ class StreamRunner {
   // Streams that are not for this node or whose arguments are out of bounds
   // are logged and left out. Any thread.
   void assign(std::vector<wire::Stream> streams);
+
+  // The shortfall since the last call (which starts a new period). Called
+  // on the loop thread (heartbeats) or from another thread (tests).
+  Shortfall take_shortfall();
 
   // Streams scheduled, and measurements per second they add up to.
   std::size_t streams() const;

@@ -99,6 +99,33 @@ TEST(Server, AnswersAuthenticatesAndSurvivesBadInput) {
   close(idle);
 }
 
+TEST(Server, KeepAliveServesSeveralCallsOnOneConnectionAndStopsPromptly) {
+  auto dir = testing::temp_dir();
+  Config config = testing::test_config(dir);
+  auto manager = start_manager_daemon(config);
+  int fd = dial(manager->xmlrpc_port());
+  const std::string body = method_call("probe.list");
+  const std::string request = "POST /RPC2 HTTP/1.1\r\nHost: test\r\nAuthorization: " + kAlice +
+                              "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+                              body;
+  // Two calls pipelined on one connection: two answers, the connection open.
+  const std::string twice = request + request;
+  ASSERT_EQ(send(fd, twice.data(), twice.size(), MSG_NOSIGNAL), static_cast<ssize_t>(twice.size()));
+  std::string got;
+  char buf[4096];
+  while (got.find("</methodResponse>", got.find("</methodResponse>") + 1) == std::string::npos) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0) << got;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_NE(got.find("Connection: keep-alive"), got.rfind("Connection: keep-alive")) << got;
+  EXPECT_NE(got.find("Connection: keep-alive"), std::string::npos) << got;
+  // The connection stays open and idle: stop does not wait for it.
+  manager->stop();
+  EXPECT_EQ(read_all(fd), "");
+  close(fd);
+}
+
 // Reads one length-prefixed frame.
 std::string read_frame(int fd) {
   std::uint8_t header[kFrameHeaderBytes];
