@@ -20,6 +20,7 @@
 #include "prober/asio_loop.h"
 #include "prober/latency_stats.h"
 #include "prober/probe_packet.h"
+#include "prober/timestamped_socket.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -114,7 +115,7 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) != 0)
       setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
     bool v6 = ip.is_v6();
-    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) != 0 ||
+    if (!enable_rx_timestamps(fd) ||
         setsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one) !=
             0)
       throw std::runtime_error(
@@ -236,32 +237,15 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
 
   void drain_replies() {
     for (int i = 0; i < 256; ++i) {
-      sockaddr_storage from{};
-      iovec iov{buffer.data(), buffer.size()};
-      alignas(cmsghdr) char control[256];
-      msghdr msg{};
-      msg.msg_name = &from;
-      msg.msg_namelen = sizeof from;
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      ssize_t n = ::recvmsg(socket.native_handle(), &msg, MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        continue;  // the socket's pending ICMP error, read from the error queue
-      }
+      auto received = recv_timestamped(socket.native_handle(), buffer);
+      if (!received) continue;  // the socket's pending ICMP error, read from the error queue
+      if (!*received) return;
+      const Datagram& d = **received;
       auto rx_mono = Mono::now();
-      std::int64_t rx_real = 0;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-          timespec ts{};
-          std::memcpy(&ts, CMSG_DATA(c), sizeof ts);
-          rx_real = std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-        }
-      }
-      if (rx_real == 0) rx_real = realtime_ns();
-      auto header = decode_probe(std::span(buffer.data(), static_cast<std::size_t>(n)));
+      std::int64_t rx_real = d.rx_utc_ns;
+      const sockaddr_storage& from = d.from;
+      const auto n = d.bytes;
+      auto header = decode_probe(std::span(buffer.data(), n));
       if (!header || header->kind != ProbeKind::reply) {
         ++counters.unmatched;
         continue;
@@ -274,7 +258,7 @@ struct LatencyProber::Impl : std::enable_shared_from_this<LatencyProber::Impl> {
       }
       Measurement& m = *it->second;
       std::uint32_t index = header->index;
-      if (static_cast<std::size_t>(n) != m.size) {
+      if (n != m.size) {
         ++counters.unmatched;
         continue;
       }

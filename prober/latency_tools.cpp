@@ -24,6 +24,7 @@
 #include "common/clock.h"
 #include "prober/latency_stats.h"
 #include "prober/probe_packet.h"
+#include "prober/timestamped_socket.h"
 #include "prober/tools_internal.h"
 #include "wire.pb.h"
 
@@ -82,7 +83,7 @@ class DatagramPinger {
       return;
     }
     int one = 1;
-    setsockopt(fd_, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+    enable_rx_timestamps(fd_);
     bool v6 = dst.family() == AF_INET6;
     setsockopt(fd_, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one);
     int buf = 1 << 20;
@@ -151,39 +152,16 @@ class DatagramPinger {
     drain_errors();
     std::array<std::uint8_t, 65536> buf;
     for (int i = 0; i < 1024; ++i) {
-      sockaddr_storage from{};
-      iovec iov{buf.data(), buf.size()};
-      alignas(cmsghdr) char control[512];
-      msghdr msg{};
-      msg.msg_name = &from;
-      msg.msg_namelen = sizeof from;
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      ssize_t n = ::recvmsg(fd_, &msg, MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+      auto received = recv_timestamped(fd_, buf);
+      if (!received) {
         drain_errors();
         continue;
       }
+      if (!*received) return;
+      const Datagram& d = **received;
       std::int64_t rx_mono = mono_ns();
-      std::int64_t rx = 0;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET) continue;
-        if (c->cmsg_type == SCM_TIMESTAMPNS) {
-          timespec t{};
-          std::memcpy(&t, CMSG_DATA(c), sizeof t);
-          rx = ts_ns(t);
-        } else if (c->cmsg_type == SCM_TIMESTAMPING && rx == 0) {
-          timespec t[3]{};
-          std::memcpy(&t, CMSG_DATA(c), sizeof t);
-          rx = ts_ns(t[0]);
-        }
-      }
-      if (rx == 0) rx = realtime_ns();
-      auto index = match(buf.data(), static_cast<std::size_t>(n), from);
-      if (index) on_reply(*index, rx, rx_mono);
+      auto index = match(buf.data(), d.bytes, d.from);
+      if (index) on_reply(*index, d.rx_utc_ns, rx_mono);
     }
   }
 

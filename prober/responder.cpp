@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "prober/asio_loop.h"
 #include "prober/probe_packet.h"
+#include "prober/timestamped_socket.h"
 #include "prober/tools_internal.h"
 
 namespace flexmon::prober {
@@ -51,8 +52,7 @@ struct Responder::Impl : std::enable_shared_from_this<Responder::Impl> {
     if (ec)
       throw std::runtime_error(
           fmt::format("responder: cannot bind UDP {}:{}: {}", address, port, ec.message()));
-    int one = 1;
-    setsockopt(socket.native_handle(), SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+    enable_rx_timestamps(socket.native_handle());
     int buf = 4 << 20;
     if (setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) != 0)
       setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
@@ -84,37 +84,17 @@ struct Responder::Impl : std::enable_shared_from_this<Responder::Impl> {
   void drain() {
     // Bounded per wake-up so that probing on the same loop is never starved.
     for (int i = 0; i < 256; ++i) {
-      sockaddr_storage from{};
-      iovec iov{buffer.data(), buffer.size()};
-      alignas(cmsghdr) char control[128];
-      msghdr msg{};
-      msg.msg_name = &from;
-      msg.msg_namelen = sizeof from;
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      ssize_t n = ::recvmsg(socket.native_handle(), &msg, MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        continue;  // an ICMP error for an earlier reply; nothing to do
-      }
-      socklen_t from_len = msg.msg_namelen;
-      auto packet = std::span<std::uint8_t>(buffer.data(), static_cast<std::size_t>(n));
-      if (source_port(from) == 0) {
+      auto received = recv_timestamped(socket.native_handle(), buffer);
+      if (!received) continue;  // an ICMP error for an earlier reply; nothing to do
+      if (!*received) return;
+      Datagram& d = **received;
+      auto packet = std::span<std::uint8_t>(buffer.data(), d.bytes);
+      if (source_port(d.from) == 0) {
         ++counters.malformed;
         continue;
       }
-      if (n >= 4 && get_be(buffer.data(), 4) == tools::kAbwMagic) {
-        std::int64_t rx = 0;
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-            timespec t{};
-            std::memcpy(&t, CMSG_DATA(c), sizeof t);
-            rx = std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
-          }
-        if (rx == 0) rx = tools::realtime_ns();
-        answer_abw(packet, rx, from, from_len);
+      if (d.bytes >= 4 && get_be(buffer.data(), 4) == tools::kAbwMagic) {
+        answer_abw(packet, d.rx_utc_ns, d.from, d.from_length);
         continue;
       }
       auto header = decode_probe(packet, min_size, max_size);
@@ -124,7 +104,8 @@ struct Responder::Impl : std::enable_shared_from_this<Responder::Impl> {
       }
       packet[5] = static_cast<std::uint8_t>(ProbeKind::reply);
       if (::sendto(socket.native_handle(), packet.data(), packet.size(), MSG_DONTWAIT,
-                   reinterpret_cast<sockaddr*>(&from), from_len) == n)
+                   reinterpret_cast<sockaddr*>(&d.from),
+                   d.from_length) == static_cast<ssize_t>(d.bytes))
         ++counters.echoed;
       else
         ++counters.send_errors;
