@@ -11,9 +11,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cache/periodic.h"
 #include "cache/reader.h"
+#include "cache/storage.h"
 #include "cache/summary.h"
 #include "common/config.h"
+#include "common/log.h"
 
 namespace flexmon {
 
@@ -205,7 +208,8 @@ std::string iso_week_of(UtcNs t) {
 
 Result<DumpReport> dump_week(const Config& config, const std::string& week,
                              const std::filesystem::path& out,
-                             const std::function<void(std::int64_t)>& progress) {
+                             const std::function<void(std::int64_t)>& progress,
+                             std::stop_token stop) {
   auto start = parse_iso_week(week);
   if (!start) return start.error();
   DumpReport report;
@@ -229,7 +233,12 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
     ResultFilter filter;
     filter.from = *start;
     filter.to = *start + storage::kWeekNs;
+    bool stopped = false;
     Status scanned = reader.scan(filter, [&](const ResultRow& row) {
+      if (report.rows % 1024 == 0 && stop.stop_requested()) {
+        stopped = true;
+        return false;
+      }
       bool safe = row.tool.find_first_of("/.\\") == std::string::npos && !row.tool.empty() &&
                   row.tool.size() <= 32;
       ToolFile& f = open_tool(safe ? row.tool : "other");
@@ -246,6 +255,12 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
       return true;
     });
     if (!scanned) return scanned.error();
+    if (stopped) {
+      tools.clear();  // closes the temporary files before they are removed
+      for (const auto& entry : std::filesystem::directory_iterator(report.dir))
+        if (entry.path().extension() == ".tmp") std::filesystem::remove(entry.path());
+      return fail(fmt::format("dump {}: stopped before the end", week));
+    }
 
     nlohmann::json files = nlohmann::json::array();
     auto record = [&](const DumpFile& f, std::optional<std::pair<UtcNs, UtcNs>> range) {
@@ -313,5 +328,52 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
   }
   return report;
 }
+
+DumpSchedule dump_schedule(UtcNs now, double delay_s) {
+  auto delay = static_cast<std::int64_t>(delay_s * 1e9);
+  UtcNs week_end = storage::week_start(now - delay);
+  return {iso_week_of(week_end - storage::kWeekNs), week_end + storage::kWeekNs + delay};
+}
+
+WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token stop) {
+  WeeklyDumpRun run;
+  run.schedule = dump_schedule(now, config.archive.dump_delay_s);
+  const auto& out = config.archive.dump_dir;
+  const std::string& week = run.schedule.week;
+  if (std::filesystem::exists(out / week / "manifest.json")) {
+    run.outcome = WeeklyDumpRun::Outcome::already_there;
+    return run;
+  }
+  auto log = logger("dump");
+  log->info("dump {}: writing the weekly dump into {}", week, out.string());
+  auto report = dump_week(config, week, out, {}, stop);
+  if (!report) {
+    run.error = report.error().message;
+    if (!stop.stop_requested()) log->warn("{}; trying again in an hour", run.error);
+    return run;
+  }
+  run.outcome = WeeklyDumpRun::Outcome::written;
+  run.rows = report->rows;
+  log->info("dump {}: {} rows in {}", week, report->rows, report->dir.string());
+  return run;
+}
+
+WeeklyDump::WeeklyDump(Config config) {
+  job_ = std::make_unique<PeriodicJob>(
+      "dump", [config = std::move(config)](std::stop_token stop) -> std::chrono::duration<double> {
+        UtcNs now = utc_now_ns();
+        WeeklyDumpRun run = weekly_dump_once(config, now, stop);
+        std::chrono::duration<double> until_next(
+            static_cast<double>(run.schedule.next_due_ns - now) / 1e9);
+        if (run.outcome == WeeklyDumpRun::Outcome::failed && !stop.stop_requested())
+          return std::min(until_next, std::chrono::duration<double>(3600));
+        return until_next;
+      });
+}
+
+WeeklyDump::~WeeklyDump() { stop(); }
+void WeeklyDump::start() { job_->start(); }
+void WeeklyDump::request_stop() { job_->request_stop(); }
+void WeeklyDump::stop() { job_->stop(); }
 
 }  // namespace flexmon

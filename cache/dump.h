@@ -9,15 +9,18 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <stop_token>
 #include <string>
 #include <vector>
 
 #include "common/clock.h"
+#include "common/config.h"
 #include "common/result.h"
 
 namespace flexmon {
 
-struct Config;
+class PeriodicJob;
 
 // "2026-W47" -> Monday 00:00 UTC of that ISO week, in ns; an Error names what
 // is wrong with the text.
@@ -41,8 +44,49 @@ struct DumpReport {
 // Writes OUT/YYYY-Www/{latency,abw,throughput}.csv.gz, summary.csv and
 // manifest.json (files are written under temporary names and renamed).
 // `progress` (may be empty) is called every 100,000 rows with the count.
+// When `stop` is requested it ends early with an Error, leaving no files of
+// its own behind but those an earlier complete run wrote.
 Result<DumpReport> dump_week(const Config& config, const std::string& week,
                              const std::filesystem::path& out,
-                             const std::function<void(std::int64_t rows)>& progress = {});
+                             const std::function<void(std::int64_t rows)>& progress = {},
+                             std::stop_token stop = {});
+
+// The scheduled weekly dump at `now`: the last ISO week that ended at least
+// `delay_s` ago, and when the next one is due (that week's end + a week +
+// delay).
+struct DumpSchedule {
+  std::string week;  // "2026-W47"
+  UtcNs next_due_ns = 0;
+};
+DumpSchedule dump_schedule(UtcNs now, double delay_s);
+
+// One look of the scheduled dump at `now`: writes the due week into
+// archive.dump_dir unless its manifest.json is already there.
+struct WeeklyDumpRun {
+  enum class Outcome { written, already_there, failed } outcome = Outcome::failed;
+  DumpSchedule schedule;
+  std::int64_t rows = 0;  // when written
+  std::string error;      // when failed
+};
+WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token stop = {});
+
+// The collector's scheduled weekly dump (archive.dump_weekly): on its own
+// thread, writes the week dump_schedule() names into archive.dump_dir unless
+// that week's manifest.json is already there (so it is written once, and a
+// restart or a second collector does not redo it). A failed dump is retried
+// hourly; stop() returns within moments, abandoning a dump in progress.
+class WeeklyDump {
+ public:
+  explicit WeeklyDump(Config config);
+  ~WeeklyDump();
+  WeeklyDump(const WeeklyDump&) = delete;
+  WeeklyDump& operator=(const WeeklyDump&) = delete;
+  void start();
+  void request_stop();  // returns at once
+  void stop();          // requests and waits (a few seconds at most)
+
+ private:
+  std::unique_ptr<PeriodicJob> job_;
+};
 
 }  // namespace flexmon

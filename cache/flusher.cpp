@@ -6,6 +6,9 @@
 #include <mutex>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "cache/periodic.h"
 #include "cache/storage.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -44,14 +47,14 @@ FlushLag lag_of(sqlite::Database& cache) {
 
 // Deletes, in short transactions (the collector writes meanwhile), archived
 // rows that started before the retention.
-std::int64_t apply_retention(sqlite::Database& cache, double retention_s) {
+std::int64_t apply_retention(sqlite::Database& cache, double retention_s, std::stop_token stop) {
   std::int64_t upto = archived_id(cache);
   UtcNs before = utc_now_ns() - static_cast<std::int64_t>(retention_s * kNsPerS);
   auto remove = cache.prepare(
       "DELETE FROM results WHERE id IN (SELECT id FROM results WHERE id <= ?1 AND start_ns < ?2 "
       "LIMIT 10000)");
   std::int64_t deleted = 0;
-  for (;;) {
+  while (!stop.stop_requested()) {
     sqlite::Transaction transaction(cache);
     remove.bind(1, upto).bind(2, before).run();
     int changed = cache.changes();
@@ -69,13 +72,60 @@ FlushLag flush_lag(const Config& config) {
   return lag_of(*cache);
 }
 
-FlushReport flush_once(const Config& config, const FlushHook& hook) {
+std::optional<FlushStatus> last_flush(const Config& config) {
+  auto cache = storage::open_cache_db(config.collector.cache_db);
+  auto select = cache->prepare("SELECT value FROM cache_meta WHERE key = 'last_flush'");
+  if (!select.step()) return std::nullopt;
+  auto json = nlohmann::json::parse(select.text(0), nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return std::nullopt;
+  FlushStatus status;
+  status.at_ns = json.value("at_ns", std::int64_t{0});
+  status.archive_ok = json.value("archive_ok", false);
+  status.error = json.value("error", std::string());
+  status.rows = json.value("rows", std::int64_t{0});
+  status.last_ok_ns = json.value("last_ok_ns", std::int64_t{0});
+  status.lag.rows = json.value("lag_rows", std::int64_t{0});
+  status.lag.seconds = json.value("lag_s", 0.0);
+  status.lag.archived_id = json.value("archived_id", std::int64_t{0});
+  return status;
+}
+
+namespace {
+
+void record_status(sqlite::Database& cache, const FlushReport& report) {
+  UtcNs now = utc_now_ns();
+  UtcNs last_ok = 0;
+  {
+    auto select = cache.prepare("SELECT value FROM cache_meta WHERE key = 'last_flush'");
+    if (select.step()) {
+      auto previous = nlohmann::json::parse(select.text(0), nullptr, false);
+      if (previous.is_object()) last_ok = previous.value("last_ok_ns", std::int64_t{0});
+    }
+  }
+  if (report.archive_ok) last_ok = now;
+  nlohmann::json json{{"at_ns", now},
+                      {"archive_ok", report.archive_ok},
+                      {"error", report.error},
+                      {"rows", report.rows},
+                      {"last_ok_ns", last_ok},
+                      {"lag_rows", report.lag.rows},
+                      {"lag_s", report.lag.seconds},
+                      {"archived_id", report.lag.archived_id}};
+  auto upsert = cache.prepare(
+      "INSERT INTO cache_meta (key, value) VALUES ('last_flush', ?1) ON CONFLICT (key) DO UPDATE "
+      "SET value = excluded.value");
+  upsert.bind(1, json.dump()).run();
+}
+
+}  // namespace
+
+FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_token stop) {
   auto log = logger("flush");
   FlushReport report;
   auto cache = storage::open_cache_db(config.collector.cache_db);
   std::string uuid = storage::cache_uuid(*cache);
   try {
-    auto archive = storage::Archive::open(config);
+    auto archive = storage::Archive::open(config, stop);
     // The archive is the truth; the cache's mark only catches up with it.
     std::int64_t lower = archive->watermark(uuid);
     mark_archived(*cache, lower);
@@ -93,19 +143,25 @@ FlushReport flush_once(const Config& config, const FlushHook& hook) {
     while (lower < upper) {
       std::int64_t batch_upper =
           std::min<std::int64_t>(upper, lower + config.archive.flush_batch_rows);
-      report.rows += archive->append(*cache, uuid, batch_upper, hook);
+      report.rows += archive->append(*cache, uuid, batch_upper, hook, stop);
       if (hook) hook("after_archive_commit");
       mark_archived(*cache, batch_upper);
       if (hook) hook("after_cache_mark");
       lower = batch_upper;
     }
+  } catch (const storage::Cancelled& e) {
+    report.cancelled = true;
+    log->info("flush: stopped before the end ({} rows archived); the next run goes on",
+              report.rows);
+    return report;
   } catch (const storage::ArchiveError& e) {
     report.archive_ok = false;
     report.error = e.what();
   }
-  report.deleted = apply_retention(*cache, config.archive.retention_s);
+  report.deleted = apply_retention(*cache, config.archive.retention_s, stop);
   if (hook) hook("after_retention");
   report.lag = lag_of(*cache);
+  record_status(*cache, report);
   if (report.archive_ok)
     log->info("flush: {} rows archived, {} deleted from the cache; behind by {} rows, {:.0f} s",
               report.rows, report.deleted, report.lag.rows, report.lag.seconds);
@@ -116,53 +172,44 @@ FlushReport flush_once(const Config& config, const FlushHook& hook) {
 }
 
 struct Flusher::Impl {
-  const Config& config;
   mutable std::mutex mutex;
-  std::condition_variable wake;
-  bool stopping = false;
   FlushReport last;
-  std::thread thread;
-
-  explicit Impl(const Config& c) : config(c) {}
-
-  void run() {
-    std::unique_lock lock(mutex);
-    while (!stopping) {
-      lock.unlock();
-      FlushReport report;
-      try {
-        report = flush_once(config);
-      } catch (const std::exception& e) {
-        report.archive_ok = false;
-        report.error = e.what();
-        logger("flush")->error("flush: {}", e.what());
-      }
-      lock.lock();
-      last = report;
-      wake.wait_for(lock, std::chrono::duration<double>(config.archive.flush_interval_s),
-                    [&] { return stopping; });
-    }
-  }
+  std::unique_ptr<PeriodicJob> job;
 };
 
-Flusher::Flusher(const Config& config) : impl_(std::make_unique<Impl>(config)) {}
+Flusher::Flusher(Config config) : impl_(std::make_shared<Impl>()) {
+  // The job owns what it uses (a copy of the config, the shared Impl): a job
+  // left running at exit never reads freed memory.
+  impl_->job = std::make_unique<PeriodicJob>(
+      "flush",
+      [config = std::move(config),
+       impl = std::weak_ptr<Impl>(impl_)](std::stop_token stop) -> std::chrono::duration<double> {
+        FlushReport report;
+        try {
+          report = flush_once(config, {}, stop);
+        } catch (const std::exception& e) {
+          report.archive_ok = false;
+          report.error = e.what();
+          logger("flush")->error("flush: {}", e.what());
+        }
+        if (auto shared = impl.lock()) {
+          std::lock_guard lock(shared->mutex);
+          shared->last = report;
+        }
+        if (report.archive_ok || report.cancelled)
+          return std::chrono::duration<double>(config.archive.flush_interval_s);
+        return std::chrono::duration<double>(
+            std::min(config.archive.flush_interval_s, kFlushRetryS));
+      });
+}
 
 Flusher::~Flusher() { stop(); }
 
-void Flusher::start() {
-  if (impl_->thread.joinable()) return;
-  impl_->stopping = false;
-  impl_->thread = std::thread([this] { impl_->run(); });
-}
+void Flusher::start() { impl_->job->start(); }
 
-void Flusher::stop() {
-  {
-    std::lock_guard lock(impl_->mutex);
-    impl_->stopping = true;
-  }
-  impl_->wake.notify_all();
-  if (impl_->thread.joinable()) impl_->thread.join();
-}
+void Flusher::request_stop() { impl_->job->request_stop(); }
+
+void Flusher::stop() { impl_->job->stop(); }
 
 FlushReport Flusher::last() const {
   std::lock_guard lock(impl_->mutex);

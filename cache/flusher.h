@@ -9,14 +9,15 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 
 #include "common/clock.h"
+#include "common/config.h"
 
 namespace flexmon {
-
-struct Config;
 
 // How far the archive is behind the cache.
 struct FlushLag {
@@ -27,10 +28,22 @@ struct FlushLag {
 
 struct FlushReport {
   bool archive_ok = true;  // false: the archive failed or is unreachable (see error)
+  bool cancelled = false;  // a stop was requested: rolled back, nothing lost, rerun later
   std::string error;
   std::int64_t rows = 0;     // rows archived by this flush
   std::int64_t deleted = 0;  // cache rows removed by retention
   FlushLag lag;              // after this flush
+};
+
+// What the last flush of a cache recorded in it (cache_meta 'last_flush'),
+// for status reports by any process that reads the cache.
+struct FlushStatus {
+  UtcNs at_ns = 0;  // when it ended
+  bool archive_ok = false;
+  std::string error;      // when !archive_ok
+  std::int64_t rows = 0;  // archived by it
+  UtcNs last_ok_ns = 0;   // when a flush last reached the archive; 0: never
+  FlushLag lag;           // right after it
 };
 
 // Called at named points of a flush (tests inject faults, e.g. SIGKILL):
@@ -40,31 +53,41 @@ using FlushHook = std::function<void(std::string_view point)>;
 
 // One flush of config.collector.cache_db to the configured archive: every row
 // committed more than archive.horizon_s ago, in batches of
-// archive.flush_batch_rows, then retention. Never throws for an archive
-// failure (reported in the result); throws for a broken cache file.
-FlushReport flush_once(const Config& config, const FlushHook& hook = {});
+// archive.flush_batch_rows, then retention; records a FlushStatus in the
+// cache. Never throws for an archive failure (reported in the result); throws
+// for a broken cache file. When `stop` is requested it returns promptly with
+// `cancelled` set: the batch in progress is rolled back, and retention skipped.
+FlushReport flush_once(const Config& config, const FlushHook& hook = {}, std::stop_token stop = {});
 
 // The lag, from the cache alone (no archive connection): cheap, for a status
 // method.
 FlushLag flush_lag(const Config& config);
 
+// The status the last flush recorded; nullopt before the first one.
+std::optional<FlushStatus> last_flush(const Config& config);
+
 // Flushes every archive.flush_interval_s on its own thread, for the
-// collector: start() after opening the cache, stop() before exit (waits for a
-// running flush to finish its transaction).
+// collector; while the archive is unreachable it retries every
+// min(flush_interval_s, kFlushRetryS), logging how far behind the cache is.
+// start() after opening the cache; stop() returns within moments even in the
+// middle of a flush (which is then rolled back and redone by the next run).
 class Flusher {
  public:
-  explicit Flusher(const Config& config);  // config must outlive the Flusher
-  ~Flusher();                              // stops
+  explicit Flusher(Config config);
+  ~Flusher();  // stops
   Flusher(const Flusher&) = delete;
   Flusher& operator=(const Flusher&) = delete;
   void start();
-  void stop();
+  void request_stop();  // returns at once
+  void stop();          // requests and waits (a few seconds at most)
   // The report of the last flush (lag and archive state), for status methods.
   FlushReport last() const;
 
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;
 };
+
+inline constexpr double kFlushRetryS = 300;
 
 }  // namespace flexmon

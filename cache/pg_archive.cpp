@@ -1,9 +1,11 @@
 // The PostgreSQL archive: libpq, COPY into `results` partitioned by week.
+#include <poll.h>
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -22,14 +24,37 @@
 namespace flexmon::pq {
 
 using storage::ArchiveError;
+using storage::Cancelled;
 
-Connection::Connection(const std::string& conninfo) {
-  conn_ = PQconnectdb(conninfo.c_str());
-  if (PQstatus(conn_) != CONNECTION_OK) {
-    std::string message = error();
+// Connects without blocking (PQconnectPoll), looking at `stop` every 100 ms,
+// so that a server that does not answer never holds up a stopping process.
+Connection::Connection(const std::string& conninfo, std::stop_token stop) {
+  conn_ = PQconnectStart(conninfo.c_str());
+  auto fail = [&](const std::string& why) {
     PQfinish(conn_);
     conn_ = nullptr;
-    throw ArchiveError(fmt::format("postgresql: cannot connect: {}", message));
+    throw ArchiveError(fmt::format("postgresql: cannot connect: {}", why));
+  };
+  if (!conn_) throw ArchiveError("postgresql: cannot connect: out of memory");
+  if (PQstatus(conn_) == CONNECTION_BAD) fail(error());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kConnectTimeoutS);
+  PostgresPollingStatusType polling = PGRES_POLLING_WRITING;
+  while (polling != PGRES_POLLING_OK) {
+    if (polling == PGRES_POLLING_FAILED) fail(error());
+    pollfd wait{PQsocket(conn_),
+                static_cast<short>(polling == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+    int ready = ::poll(&wait, 1, 100);
+    if (stop.stop_requested()) {
+      PQfinish(conn_);
+      conn_ = nullptr;
+      throw Cancelled();
+    }
+    if (ready == 0) {
+      if (std::chrono::steady_clock::now() > deadline)
+        fail(fmt::format("no answer within {} s", kConnectTimeoutS));
+      continue;
+    }
+    polling = PQconnectPoll(conn_);
   }
   exec("SET client_min_messages = warning");
 }
@@ -59,6 +84,34 @@ ResultPtr Connection::query(const std::string& sql, const std::vector<std::strin
 ResultPtr Connection::query(const std::string& sql, const std::vector<const char*>& params) {
   ResultPtr result(PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
                                 params.data(), nullptr, nullptr, 0));
+  auto status = PQresultStatus(result.get());
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+    throw ArchiveError(fmt::format("postgresql: {}: {}", sql.substr(0, 80), error()));
+  return result;
+}
+
+ResultPtr Connection::query_prepared(const std::string& sql,
+                                     const std::vector<std::string>& params) {
+  auto found = prepared_.find(sql);
+  if (found == prepared_.end()) {
+    // Statement texts vary with the filters used (and a site's node count):
+    // a long-lived connection keeps a bounded set.
+    if (prepared_.size() >= 64) {
+      exec("DEALLOCATE ALL");
+      prepared_.clear();
+    }
+    std::string name = fmt::format("flexmon_s{}", ++statements_);
+    ResultPtr prepared(
+        PQprepare(conn_, name.c_str(), sql.c_str(), static_cast<int>(params.size()), nullptr));
+    if (PQresultStatus(prepared.get()) != PGRES_COMMAND_OK)
+      throw ArchiveError(fmt::format("postgresql: {}: {}", sql.substr(0, 80), error()));
+    found = prepared_.emplace(sql, std::move(name)).first;
+  }
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const auto& p : params) values.push_back(p.c_str());
+  ResultPtr result(PQexecPrepared(conn_, found->second.c_str(), static_cast<int>(values.size()),
+                                  values.data(), nullptr, nullptr, 0));
   auto status = PQresultStatus(result.get());
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
     throw ArchiveError(fmt::format("postgresql: {}: {}", sql.substr(0, 80), error()));
@@ -180,7 +233,7 @@ class PgResultCursor : public Cursor {
                  const std::vector<Param>& params) {
     std::vector<std::string> values;
     for (const auto& p : params) values.push_back(param_text(p));
-    result_ = connection.query(sql, values);
+    result_ = connection.query_prepared(sql, values);
     rows_ = PQntuples(result_.get());
   }
   bool next() override { return ++row_ < rows_; }
@@ -294,8 +347,9 @@ constexpr int kSrcColumn = 6, kDstColumn = 7, kStartColumn = 8;
 
 class CopyProducer {
  public:
-  CopyProducer(sqlite::Database& cache, std::int64_t lower, std::int64_t upper)
-      : cache_(cache), lower_(lower), upper_(upper) {
+  CopyProducer(sqlite::Database& cache, std::int64_t lower, std::int64_t upper,
+               std::stop_token stop)
+      : cache_(cache), lower_(lower), upper_(upper), stop_(std::move(stop)) {
     thread_ = std::thread([this] { run(); });
   }
   ~CopyProducer() {
@@ -437,7 +491,7 @@ class CopyProducer {
       line.start_ns = sqlite3_column_int64(raw, kStartColumn);
       line.size = static_cast<std::uint32_t>(chunk_.size()) - line.offset;
       lines_.push_back(line);
-      ++count;
+      if (++count % 1024 == 0 && stop_.stop_requested()) throw Cancelled();
       if (lines_.size() >= kChunkRows || chunk_.size() >= (std::size_t{1} << 28)) {
         if (!flush_chunk(out)) return;
       }
@@ -449,6 +503,7 @@ class CopyProducer {
 
   sqlite::Database& cache_;
   std::int64_t lower_, upper_;
+  std::stop_token stop_;
   std::string chunk_;
   std::vector<Line> lines_;
   std::int64_t rows_ = 0;
@@ -464,7 +519,7 @@ class CopyProducer {
 
 class PgArchive : public Archive {
  public:
-  explicit PgArchive(const std::string& conninfo) : conninfo_(conninfo), connection_(conninfo) {
+  PgArchive(const std::string& conninfo, std::stop_token stop) : connection_(conninfo, stop) {
     pq::Transaction transaction(connection_);
     // Serialises schema set-up between processes starting together.
     connection_.exec("SELECT pg_advisory_xact_lock(7231001)");
@@ -509,7 +564,7 @@ class PgArchive : public Archive {
   }
 
   std::int64_t append(sqlite::Database& cache, const std::string& uuid, std::int64_t upper,
-                      const FlushHook& hook) override {
+                      const FlushHook& hook, std::stop_token stop) override {
     std::int64_t lower = watermark(uuid);
     if (lower >= upper) return 0;
     ensure_partitions(cache, lower, upper);
@@ -530,7 +585,7 @@ class PgArchive : public Archive {
     connection_.copy_start(fmt::format("COPY results ({}) FROM STDIN", kColumns));
     std::int64_t count = 0;
     try {
-      CopyProducer producer(cache, lower, upper);
+      CopyProducer producer(cache, lower, upper, stop);
       std::string buffer;
       while (producer.next(buffer)) connection_.copy_send(buffer);
       count = producer.rows();
@@ -545,6 +600,7 @@ class PgArchive : public Archive {
         "WHERE cache_uuid = $1",
         {uuid, std::to_string(upper), std::to_string(utc_now_ns()), std::to_string(count)});
     if (hook) hook("before_archive_commit");
+    if (stop.stop_requested()) throw Cancelled();
     transaction.commit();
     return count;
   }
@@ -554,15 +610,14 @@ class PgArchive : public Archive {
   }
 
  private:
-  std::string conninfo_;
   pq::Connection connection_;
   std::set<std::string> known_partitions_;
 };
 
 }  // namespace
 
-std::unique_ptr<Archive> open_pg_archive(const std::string& conninfo) {
-  return std::make_unique<PgArchive>(conninfo);
+std::unique_ptr<Archive> open_pg_archive(const std::string& conninfo, std::stop_token stop) {
+  return std::make_unique<PgArchive>(conninfo, stop);
 }
 
 }  // namespace flexmon::storage

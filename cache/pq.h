@@ -6,11 +6,17 @@
 #include <libpq-fe.h>
 
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace flexmon::pq {
+
+// A server that accepts no connection within this long counts as down (the
+// connection string's own connect_timeout, when shorter, applies too).
+inline constexpr int kConnectTimeoutS = 30;
 
 struct ResultDeleter {
   void operator()(PGresult* result) const { PQclear(result); }
@@ -19,8 +25,9 @@ using ResultPtr = std::unique_ptr<PGresult, ResultDeleter>;
 
 class Connection {
  public:
-  // Connects; throws ArchiveError naming the server when it cannot.
-  explicit Connection(const std::string& conninfo);
+  // Connects; throws ArchiveError naming the server when it cannot, within
+  // kConnectTimeoutS, or Cancelled as soon as `stop` is requested.
+  explicit Connection(const std::string& conninfo, std::stop_token stop = {});
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -30,6 +37,10 @@ class Connection {
   // Runs one statement with text parameters (nullptr = NULL); returns its rows.
   ResultPtr query(const std::string& sql, const std::vector<std::string>& params = {});
   ResultPtr query(const std::string& sql, const std::vector<const char*>& params);
+  // The same through a statement prepared once per connection (for the
+  // statements a reader repeats: no parsing and, once PostgreSQL settles on a
+  // generic plan, no planning per call; partitions are then pruned at run time).
+  ResultPtr query_prepared(const std::string& sql, const std::vector<std::string>& params);
 
   // COPY ... FROM STDIN: start, send chunks, finish (throws on failure).
   void copy_start(const std::string& sql);
@@ -43,6 +54,8 @@ class Connection {
 
  private:
   PGconn* conn_ = nullptr;
+  std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name
+  int statements_ = 0;
 };
 
 // BEGIN on construction (with `mode`, e.g. "ISOLATION LEVEL REPEATABLE READ");

@@ -4,6 +4,8 @@
 
 #include <random>
 
+#include <sqlite3.h>
+
 #include <fmt/format.h>
 
 #include "archive_sqlite_schema.h"
@@ -118,7 +120,8 @@ std::string render(const Select& s, Dialect dialect, std::vector<Param>& params)
     sql += " ORDER BY start_ns DESC, node, boot_epoch, seq";
   else if (s.order == Select::Order::oldest_first)
     sql += " ORDER BY start_ns, node, boot_epoch, seq";
-  if (s.limit) sql += fmt::format(" LIMIT {}", *s.limit);
+  // A parameter, so that one prepared statement serves every page size.
+  if (s.limit) sql += " LIMIT " + p(static_cast<std::int64_t>(*s.limit));
   return sql;
 }
 
@@ -178,8 +181,9 @@ UtcNs week_start(UtcNs t) {
   return week * kWeekNs - kShift;
 }
 
-std::unique_ptr<Archive> Archive::open(const Config& config) {
-  if (!config.archive.postgres.empty()) return open_pg_archive(config.archive.postgres);
+std::unique_ptr<Archive> Archive::open(const Config& config, std::stop_token stop) {
+  if (stop.stop_requested()) throw Cancelled();
+  if (!config.archive.postgres.empty()) return open_pg_archive(config.archive.postgres, stop);
   return open_sqlite_archive(config.archive.sqlite_db);
 }
 
@@ -229,7 +233,17 @@ class SqliteArchive : public Archive {
   }
 
   std::int64_t append(sqlite::Database& cache, const std::string& uuid, std::int64_t upper,
-                      const FlushHook& hook) override {
+                      const FlushHook& hook, std::stop_token stop) override {
+    // SQLite interrupts the copy (SQLITE_INTERRUPT, then rollback) when the
+    // handler, called every few thousand VM steps, sees a stop request.
+    sqlite3_progress_handler(
+        db_.handle(), 10'000,
+        [](void* token) { return static_cast<std::stop_token*>(token)->stop_requested() ? 1 : 0; },
+        &stop);
+    struct ClearHandler {
+      sqlite3* db;
+      ~ClearHandler() { sqlite3_progress_handler(db, 0, nullptr, nullptr); }
+    } clear{db_.handle()};
     try {
       if (attached_ != cache.file()) {
         if (!attached_.empty()) db_.exec("DETACH DATABASE cache");
@@ -253,9 +267,11 @@ class SqliteArchive : public Archive {
           "rows = flush_state.rows + excluded.rows");
       mark.bind(1, uuid).bind(2, upper).bind(3, utc_now_ns()).bind(4, rows).run();
       if (hook) hook("before_archive_commit");
+      if (stop.stop_requested()) throw Cancelled();
       transaction.commit();
       return rows;
     } catch (const sqlite::SqliteError& e) {
+      if (stop.stop_requested()) throw Cancelled();
       throw ArchiveError(e.what());
     }
   }

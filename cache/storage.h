@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -32,6 +33,13 @@ inline constexpr int kColumnCount = 27;
 class ArchiveError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// A stop was requested (the process is shutting down): the transaction in
+// progress was rolled back, which the idempotent flush makes harmless.
+class Cancelled : public ArchiveError {
+ public:
+  Cancelled() : ArchiveError("cancelled: the process is stopping") {}
 };
 
 // Opens the cache file with its schema applied; checks the schema version.
@@ -104,21 +112,24 @@ using FlushHook = std::function<void(std::string_view point)>;
 class Archive {
  public:
   // PostgreSQL when config.archive.postgres is set, otherwise the SQLite file.
-  // Throws ArchiveError when it cannot be opened.
-  static std::unique_ptr<Archive> open(const Config& config);
+  // Throws ArchiveError when it cannot be opened, Cancelled when `stop` is
+  // requested while connecting.
+  static std::unique_ptr<Archive> open(const Config& config, std::stop_token stop = {});
   virtual ~Archive() = default;
   virtual std::string describe() const = 0;
   virtual std::int64_t watermark(const std::string& cache_uuid) = 0;
   // Copies the cache's rows with ids in (watermark, upper] and moves the
   // watermark to `upper`, in one transaction. Returns the rows copied (0 when
-  // the watermark is already >= upper). Throws ArchiveError.
+  // the watermark is already >= upper). Throws ArchiveError; Cancelled when
+  // `stop` is requested meanwhile (the transaction is then rolled back).
   virtual std::int64_t append(sqlite::Database& cache, const std::string& cache_uuid,
-                              std::int64_t upper, const FlushHook& hook) = 0;
+                              std::int64_t upper, const FlushHook& hook,
+                              std::stop_token stop = {}) = 0;
   virtual std::unique_ptr<ArchiveSnapshot> snapshot(const std::string& cache_uuid) = 0;
 };
 
 std::unique_ptr<Archive> open_sqlite_archive(const std::filesystem::path& file);
-std::unique_ptr<Archive> open_pg_archive(const std::string& conninfo);
+std::unique_ptr<Archive> open_pg_archive(const std::string& conninfo, std::stop_token stop = {});
 
 // Monday 00:00 UTC of the ISO week holding t, in ns.
 UtcNs week_start(UtcNs t);

@@ -431,10 +431,14 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("retention_s", a.retention_s);
     s.optional("flush_batch_rows", a.flush_batch_rows);
     s.optional("dump_dir", a.dump_dir);
+    s.optional("dump_weekly", a.dump_weekly);
+    s.optional("dump_delay_s", a.dump_delay_s);
     if (!(a.flush_interval_s > 0)) s.fail("flush_interval_s", "must be positive");
     if (a.horizon_s < 0) s.fail("horizon_s", "must not be negative");
     if (a.retention_s < 0) s.fail("retention_s", "must not be negative");
     if (a.flush_batch_rows == 0) s.fail("flush_batch_rows", "must be at least 1");
+    if (!(a.dump_delay_s >= 0 && a.dump_delay_s < 7 * 86'400.0))
+      s.fail("dump_delay_s", "must be at least 0 and less than a week (604800)");
     s.finish();
     a.sqlite_db = resolve(config.data_dir, a.sqlite_db);
     a.dump_dir = resolve(config.data_dir, a.dump_dir);

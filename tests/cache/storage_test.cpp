@@ -21,6 +21,7 @@
 #include "cache/dump.h"
 #include "cache/flusher.h"
 #include "cache/reader.h"
+#include "cache/storage.h"
 #include "common/config.h"
 #include "common/sqlite.h"
 #include "wire.pb.h"
@@ -318,6 +319,102 @@ TEST_P(StorageTest, ArchiveOutageDelaysFlushingOnly) {
   EXPECT_EQ(archive_keys(), expected_keys(200));
 }
 
+// A stop requested in the middle of a flush (the collector's SIGTERM): the
+// batch in progress is rolled back, and the next flush archives every row once.
+TEST_P(StorageTest, FlushStoppedMidwayThenRerunGivesTheSameRows) {
+  store(3000);
+  config_.archive.flush_batch_rows = 1000;
+  config_.archive.retention_s = 0;
+  std::stop_source stop;
+  int copies = 0;
+  auto stopped = flush_once(
+      config_,
+      [&](std::string_view at) {
+        if (at == "after_copy" && ++copies == 2) stop.request_stop();
+      },
+      stop.get_token());
+  EXPECT_TRUE(stopped.cancelled);
+  EXPECT_EQ(stopped.rows, 1000);
+  EXPECT_EQ(stopped.deleted, 0);  // retention is skipped too
+  EXPECT_EQ(archive_keys().size(), 1000u);
+  EXPECT_EQ(flush_lag(config_).rows, 2000);
+
+  // Already stopped: nothing is read or written.
+  auto refused = flush_once(config_, {}, stop.get_token());
+  EXPECT_TRUE(refused.cancelled);
+  EXPECT_EQ(refused.rows, 0);
+
+  auto rerun = flush_once(config_);
+  ASSERT_TRUE(rerun.archive_ok) << rerun.error;
+  EXPECT_EQ(rerun.rows, 2000);
+  EXPECT_EQ(archive_keys(), expected_keys(3000));
+}
+
+// The Flusher thread flushes at once, records the status, and stops promptly.
+TEST_P(StorageTest, FlusherThreadFlushesAndRecordsItsStatus) {
+  store(500);
+  config_.archive.flush_interval_s = 3600;
+  Flusher flusher(config_);
+  flusher.start();
+  for (int i = 0; i < 300 && flusher.last().rows == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  flusher.stop();
+  EXPECT_EQ(flusher.last().rows, 500);
+  EXPECT_EQ(archive_keys(), expected_keys(500));
+  auto status = last_flush(config_);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->archive_ok);
+  EXPECT_EQ(status->rows, 500);
+  EXPECT_EQ(status->lag.rows, 0);
+  EXPECT_GT(status->last_ok_ns, 0);
+}
+
+TEST_P(StorageTest, LastFlushRecordsAnOutageAndKeepsTheLastSuccess) {
+  EXPECT_FALSE(last_flush(config_).has_value());
+  store(10);
+  ASSERT_TRUE(flush_once(config_).archive_ok);
+  UtcNs ok_at = last_flush(config_)->last_ok_ns;
+  store(20, 11);
+  Config broken = config_;
+  broken.archive.postgres = GetParam() == "postgres" ? "host=" + dir_.string() + " port=1" : "";
+  broken.archive.sqlite_db = dir_ / "missing" / "archive.db";
+  auto down = flush_once(broken);
+  EXPECT_FALSE(down.archive_ok);
+  auto status = last_flush(config_);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_FALSE(status->archive_ok);
+  EXPECT_EQ(status->error, down.error);
+  EXPECT_EQ(status->lag.rows, 20);
+  EXPECT_EQ(status->last_ok_ns, ok_at);
+  EXPECT_GE(status->at_ns, ok_at);
+}
+
+TEST_P(StorageTest, WeeklyDumpWritesTheDueWeekOnce) {
+  // Results in the week of kMonday; "now" is two days after that week.
+  store(40);
+  config_.archive.dump_dir = dir_ / "dumps";
+  config_.archive.dump_delay_s = 86'400;
+  UtcNs now = kMonday + storage::kWeekNs + 2 * 86'400 * kSecond;
+  auto first = weekly_dump_once(config_, now);
+  EXPECT_EQ(first.outcome, WeeklyDumpRun::Outcome::written) << first.error;
+  EXPECT_EQ(first.schedule.week, "2026-W22");
+  EXPECT_EQ(first.rows, 40);
+  auto manifest = dir_ / "dumps" / "2026-W22" / "manifest.json";
+  ASSERT_TRUE(std::filesystem::exists(manifest));
+  std::filesystem::last_write_time(manifest, std::filesystem::file_time_type());
+  auto again = weekly_dump_once(config_, now);
+  EXPECT_EQ(again.outcome, WeeklyDumpRun::Outcome::already_there);
+  EXPECT_EQ(std::filesystem::last_write_time(manifest), std::filesystem::file_time_type());
+
+  // A stop request abandons the dump and leaves no file of it behind.
+  std::stop_source stop;
+  stop.request_stop();
+  config_.archive.dump_dir = dir_ / "stopped";
+  auto stopped = weekly_dump_once(config_, now, stop.get_token());
+  EXPECT_EQ(stopped.outcome, WeeklyDumpRun::Outcome::failed);
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ / "stopped" / "2026-W22"));
+}
+
 TEST_P(StorageTest, PagesFiltersSummaryAndPathsAcrossCacheAndArchive) {
   store(300);
   ASSERT_TRUE(flush_once(config_).archive_ok);
@@ -426,6 +523,37 @@ TEST_P(StorageTest, DumpIsByteIdenticalAcrossRuns) {
   EXPECT_FALSE(parse_iso_week("2026-W54").ok());
   EXPECT_FALSE(parse_iso_week("2026-47").ok());
   EXPECT_EQ(*parse_iso_week("2026-W01"), 1'766'966'400'000'000'000);  // 2025-12-29
+}
+
+TEST(DumpSchedule, DueWeekIsTheLastOneEndedDelayAgo) {
+  // 2026-06-03 (Wednesday of 2026-W23) 12:00 UTC.
+  UtcNs wednesday = kMonday + storage::kWeekNs + (2 * 86'400 + 43'200) * kSecond;
+  auto with_day = dump_schedule(wednesday, 86'400);
+  EXPECT_EQ(with_day.week, "2026-W22");
+  EXPECT_EQ(with_day.next_due_ns, kMonday + 2 * storage::kWeekNs + 86'400 * kSecond);
+  // Six days of delay: W22 is not due before Sunday of W23, so W21 is.
+  EXPECT_EQ(dump_schedule(wednesday, 6 * 86'400).week, "2026-W21");
+  EXPECT_EQ(dump_schedule(kMonday + storage::kWeekNs, 0).week, "2026-W22");
+}
+
+TEST(ArchiveConfig, DumpKeysAreReadAndChecked) {
+  Config config =
+      parse_config("archive:\n  dump_weekly: true\n  dump_delay_s: 7200\n", "f.yaml", "/base");
+  EXPECT_TRUE(config.archive.dump_weekly);
+  EXPECT_EQ(config.archive.dump_delay_s, 7200);
+  try {
+    parse_config("archive:\n  dump_delay_s: 604800\n", "f.yaml", "/base");
+    ADD_FAILURE() << "a week of delay was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("f.yaml:2: archive.dump_delay_s:"), std::string::npos)
+        << e.what();
+  }
+  try {
+    parse_config("archive:\n  dump_weekly: sometimes\n", "f.yaml", "/base");
+    ADD_FAILURE() << "a non-boolean dump_weekly was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("archive.dump_weekly"), std::string::npos) << e.what();
+  }
 }
 
 TEST(CacheSchema, StoresAbwAndThroughputValues) {
