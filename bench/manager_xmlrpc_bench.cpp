@@ -1,7 +1,8 @@
 // XML-RPC calls per second with 16 clients on probe.get and on
-// query.latency (limit 100), with HTTP keep-alive and with one call per
-// connection; p50 and p99 latency. The real manager in-process on loopback;
-// clients speak raw HTTP/1.1. Figures one per line.
+// query.latency (one path, limit 100: 50 rows from the cache and 50 from the
+// archive), with HTTP keep-alive and with one call per connection; p50 and
+// p99 latency. The real manager in-process on loopback; clients speak raw
+// HTTP/1.1 and read every byte of each response. Figures one per line.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -14,6 +15,7 @@
 
 #include "bench/manager_bench_util.h"
 #include "cache/cache.h"
+#include "cache/flusher.h"
 #include "common/log.h"
 #include "manager/manager.h"
 #include "wire.pb.h"
@@ -116,31 +118,57 @@ Figures run(std::uint16_t port, const std::string& body, bool keepalive, int cli
   return f;
 }
 
-void fill_cache(const std::filesystem::path& file) {
-  Cache cache(file);
-  std::vector<wire::Result> results(500);
+// Stores `per_path` latency results (5 packets each, one per second) on
+// every ordered pair of n1..n3, starting at `first_s`.
+void store_results(Cache& cache, std::uint64_t epoch, int per_path, std::int64_t first_s) {
+  const char* nodes[] = {"n1", "n2", "n3"};
+  std::vector<wire::Result> results;
+  results.reserve(static_cast<std::size_t>(per_path) * 6);
+  std::uint64_t seq = 0;
+  for (const char* src : nodes)
+    for (const char* dst : nodes) {
+      if (std::string_view(src) == dst) continue;
+      for (int i = 0; i < per_path; ++i) {
+        auto& r = results.emplace_back();
+        r.set_seq(++seq);
+        r.set_stream(fmt::format("latency/udp/c5/s100/z64/t1000/{}>{}", src, dst));
+        r.set_tool("latency");
+        r.set_src(src);
+        r.set_dst(dst);
+        r.set_start_ns((first_s + i) * 1'000'000'000 + seq % 1000);
+        r.set_status(wire::OK);
+        auto* l = r.mutable_latency();
+        l->set_sent(5);
+        l->set_received(5);
+        for (int k = 0; k < 5; ++k) l->add_rtt_ns(100'000 + 37 * k + i % 100);
+        l->set_min_ns(100'000);
+        l->set_avg_ns(100'074);
+        l->set_median_ns(100'074);
+        l->set_max_ns(100'148);
+        l->set_stddev_ns(52);
+      }
+    }
   std::vector<const wire::Result*> ptrs;
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    auto& r = results[i];
-    r.set_seq(i + 1);
-    r.set_stream("latency/udp/c5/s100/z64/t1000/n1>n2");
-    r.set_tool("latency");
-    r.set_src("n1");
-    r.set_dst("n2");
-    r.set_start_ns(1'700'000'000'000'000'000 + static_cast<std::int64_t>(i) * 1'000'000'000);
-    r.set_status(wire::OK);
-    auto* l = r.mutable_latency();
-    l->set_sent(5);
-    l->set_received(5);
-    for (int k = 0; k < 5; ++k) l->add_rtt_ns(100'000 + k);
-    l->set_min_ns(100'000);
-    l->set_avg_ns(100'002);
-    l->set_median_ns(100'002);
-    l->set_max_ns(100'004);
-    l->set_stddev_ns(1);
-    ptrs.push_back(&r);
+  for (const auto& r : results) ptrs.push_back(&r);
+  cache.store("n1", epoch, ptrs);
+}
+
+// 2,000 results per path archived (SQLite archive, as with no PostgreSQL
+// configured), then 50 newer per path in the cache only: the 100-row page of
+// one path merges 50 cache rows above the flush watermark with 50 archived.
+void fill_results(const Config& config) {
+  constexpr std::int64_t kStart = 1'700'000'000;
+  {
+    Cache cache(config.collector.cache_db);
+    store_results(cache, 1, 2000, kStart);
   }
-  cache.store("n1", 1, ptrs);
+  Config flush_all = config;
+  flush_all.archive.horizon_s = 0;
+  FlushReport report = flush_once(flush_all);
+  if (!report.archive_ok || report.rows != 12'000)
+    fmt::print(stderr, "flush: archived {} rows, {}\n", report.rows, report.error);
+  Cache cache(config.collector.cache_db);
+  store_results(cache, 2, 50, kStart + 2000);
 }
 
 }  // namespace
@@ -152,7 +180,7 @@ int main(int argc, char** argv) {
   auto dir = bench::temp_dir("flexmon-xmlrpc-bench");
   Config config = bench::config_with_nodes(dir, 3);
   config.manager.max_connections = 64;
-  fill_cache(config.collector.cache_db);
+  fill_results(config);
   auto manager = start_manager_daemon(config);
   const auto port = manager->xmlrpc_port();
   std::string buffer;
@@ -176,7 +204,25 @@ int main(int argc, char** argv) {
   const std::string query =
       "<?xml version=\"1.0\"?><methodCall><methodName>query.latency</methodName><params><param>"
       "<value><struct><member><name>limit</name><value><int>100</int></value></member>"
+      "<member><name>src</name><value><string>n1</string></value></member>"
+      "<member><name>dst</name><value><string>n2</string></value></member>"
       "</struct></value></param></params></methodCall>";
+  {
+    // What each query call receives: a full page of 100 rows.
+    std::string request =
+        "POST /RPC2 HTTP/1.1\r\nHost: b\r\nAuthorization: Basic "
+        "YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==\r\nContent-Length: " +
+        std::to_string(query.size()) + "\r\n\r\n" + query;
+    int probe = dial(port);
+    bool ok = call(probe, request, buffer);
+    close(probe);
+    std::size_t rows = 0;
+    for (auto at = buffer.find("<name>node</name>"); at != std::string::npos;
+         at = buffer.find("<name>node</name>", at + 1))
+      ++rows;
+    fmt::print("query_latency_100_rows {}\n", ok ? rows : 0);
+    fmt::print("query_latency_100_response_bytes {}\n", buffer.size());
+  }
   for (auto [name, body] : {std::pair{"probe_get", get}, std::pair{"query_latency_100", query}})
     for (bool keepalive : {true, false}) {
       Figures f = run(port, body, keepalive, clients, seconds);

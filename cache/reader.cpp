@@ -60,13 +60,50 @@ std::optional<Select::After> decode_cursor(const std::string& cursor) {
   return after;
 }
 
+// A prepared cache statement reused by later calls: reset, not finalized,
+// when the cursor ends (preparing cost as much as reading a 100-row page).
+class ReusedCursor : public storage::Cursor {
+ public:
+  ReusedCursor(sqlite::Statement& statement, const std::vector<storage::Param>& params)
+      : statement_(statement) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      int index = static_cast<int>(i + 1);
+      if (auto* number = std::get_if<std::int64_t>(&params[i]))
+        statement_.bind(index, *number);
+      else
+        statement_.bind(index, std::get<std::string>(params[i]));
+    }
+  }
+  ~ReusedCursor() override { statement_.reset(); }
+  bool next() override { return statement_.step(); }
+  bool is_null(int c) const override { return statement_.is_null(c); }
+  std::int64_t int64(int c) const override { return statement_.int64(c); }
+  double real(int c) const override { return statement_.real(c); }
+  std::string text(int c) const override { return statement_.text(c); }
+
+ private:
+  sqlite::Statement& statement_;
+};
+
+// Statements kept per reader: the filters' combinations are few.
+constexpr std::size_t kMaxReusedStatements = 64;
+
 }  // namespace
+
+bool is_valid_cursor(const std::string& cursor) { return decode_cursor(cursor).has_value(); }
 
 struct ResultReader::Impl {
   Config config;
   std::unique_ptr<sqlite::Database> cache;
   std::string uuid;
   std::unique_ptr<storage::Archive> archive;
+  std::map<std::string, sqlite::Statement, std::less<>> statements;  // by SQL text
+
+  sqlite::Statement& reused(const std::string& sql) {
+    if (auto it = statements.find(sql); it != statements.end()) return it->second;
+    if (statements.size() >= kMaxReusedStatements) statements.clear();
+    return statements.emplace(sql, cache->prepare(sql)).first->second;
+  }
 
   explicit Impl(const Config& c) : config(c) {
     cache = storage::open_cache_db(config.collector.cache_db);
@@ -96,8 +133,8 @@ struct ResultReader::Impl {
         }
       }
     } end{*cache};
-    auto start = cache->prepare("SELECT COUNT(*) FROM cache_meta");
-    start.step();  // the cache's snapshot starts here
+    ReusedCursor start(reused("SELECT COUNT(*) FROM cache_meta"), {});
+    start.next();  // the cache's snapshot starts here
     try {
       if (!archive) archive = storage::Archive::open(config);
       auto snapshot = archive->snapshot(uuid);
@@ -109,10 +146,59 @@ struct ResultReader::Impl {
     return success();
   }
 
+  // The newest row of each path: the paths' newest times first (both
+  // databases, GROUP BY), then one indexed point read per path and database.
+  Result<ResultPage> latest(const PageQuery& query) {
+    Select newest = base(query.filter);
+    newest.columns = "tool, src, dst, MAX(start_ns)";
+    newest.group_by_path = true;
+    ResultPage page;
+    Status status = with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
+      Select from_cache = newest;
+      from_cache.above_id = w;
+      std::map<std::tuple<std::string, std::string, std::string>, UtcNs> paths;
+      {
+        auto cache_rows = cache_select(from_cache);
+        auto archive_rows = archive.select(newest);
+        for (storage::Cursor* c : {cache_rows.get(), archive_rows.get()})
+          while (c->next()) {
+            auto [it, added] = paths.try_emplace({c->text(0), c->text(1), c->text(2)}, c->int64(3));
+            if (!added) it->second = std::max(it->second, c->int64(3));
+          }
+      }
+      for (const auto& [path, last_ns] : paths) {
+        Select point = base(query.filter);
+        std::tie(point.filter.tool, point.filter.src, point.filter.dst) = path;
+        point.filter.from = last_ns;
+        point.filter.to = last_ns + 1;
+        point.order = Select::Order::newest_first;
+        point.limit = 1;
+        Select point_cache = point;
+        point_cache.above_id = w;
+        ResultRow row;
+        bool found = false;
+        std::unique_ptr<storage::Cursor> cursors[] = {cache_select(point_cache),
+                                                      archive.select(point)};
+        for (auto& cursor : cursors)
+          if (cursor->next()) {
+            ResultRow candidate;
+            storage::read_row(*cursor, candidate);
+            if (!found || newer(candidate, row)) row = std::move(candidate);
+            found = true;
+          }
+        if (found) page.rows.push_back(std::move(row));
+      }
+    });
+    if (!status) return status.error();
+    std::sort(page.rows.begin(), page.rows.end(), newer);
+    if (page.rows.size() > query.limit) page.rows.resize(query.limit);
+    return page;
+  }
+
   std::unique_ptr<storage::Cursor> cache_select(const Select& select) {
     std::vector<storage::Param> params;
     std::string sql = storage::render(select, storage::Dialect::sqlite, params);
-    return std::make_unique<storage::SqliteCursor>(*cache, sql, params);
+    return std::make_unique<ReusedCursor>(reused(sql), params);
   }
 };
 
@@ -122,6 +208,10 @@ ResultReader::~ResultReader() = default;
 
 Result<ResultPage> ResultReader::results(const PageQuery& query) {
   if (query.limit < 1 || query.limit > 10000) return fail("limit must be 1 to 10000");
+  if (query.latest_per_path) {
+    if (!query.cursor.empty()) return fail("a cursor cannot go with latest_per_path");
+    return impl_->latest(query);
+  }
   Select select = impl_->base(query.filter);
   if (!query.cursor.empty()) {
     auto after = decode_cursor(query.cursor);

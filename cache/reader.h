@@ -53,6 +53,9 @@ struct PageQuery {
   ResultFilter filter;
   std::uint32_t limit = 1000;  // 1..10000
   std::string cursor;          // from the previous page's next_cursor; empty = first page
+  // Only the newest matching row of each path (tool, src, dst); one page, no
+  // cursor. Reads every matching row's path and time: give `from` to keep it cheap.
+  bool latest_per_path = false;
 };
 
 // Newest first: start_ns DESC, then (node, boot_epoch, seq) ascending.
@@ -80,9 +83,12 @@ struct PathInfo {
   UtcNs first_ns = 0, last_ns = 0;
 };
 
+// Whether `cursor` is one that ResultPage::next_cursor could hold.
+bool is_valid_cursor(const std::string& cursor);
+
 // Reads never throw for expected failures: a bad cursor or an unreachable
 // archive comes back as an Error whose message the caller can show.
-// One ResultReader per thread.
+// One ResultReader per thread; it keeps its prepared cache statements.
 class ResultReader {
  public:
   // Opens the cache (config.collector.cache_db) and the configured archive.

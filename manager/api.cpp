@@ -1,6 +1,7 @@
 #include "manager/api.h"
 
 #include <fmt/format.h>
+#include <xmlrpc-c/xml.hpp>
 
 #include "manager/api_types.h"
 #include "manager/spec.h"
@@ -12,7 +13,6 @@ namespace {
 using xmlrpc_c::value;
 
 value seconds(UtcNs t) { return xmlrpc_c::value_double(static_cast<double>(t) / 1e9); }
-value ms(std::int64_t ns) { return xmlrpc_c::value_double(static_cast<double>(ns) / 1e6); }
 value str(std::string_view s) { return xmlrpc_c::value_string(std::string(s)); }
 value integer(std::int64_t x) {
   // XML-RPC ints are 32-bit; counts here are far below that.
@@ -50,28 +50,6 @@ value node_value(const NodeView& n) {
   return xmlrpc_c::value_struct(s);
 }
 
-value latency_value(const LatencyRow& row) {
-  xmlrpc_c::cstruct s{{"src", str(row.src)},
-                      {"dst", str(row.dst)},
-                      {"time", seconds(row.start_ns)},
-                      {"status", str(row.status)},
-                      {"sent", integer(row.sent)},
-                      {"received", integer(row.received)},
-                      {"duplicates", integer(row.duplicates)}};
-  if (row.status == "error") s.emplace("error", str(row.error));
-  if (row.received > 0) {
-    if (row.min_ns) s.emplace("rtt_min_ms", ms(*row.min_ns));
-    if (row.avg_ns) s.emplace("rtt_avg_ms", ms(*row.avg_ns));
-    if (row.median_ns) s.emplace("rtt_median_ms", ms(*row.median_ns));
-    if (row.max_ns) s.emplace("rtt_max_ms", ms(*row.max_ns));
-    if (row.stddev_ns) s.emplace("rtt_stddev_ms", ms(*row.stddev_ns));
-  }
-  xmlrpc_c::carray rtts;
-  for (auto ns : row.rtts_ns) rtts.push_back(ns < 0 ? xmlrpc_c::value_double(-1.0) : ms(ns));
-  s.emplace("rtts_ms", xmlrpc_c::value_array(rtts));
-  return xmlrpc_c::value_struct(s);
-}
-
 const char* kSpecHelp =
     "probe.request(spec) -> {id, paths, streams, new_streams, shared_streams, cost, added}. Asks "
     "for measurements. spec: tool ('latency', 'abw', 'throughput'), nodes (array of node ids: "
@@ -83,25 +61,54 @@ const char* kSpecHelp =
     "throughput: duration_ms, max_bytes). Faults: 4001 bad argument, 4002 unknown node, 4010 not "
     "authenticated, 4290 per-user limit, 4291 bandwidth budget. See schemas/xmlrpc-api.md.";
 
-}  // namespace
+// Every authenticated user reads every result: see "Who reads what" in
+// schemas/xmlrpc-api.md.
+const char* kFilterHelp =
+    "filter (a struct, every key optional; unknown keys are refused): src, dst (node ids), "
+    "site (either end is a node of this site), from (inclusive), to (exclusive) as epoch "
+    "seconds or dateTime.iso8601 UTC, status (ok, timeout, unreachable, resolve-failure, "
+    "refused, error)";
 
-std::vector<LatencyRow> CachePool::query(const LatencyQuery& query) {
-  std::unique_ptr<Cache> cache;
-  {
-    std::lock_guard lock(mu_);
-    if (!idle_.empty()) {
-      cache = std::move(idle_.back());
-      idle_.pop_back();
-    }
-  }
-  // Read-write, so that a cache not created yet by the collector is created
-  // (with its schema) rather than failing the query.
-  if (!cache) cache = std::make_unique<Cache>(file_);
-  auto rows = cache->query_latency(query);
-  std::lock_guard lock(mu_);
-  idle_.push_back(std::move(cache));
-  return rows;
+std::string query_help(QueryKind kind) {
+  const std::string name(query_method_name(kind));
+  if (kind == QueryKind::summary)
+    return fmt::format(
+        "query.summary([filter]) -> array, one struct per path (tool, src, dst) with results in "
+        "the range, sorted by tool, src, dst: count, ok, sent, received, loss (0..1, latency), "
+        "rtt_min_ms, rtt_p50_ms, rtt_p90_ms, rtt_p99_ms (over every received packet, within "
+        "0.5 %), bandwidth_median_bps (abw estimate or throughput), first, last (epoch seconds). "
+        "{}; also tool (latency, abw, throughput). Reads the cache and the archive as one "
+        "table. Faults: 4001, 4002, 4010, 5030 archive unreadable. See schemas/xmlrpc-api.md.",
+        kFilterHelp);
+  if (kind == QueryKind::paths)
+    return fmt::format(
+        "query.paths([filter]) -> array of {{tool, src, dst, count, first, last}}: every path "
+        "with results in the range, sorted by tool, src, dst. {}; also tool (latency, abw, "
+        "throughput). Faults: 4001, 4002, 4010, 5030. See schemas/xmlrpc-api.md.",
+        kFilterHelp);
+  std::string fields =
+      kind == QueryKind::latency
+          ? "sent, received, duplicates, rtt_min_ms, rtt_avg_ms, rtt_median_ms, rtt_max_ms, "
+            "rtt_stddev_ms (absent when nothing came back), rtts_ms (per packet, -1 = lost)"
+      : kind == QueryKind::abw ? "estimate_bps, lower_bps, upper_bps, bytes_sent, duration_ms"
+                               : "throughput_bps, bytes_sent, duration_ms";
+  return fmt::format(
+      "{}([filter]) -> {{rows, next_cursor}}. {} results, newest first (time descending, "
+      "then node, boot_epoch, seq), from the cache and the archive as one table without "
+      "duplicates. Each row: node, boot_epoch, seq, stream, tool, src, dst, time (epoch "
+      "seconds), start_ns, status, error (when status is error), {}. {}; also limit (1..10000, "
+      "default 1000), cursor (the next_cursor of the previous page: the next page starts "
+      "strictly after it; empty next_cursor = last page), latest (boolean: only the newest "
+      "result of each path, one page). Faults: 4001 (naming the key: bad filter, cursor, "
+      "limit), 4002 unknown node, 4010, 5030 archive unreadable. See schemas/xmlrpc-api.md.",
+      name,
+      kind == QueryKind::latency ? "Latency"
+      : kind == QueryKind::abw   ? "Available-bandwidth"
+                                 : "Throughput",
+      fields, kFilterHelp);
 }
+
+}  // namespace
 
 value request_value(const Request& r, const Cost* charged) {
   xmlrpc_c::cstruct args;
@@ -148,7 +155,7 @@ value request_value(const Request& r, const Cost* charged) {
   return xmlrpc_c::value_struct(s);
 }
 
-std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& cache) {
+std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryService& queries) {
   std::vector<ApiMethod> methods;
   auto visible = [](const Request& r, const UserConfig& caller) {
     return r.owner == caller.name || caller.role == Role::admin;
@@ -177,7 +184,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
                          }
                        }
                        return value(xmlrpc_c::value_struct(out));
-                     }});
+                     },
+                     nullptr});
 
   methods.push_back(
       {"probe.edit", "S:sS",
@@ -197,7 +205,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
          Request updated = core.edit(num, caller, e.spec, e.for_s);
          Cost charged = core.charged(updated);
          return request_value(updated, &charged);
-       }});
+       },
+       nullptr});
 
   methods.push_back(
       {"user.usage", "S:,S:s",
@@ -234,7 +243,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
               {"min_interval", dbl(u.limits.min_interval_s)},
               {"max_duration", dbl(u.limits.max_duration_s)},
               {"max_paths_per_request", dbl(u.limits.max_paths_per_request)}}));
-       }});
+       },
+       nullptr});
 
   methods.push_back(
       {"probe.get", "S:s",
@@ -252,7 +262,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
            throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
          Cost charged = core.charged(*r);
          return request_value(*r, &charged);
-       }});
+       },
+       nullptr});
 
   methods.push_back(
       {"probe.list", "A:",
@@ -268,7 +279,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
            out.push_back(request_value(r, &charged));
          }
          return value(xmlrpc_c::value_array(out));
-       }});
+       },
+       nullptr});
 
   methods.push_back(
       {"probe.cancel", "S:s",
@@ -280,7 +292,8 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
          Request r = core.cancel(parse_id_arg(p[0], "id"), caller);
          return value(
              xmlrpc_c::value_struct({{"id", str(r.id())}, {"state", str(state_name(r.state))}}));
-       }});
+       },
+       nullptr});
 
   methods.push_back({"node.list", "A:",
                      "node.list() -> array of {id, site, address, state (alive, suspect, "
@@ -291,22 +304,28 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& 
                        xmlrpc_c::carray out;
                        for (const auto& n : core.nodes()) out.push_back(node_value(n));
                        return value(xmlrpc_c::value_array(out));
-                     }});
+                     },
+                     nullptr});
 
-  methods.push_back(
-      {"query.latency", "A:S,A:",
-       "query.latency(filter) -> array of latency results, newest first. filter (all "
-       "optional): src, dst, from, to (epoch seconds or dateTime.iso8601, UTC), limit "
-       "(1..10000, default 1000), latest (only the newest result per path). Faults: 4001, 4002, "
-       "4010.",
-       [&config, &cache](const UserConfig&, const xmlrpc_c::paramList& p) {
-         expect_params(p, 0, 1, "query.latency", "filter");
-         LatencyQuery q;
-         if (p.size() == 1) q = parse_latency_filter(p[0], config);
-         xmlrpc_c::carray out;
-         for (const auto& row : cache.query(q)) out.push_back(latency_value(row));
-         return value(xmlrpc_c::value_array(out));
-       }});
+  for (QueryKind kind : {QueryKind::latency, QueryKind::abw, QueryKind::throughput,
+                         QueryKind::summary, QueryKind::paths}) {
+    ApiMethod m;
+    m.name = std::string(query_method_name(kind));
+    m.signature = kind == QueryKind::summary || kind == QueryKind::paths ? "A:S,A:" : "S:S,S:";
+    m.help = query_help(kind);
+    m.write = [&config, &queries, kind](const UserConfig&, const xmlrpc_c::paramList& p,
+                                        std::string& out) {
+      queries.run(kind, parse_query_args(kind, p, config), out);
+    };
+    m.run = [write = m.write](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+      std::string xml;
+      write(caller, p, xml);
+      value answer;
+      xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml), &answer);
+      return answer;
+    };
+    methods.push_back(std::move(m));
+  }
   return methods;
 }
 

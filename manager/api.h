@@ -3,30 +3,16 @@
 #pragma once
 
 #include <functional>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include <xmlrpc-c/base.hpp>
 
-#include "cache/cache.h"
 #include "common/config.h"
 #include "manager/core.h"
+#include "manager/query.h"
 
 namespace flexmon::manager {
-
-// Read connections to the cache database, lent to one caller at a time.
-class CachePool {
- public:
-  explicit CachePool(std::filesystem::path file) : file_(std::move(file)) {}
-  std::vector<LatencyRow> query(const LatencyQuery& query);
-
- private:
-  std::filesystem::path file_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Cache>> idle_;  // guarded by mu_
-};
 
 struct ApiMethod {
   std::string name;
@@ -34,10 +20,15 @@ struct ApiMethod {
   std::string help;
   // Runs for an authenticated caller; throws ApiFault.
   std::function<xmlrpc_c::value(const UserConfig& caller, const xmlrpc_c::paramList& params)> run;
+  // When set: appends the answer as one XML-RPC <value> element, which the
+  // server sends as it is (no xmlrpc-c values built); `run` then parses that
+  // text back, for callers that go through the registry. Throws ApiFault.
+  std::function<void(const UserConfig& caller, const xmlrpc_c::paramList& params, std::string& out)>
+      write;
 };
 
-// Every method of API v1, bound to `core` and `cache`.
-std::vector<ApiMethod> api_methods(const Config& config, Core& core, CachePool& cache);
+// Every method of API v1, bound to `core` and `queries`.
+std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryService& queries);
 
 // A request as probe.get returns it; with its charged cost when given.
 xmlrpc_c::value request_value(const Request& request, const Cost* charged = nullptr);

@@ -8,14 +8,15 @@
 namespace flexmon::manager {
 
 enum FaultCode : int {
-  kBadArgument = 4001,       // an argument is missing, of the wrong type or out of bounds
-  kUnknownNode = 4002,       // a node id that is not in the configuration
-  kNotAuthenticated = 4010,  // missing or malformed credentials, unknown user or wrong token
-  kNotPermitted = 4030,      // the request belongs to someone else
-  kNoSuchRequest = 4040,     // no request has this id
-  kLimitExceeded = 4290,     // a per-user limit (requests, paths) would be exceeded
-  kBudgetExceeded = 4291,    // a bandwidth budget (global, user, node) would be exceeded
-  kInternal = 5000,          // a bug or a failing disk: logged by the manager
+  kBadArgument = 4001,         // an argument is missing, of the wrong type or out of bounds
+  kUnknownNode = 4002,         // a node id that is not in the configuration
+  kNotAuthenticated = 4010,    // missing or malformed credentials, unknown user or wrong token
+  kNotPermitted = 4030,        // the request belongs to someone else
+  kNoSuchRequest = 4040,       // no request has this id
+  kLimitExceeded = 4290,       // a per-user limit (requests, paths) would be exceeded
+  kBudgetExceeded = 4291,      // a bandwidth budget (global, user, node) would be exceeded
+  kInternal = 5000,            // a bug or a failing disk: logged by the manager
+  kStorageUnavailable = 5030,  // the archive cannot be read now (results are kept; ask again)
 };
 
 // Thrown inside a method; turned into an XML-RPC fault at the boundary.

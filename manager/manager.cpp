@@ -18,9 +18,9 @@ class Manager : public ManagerDaemon {
   explicit Manager(const Config& config)
       : config_(config),
         core_(config_, std::make_unique<manager::RequestStore>(config_.manager.state_db)),
-        cache_(config_.collector.cache_db),
+        queries_(config_),
         control_(config_, core_),
-        xmlrpc_(config_, manager::api_methods(config_, core_, cache_)) {
+        xmlrpc_(config_, manager::api_methods(config_, core_, queries_)) {
     core_.set_sink(&control_);
     core_.start();
     control_.start();
@@ -46,7 +46,7 @@ class Manager : public ManagerDaemon {
  private:
   const Config config_;  // a copy: the threads outlive the caller's
   manager::Core core_;
-  manager::CachePool cache_;
+  manager::QueryService queries_;
   manager::ControlServer control_;
   manager::XmlRpcServer xmlrpc_;
   std::mutex stop_mu_;

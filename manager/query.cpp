@@ -1,0 +1,424 @@
+#include "manager/query.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "manager/api_types.h"
+#include "manager/spec.h"
+
+namespace flexmon::manager {
+
+namespace {
+
+using V = xmlrpc_c::value;
+
+[[noreturn]] void bad(const std::string& message) { throw ApiFault(kBadArgument, message); }
+
+std::string get_string(const V& v, const std::string& name) {
+  if (v.type() != V::TYPE_STRING)
+    bad(fmt::format("{}: expected a string, got {}", name, type_name(v)));
+  return xmlrpc_c::value_string(v).cvalue();
+}
+
+std::string node_arg(const V& v, const std::string& name, const Config& config) {
+  std::string id = get_string(v, name);
+  if (!config.find_node(id))
+    throw ApiFault(kUnknownNode, fmt::format("unknown node '{}' in {}", id, name));
+  return id;
+}
+
+const std::set<std::string, std::less<>> kStatuses = {
+    "ok", "timeout", "unreachable", "resolve-failure", "refused", "error"};
+const std::set<std::string, std::less<>> kTools = {"latency", "abw", "throughput"};
+
+std::string one_of(const V& v, const std::string& name,
+                   const std::set<std::string, std::less<>>& allowed) {
+  std::string text = get_string(v, name);
+  if (!allowed.contains(text)) {
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    bad(fmt::format("{}: '{}' is not one of {}", name, text, list));
+  }
+  return text;
+}
+
+std::uint32_t limit_arg(const V& v) {
+  std::int64_t n = 0;
+  if (v.type() == V::TYPE_INT)
+    n = xmlrpc_c::value_int(v).cvalue();
+  else if (v.type() == V::TYPE_I8)
+    n = xmlrpc_c::value_i8(v).cvalue();
+  else
+    bad("limit: expected an int, got " + type_name(v));
+  if (n < 1) bad(fmt::format("limit: {} is below the limit of 1", n));
+  if (n > 10000) bad(fmt::format("limit: {} is above the limit of 10000", n));
+  return static_cast<std::uint32_t>(n);
+}
+
+bool pages(QueryKind kind) {
+  return kind == QueryKind::latency || kind == QueryKind::abw || kind == QueryKind::throughput;
+}
+
+// JSON array of ns ("[123,null,456]") as ms, -1 for a lost packet.
+void write_rtts(XmlValueWriter& w, std::string_view json) {
+  w.begin_array();
+  std::int64_t value = 0;
+  bool in_number = false;
+  for (char ch : json) {
+    if (ch >= '0' && ch <= '9') {
+      value = value * 10 + (ch - '0');
+      in_number = true;
+    } else if (ch == 'n') {  // null
+      w.int32(-1);
+    } else if (in_number) {
+      w.scaled(value, 1'000'000);
+      value = 0;
+      in_number = false;
+    }
+  }
+  w.end_array();
+}
+
+void write_row(XmlValueWriter& w, const ResultRow& r) {
+  w.begin_struct();
+  w.member("node");
+  w.string(r.node);
+  w.member("boot_epoch");
+  w.int64(r.boot_epoch);
+  w.member("seq");
+  w.int64(r.seq);
+  w.member("stream");
+  w.string(r.stream);
+  w.member("tool");
+  w.string(r.tool);
+  w.member("src");
+  w.string(r.src);
+  w.member("dst");
+  w.string(r.dst);
+  w.member("time");
+  w.scaled(r.start_ns, 1'000'000'000);
+  w.member("start_ns");
+  w.int64(r.start_ns);
+  w.member("status");
+  w.string(r.status);
+  if (r.error) {
+    w.member("error");
+    w.string(*r.error);
+  }
+  auto count = [&](const char* name, const std::optional<std::int64_t>& v) {
+    if (!v) return;
+    w.member(name);
+    w.int32(*v);
+  };
+  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) {
+    if (!v) return;
+    w.member(name);
+    w.scaled(*v, 1'000'000);
+  };
+  auto bps = [&](const char* name, const std::optional<double>& v) {
+    if (!v) return;
+    w.member(name);
+    w.real(*v);
+  };
+  count("sent", r.sent);
+  count("received", r.received);
+  count("duplicates", r.duplicates);
+  ms("rtt_min_ms", r.rtt_min_ns);
+  ms("rtt_avg_ms", r.rtt_avg_ns);
+  ms("rtt_median_ms", r.rtt_median_ns);
+  ms("rtt_max_ms", r.rtt_max_ns);
+  ms("rtt_stddev_ms", r.rtt_stddev_ns);
+  if (r.rtts_ns) {
+    w.member("rtts_ms");
+    write_rtts(w, *r.rtts_ns);
+  }
+  bps("estimate_bps", r.estimate_bps);
+  bps("lower_bps", r.lower_bps);
+  bps("upper_bps", r.upper_bps);
+  if (r.bytes_sent) {
+    w.member("bytes_sent");
+    w.int64(*r.bytes_sent);
+  }
+  ms("duration_ms", r.duration_ns);
+  bps("throughput_bps", r.throughput_bps);
+  w.end_struct();
+}
+
+void write_path_key(XmlValueWriter& w, const std::string& tool, const std::string& src,
+                    const std::string& dst) {
+  w.member("tool");
+  w.string(tool);
+  w.member("src");
+  w.string(src);
+  w.member("dst");
+  w.string(dst);
+}
+
+void write_summary(XmlValueWriter& w, const PathSummary& s) {
+  w.begin_struct();
+  write_path_key(w, s.tool, s.src, s.dst);
+  w.member("count");
+  w.int32(s.count);
+  w.member("ok");
+  w.int32(s.ok);
+  w.member("sent");
+  w.int64(s.sent);
+  w.member("received");
+  w.int64(s.received);
+  if (s.loss) {
+    w.member("loss");
+    w.real(*s.loss);
+  }
+  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) {
+    if (!v) return;
+    w.member(name);
+    w.scaled(*v, 1'000'000);
+  };
+  ms("rtt_min_ms", s.rtt_min_ns);
+  ms("rtt_p50_ms", s.rtt_p50_ns);
+  ms("rtt_p90_ms", s.rtt_p90_ns);
+  ms("rtt_p99_ms", s.rtt_p99_ns);
+  if (s.bandwidth_median_bps) {
+    w.member("bandwidth_median_bps");
+    w.real(*s.bandwidth_median_bps);
+  }
+  w.member("first");
+  w.scaled(s.first_ns, 1'000'000'000);
+  w.member("last");
+  w.scaled(s.last_ns, 1'000'000'000);
+  w.end_struct();
+}
+
+void write_path(XmlValueWriter& w, const PathInfo& p) {
+  w.begin_struct();
+  write_path_key(w, p.tool, p.src, p.dst);
+  w.member("count");
+  w.int32(p.count);
+  w.member("first");
+  w.scaled(p.first_ns, 1'000'000'000);
+  w.member("last");
+  w.scaled(p.last_ns, 1'000'000'000);
+  w.end_struct();
+}
+
+[[noreturn]] void unavailable(const Error& error) {
+  throw ApiFault(kStorageUnavailable, "results cannot be read now: " + error.message);
+}
+
+}  // namespace
+
+std::string_view query_method_name(QueryKind kind) {
+  switch (kind) {
+    case QueryKind::latency:
+      return "query.latency";
+    case QueryKind::abw:
+      return "query.abw";
+    case QueryKind::throughput:
+      return "query.throughput";
+    case QueryKind::summary:
+      return "query.summary";
+    case QueryKind::paths:
+      return "query.paths";
+  }
+  return "query";
+}
+
+QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
+                           const Config& config) {
+  const std::string method(query_method_name(kind));
+  if (params.size() > 1)
+    bad(fmt::format("{}: expected 0 to 1 arguments (filter), got {}", method, params.size()));
+  QueryArgs args;
+  ResultFilter& f = args.page.filter;
+  if (kind == QueryKind::latency) f.tool = "latency";
+  if (kind == QueryKind::abw) f.tool = "abw";
+  if (kind == QueryKind::throughput) f.tool = "throughput";
+  if (params.size() == 0) return args;
+  if (params[0].type() != V::TYPE_STRUCT)
+    bad("filter: expected a struct, got " + type_name(params[0]));
+  const auto filter = xmlrpc_c::value_struct(params[0]).cvalue();
+  for (const auto& [key, value] : filter) {
+    if (key == "src") {
+      f.src = node_arg(value, "src", config);
+    } else if (key == "dst") {
+      f.dst = node_arg(value, "dst", config);
+    } else if (key == "site") {
+      f.site = get_string(value, "site");
+      bool known = std::any_of(config.nodes.begin(), config.nodes.end(),
+                               [&](const NodeConfig& n) { return n.site == *f.site; });
+      if (!known) bad(fmt::format("site: no configured node has site '{}'", *f.site));
+    } else if (key == "from") {
+      f.from = parse_time(value, "from");
+    } else if (key == "to") {
+      f.to = parse_time(value, "to");
+    } else if (key == "status") {
+      f.status = one_of(value, "status", kStatuses);
+    } else if (key == "tool" && !pages(kind)) {
+      f.tool = one_of(value, "tool", kTools);
+    } else if (key == "limit" && pages(kind)) {
+      args.page.limit = limit_arg(value);
+    } else if (key == "cursor" && pages(kind)) {
+      args.page.cursor = get_string(value, "cursor");
+      if (!args.page.cursor.empty() && !is_valid_cursor(args.page.cursor))
+        bad("cursor: not one that a previous page's next_cursor returned");
+    } else if (key == "latest" && pages(kind)) {
+      if (value.type() != V::TYPE_BOOLEAN)
+        bad("latest: expected a boolean, got " + type_name(value));
+      args.latest = xmlrpc_c::value_boolean(value).cvalue();
+    } else {
+      bad(fmt::format("filter.{}: unknown key for {} (known: src, dst, site, from, to, status, {})",
+                      key, method, pages(kind) ? "limit, cursor, latest" : "tool"));
+    }
+  }
+  if (f.from && f.to && *f.from >= *f.to) bad("from: must be before to");
+  if (args.latest && !args.page.cursor.empty())
+    bad("cursor: latest answers in one page; it takes no cursor");
+  args.page.latest_per_path = args.latest;
+  return args;
+}
+
+void XmlValueWriter::end_struct() {
+  if (!out_.ends_with("<struct>")) out_ += "</member>";
+  out_ += "</struct></value>";
+}
+
+void XmlValueWriter::member(std::string_view name) {
+  if (!out_.ends_with("<struct>")) out_ += "</member>";
+  out_ += "<member><name>";
+  out_ += name;
+  out_ += "</name>";
+}
+
+void XmlValueWriter::string(std::string_view text) {
+  out_ += "<value><string>";
+  for (char ch : text) {
+    switch (ch) {
+      case '&':
+        out_ += "&amp;";
+        break;
+      case '<':
+        out_ += "&lt;";
+        break;
+      case '>':
+        out_ += "&gt;";
+        break;
+      case '\r':
+        out_ += "&#13;";
+        break;
+      default:
+        // Control characters are not allowed in XML 1.0 at all.
+        if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t' && ch != '\n')
+          out_ += '?';
+        else
+          out_ += ch;
+    }
+  }
+  out_ += "</string></value>";
+}
+
+void XmlValueWriter::int32(std::int64_t value) {
+  value = std::clamp<std::int64_t>(value, INT32_MIN, INT32_MAX);
+  fmt::format_to(std::back_inserter(out_), "<value><i4>{}</i4></value>", value);
+}
+
+void XmlValueWriter::int64(std::int64_t value) {
+  fmt::format_to(std::back_inserter(out_), "<value><i8>{}</i8></value>", value);
+}
+
+void XmlValueWriter::real(double value) {
+  if (!std::isfinite(value)) value = 0;
+  std::string text = fmt::format("{}", value);
+  if (text.find_first_of("eE") != std::string::npos) {
+    text = fmt::format("{:.20f}", value);
+    while (text.back() == '0') text.pop_back();
+    if (text.back() == '.') text.pop_back();
+  }
+  out_ += "<value><double>";
+  out_ += text;
+  out_ += "</double></value>";
+}
+
+void XmlValueWriter::scaled(std::int64_t ns, std::int64_t unit_ns) {
+  out_ += "<value><double>";
+  // |INT64_MIN| does not fit: such a time is not a result's anyway.
+  std::uint64_t magnitude =
+      ns < 0 ? static_cast<std::uint64_t>(-(ns + 1)) + 1 : static_cast<std::uint64_t>(ns);
+  if (ns < 0) out_ += '-';
+  const auto unit = static_cast<std::uint64_t>(unit_ns);
+  fmt::format_to(std::back_inserter(out_), "{}", magnitude / unit);
+  if (std::uint64_t fraction = magnitude % unit; fraction != 0) {
+    int digits = 0;
+    for (std::uint64_t u = unit; u > 1; u /= 10) ++digits;
+    std::string text = fmt::format(".{:0{}}", fraction, digits);
+    while (text.back() == '0') text.pop_back();
+    out_ += text;
+  }
+  out_ += "</double></value>";
+}
+
+std::string method_response(std::string_view value_xml) {
+  std::string out =
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<methodResponse>\r\n<params>\r\n<param>";
+  out += value_xml;
+  out += "</param>\r\n</params>\r\n</methodResponse>\r\n";
+  return out;
+}
+
+QueryService::QueryService(const Config& config) : config_(config) {}
+
+QueryService::~QueryService() = default;
+
+std::unique_ptr<ResultReader> QueryService::borrow() {
+  {
+    std::lock_guard lock(mu_);
+    if (!idle_.empty()) {
+      auto reader = std::move(idle_.back());
+      idle_.pop_back();
+      return reader;
+    }
+  }
+  return std::make_unique<ResultReader>(config_);
+}
+
+void QueryService::give_back(std::unique_ptr<ResultReader> reader) {
+  std::lock_guard lock(mu_);
+  idle_.push_back(std::move(reader));
+}
+
+void QueryService::run(QueryKind kind, const QueryArgs& args, std::string& out) {
+  auto reader = borrow();
+  XmlValueWriter w(out);
+  if (pages(kind)) {
+    auto page = reader->results(args.page);
+    give_back(std::move(reader));
+    if (!page) unavailable(page.error());
+    w.begin_struct();
+    w.member("rows");
+    w.begin_array();
+    for (const auto& row : page->rows) write_row(w, row);
+    w.end_array();
+    w.member("next_cursor");
+    w.string(page->next_cursor);
+    w.end_struct();
+  } else if (kind == QueryKind::summary) {
+    auto summaries = reader->summary(args.page.filter);
+    give_back(std::move(reader));
+    if (!summaries) unavailable(summaries.error());
+    w.begin_array();
+    for (const auto& s : *summaries) write_summary(w, s);
+    w.end_array();
+  } else {
+    auto paths = reader->paths(args.page.filter);
+    give_back(std::move(reader));
+    if (!paths) unavailable(paths.error());
+    w.begin_array();
+    for (const auto& p : *paths) write_path(w, p);
+    w.end_array();
+  }
+}
+
+}  // namespace flexmon::manager
