@@ -1,13 +1,16 @@
 // Available bandwidth (tool "abw"), pathload family: periodic UDP streams at
 // rate R to the peer's responder, which answers each packet with its kernel
-// receive time; a stream whose one-way delays trend upward (or that the path
-// delivers slower than it was sent, or loses) means R > available bandwidth.
-// A binary search over R between an initial dispersion estimate and zero
-// brackets the estimate. Hard caps: rate, bytes, duration (never exceeded).
-// Every probe carries the sender's node id and a truncated HMAC under its key.
-// Why this estimator: schemas/tools.md.
+// receive time; a stream whose one-way delays trend upward (or that loses)
+// means R > available bandwidth A. A short train's dispersion rate gives the
+// first guesses, then a binary search with streams sized to the resolution
+// it needs brackets A. Hard caps: rate, bytes, duration (never exceeded), and
+// a measurement costs at most kIntrusionSeconds' worth of A. Every probe
+// carries the sender's node id and a truncated HMAC under its key. Why this
+// estimator and these parameters: schemas/tools.md.
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,12 +36,55 @@ constexpr std::size_t kWireOverhead = 28;  // IPv4 + UDP headers
 constexpr std::size_t kReplyBytes = 32 + kWireOverhead;
 constexpr std::size_t kSealedPrefix = 64;  // bytes covered by the seal
 
+// Search parameters; schemas/tools.md says why these values.
+constexpr std::uint32_t kTrain = 12;         // packets of the first train
+constexpr std::uint32_t kPrimer = 3;         // back-to-back packets opening a stream
+constexpr double kRisePackets = 1.5;         // trend threshold, bottleneck packet times
+constexpr double kMinRiseNs = 150'000;       // ... and at least this (stamp noise)
+constexpr double kFinestResolution = 0.05;   // smallest K/n a stream is sized for
+constexpr std::uint32_t kMinStream = 10;     // packets per stream, at least
+constexpr std::uint32_t kMaxStream = 300;    // ... at most
+constexpr double kMinStreamSeconds = 0.004;  // ... and at least this long
+constexpr double kLowGuess = 0.7;            // first two tests: 0.7 and 1.1 x dispersion
+constexpr double kHighGuess = 1.1;
+constexpr double kBurstTolerance = 1.15;    // sent faster than this x R: not a test of R
+constexpr int kResends = 3;                 // a disturbed stream is sent again this often
+constexpr double kIntrusionSeconds = 0.18;  // bytes <= this many seconds at A
+constexpr double kStopWidth = 0.2;          // stop: bracket within 20 % of its middle
+
 struct Probe {
   std::int64_t tx = 0;  // sender UTC, ns
   std::int64_t rx = 0;  // responder's kernel receive time, UTC ns; 0 = lost
 };
 
-enum class Trend { increasing, flat, grey, disturbed };
+enum class Trend { unknown, increasing, flat, disturbed };
+
+// While a stream is paced, the sending thread asks for SCHED_FIFO (best
+// effort: needs CAP_SYS_NICE, silently skipped without it). A stream lasts
+// milliseconds; an ordinary thread on a busy host is preempted for several
+// of them, and a stream with a stall in it did not probe its rate and must
+// be sent again. The old policy is restored as soon as the stream is out.
+class RealtimeWhileSending {
+ public:
+  RealtimeWhileSending() {
+    if (pthread_getschedparam(pthread_self(), &policy_, &old_) != 0) return;
+    sched_param fifo{};
+    fifo.sched_priority = 1;
+    raised_ = pthread_setschedparam(pthread_self(), SCHED_FIFO, &fifo) == 0;
+  }
+  ~RealtimeWhileSending() { end(); }
+  RealtimeWhileSending(const RealtimeWhileSending&) = delete;
+  RealtimeWhileSending& operator=(const RealtimeWhileSending&) = delete;
+  void end() {
+    if (raised_) pthread_setschedparam(pthread_self(), policy_, &old_);
+    raised_ = false;
+  }
+
+ private:
+  int policy_ = SCHED_OTHER;
+  sched_param old_{};
+  bool raised_ = false;
+};
 
 class AbwSession {
  public:
@@ -83,8 +129,9 @@ class AbwSession {
            !(context_.stop && context_.stop->load());
   }
 
-  // Sends n packets at `rate` bit/s (IP bytes), then collects replies.
-  std::vector<Probe> stream(std::uint32_t n, double rate) {
+  // Sends n packets at `rate` bit/s (IP bytes), the first `burst` of them
+  // back to back, then collects replies.
+  std::vector<Probe> stream(std::uint32_t n, double rate, std::uint32_t burst = 0) {
     std::vector<Probe> probes(n);
     std::vector<std::uint8_t> packet(kPayload, 0);
     put_be(&packet[0], kAbwMagic, 4);
@@ -95,9 +142,10 @@ class AbwSession {
     put_be(&packet[20], stream_no_, 2);
     std::memcpy(&packet[32], context_.node.data(), node_len);
     auto period = static_cast<std::int64_t>((kPayload + kWireOverhead) * 8.0 / rate * 1e9);
+    RealtimeWhileSending realtime;
     std::int64_t t0 = mono_ns() + 100'000;
     for (std::uint32_t i = 0; i < n; ++i) {
-      std::int64_t at = t0 + period * i;
+      std::int64_t at = t0 + period * (i < burst ? 0 : i - burst + 1);
       // Sleep for most of the gap, then spin: the period is tens of us.
       if (at - mono_ns() > 200'000) sleep_until(at - 100'000);
       while (mono_ns() < at) {
@@ -113,6 +161,7 @@ class AbwSession {
         bytes_ += kPayload + kWireOverhead;
       }
     }
+    realtime.end();
     double seconds = n * period / 1e9;
     collect(probes, mono_ns() + wait_ns(seconds));
     ++stream_no_;
@@ -168,89 +217,103 @@ class AbwSession {
   std::int64_t rtt_ns_ = 0;
 };
 
-// Rate at which the path delivered the tail of a stream: bits / receive spread.
-double delivery_rate(const std::vector<Probe>& probes) {
-  std::vector<std::int64_t> rx;
+constexpr double kPacketBits = (kPayload + kWireOverhead) * 8.0;
+
+// What one stream says about its rate R against the available bandwidth A.
+struct StreamVerdict {
+  Trend trend = Trend::unknown;
+  double in_rate = 0;   // bit/s the sender achieved (its own stamps)
+  double out_rate = 0;  // bit/s the responder received them at (its kernel stamps)
+};
+
+// Output and input rate of the stream's packets from `from` on (the first
+// packets may pass a shaper's bucket faster than its rate).
+void rates(const std::vector<Probe>& probes, std::size_t from, StreamVerdict& v) {
+  std::vector<const Probe*> got;
   for (const auto& p : probes)
-    if (p.rx != 0) rx.push_back(p.rx);
-  if (rx.size() < 8) return 0;
-  std::size_t from = rx.size() / 3;
-  std::int64_t spread = rx.back() - rx[from];
-  if (spread <= 0) return 0;
-  return static_cast<double>(rx.size() - 1 - from) * (kPayload + kWireOverhead) * 8 * 1e9 / spread;
+    if (p.tx != 0 && p.rx != 0) got.push_back(&p);
+  if (got.size() < from + 3) return;
+  const Probe& a = *got[from];
+  const Probe& b = *got.back();
+  double bits = static_cast<double>(got.size() - 1 - from) * kPacketBits;
+  if (b.rx > a.rx) v.out_rate = bits * 1e9 / static_cast<double>(b.rx - a.rx);
+  if (b.tx > a.tx) v.in_rate = bits * 1e9 / static_cast<double>(b.tx - a.tx);
 }
 
-// Pathload's tests on the one-way delays: PCT (pairwise comparisons of group
-// medians) and PDT (net change over total variation), plus loss and a
-// delivery rate below the sending rate.
-Trend classify(const std::vector<Probe>& probes, bool strict = true) {
-  std::vector<std::int64_t> owd;
-  std::size_t sent = 0;
+// Whether the sender was descheduled mid-stream (a gap of several periods):
+// the stream did not probe rate R; pathload discards such streams too.
+bool disturbed(const std::vector<Probe>& probes) {
+  std::int64_t prev = 0, first = 0, last = 0, worst = 0, sent = 0;
   for (const auto& p : probes) {
-    sent += p.tx != 0;
-    if (p.tx != 0 && p.rx != 0) owd.push_back(p.rx - p.tx);
+    if (p.tx == 0) continue;
+    if (prev != 0) worst = std::max(worst, p.tx - prev);
+    if (first == 0) first = p.tx;
+    last = p.tx;
+    prev = p.tx;
+    ++sent;
   }
-  if (sent == 0) return Trend::grey;
-  // The sender was descheduled mid-stream (a gap of several periods): the
-  // stream did not probe rate R; pathload discards such streams too.
-  if (strict) {
-    std::int64_t prev = 0, first_tx = 0, last_tx = 0, gaps = 0, worst = 0;
-    for (const auto& p : probes) {
-      if (p.tx == 0) continue;
-      if (prev != 0) worst = std::max(worst, p.tx - prev);
-      if (first_tx == 0) first_tx = p.tx;
-      last_tx = p.tx;
-      prev = p.tx;
-      ++gaps;
+  if (sent < 3) return false;
+  double period = static_cast<double>(last - first) / static_cast<double>(sent - 1);
+  return worst > std::max(4 * period, period + 1'000'000.0);
+}
+
+// Theil-Sen slope of the one-way delays over the send times: the median of
+// the slopes between every pair of packets, robust to the few packets that a
+// loaded host stamps or schedules late (up to ~29 % of them).
+double delay_slope(const std::vector<Probe>& probes) {
+  std::vector<const Probe*> got;
+  for (const auto& p : probes)
+    if (p.tx != 0 && p.rx != 0) got.push_back(&p);
+  std::vector<double> slopes;
+  slopes.reserve(got.size() * got.size() / 2);
+  for (std::size_t i = 0; i < got.size(); ++i)
+    for (std::size_t j = i + 1; j < got.size(); ++j) {
+      auto dt = got[j]->tx - got[i]->tx;
+      if (dt <= 0) continue;
+      auto dd = (got[j]->rx - got[j]->tx) - (got[i]->rx - got[i]->tx);
+      slopes.push_back(static_cast<double>(dd) / static_cast<double>(dt));
     }
-    double period = gaps > 1 ? static_cast<double>(last_tx - first_tx) / (gaps - 1) : 0;
-    if (period > 0 && worst > std::max(8 * period, period + 1'000'000.0)) return Trend::disturbed;
+  if (slopes.empty()) return 0;
+  std::nth_element(slopes.begin(), slopes.begin() + slopes.size() / 2, slopes.end());
+  return slopes[slopes.size() / 2];
+}
+
+// The one-way delay trend of a stream: a queue that grows through the stream
+// means R > A. The delays are the responder's kernel rx stamp minus the
+// sender's stamp (the clock offset cancels); their rise over the stream is the
+// robust slope times the stream's duration. Rising by more than `threshold_ns`
+// is increasing; losing more than 10 % is too (the queue overflowed).
+// `threshold_ns` is a few packet times at the bottleneck: a queue of a packet
+// or two comes and goes by chance (cross traffic arriving with ours), a growth
+// beyond that does not.
+StreamVerdict classify(const std::vector<Probe>& probes, double threshold_ns) {
+  StreamVerdict v;
+  std::size_t sent = 0, got = 0;
+  std::int64_t first = 0, last = 0;
+  for (const auto& p : probes) {
+    if (p.tx == 0) continue;
+    ++sent;
+    got += p.rx != 0;
+    if (first == 0) first = p.tx;
+    last = p.tx;
   }
-  if (owd.size() < sent * 9 / 10) return Trend::increasing;  // >10 % lost: too fast
-  std::size_t groups = std::max<std::size_t>(4, static_cast<std::size_t>(std::sqrt(owd.size())));
-  std::size_t per = owd.size() / groups;
-  if (per == 0) return Trend::grey;
-  std::vector<std::int64_t> med;
-  for (std::size_t g = 0; g < groups; ++g) {
-    std::vector<std::int64_t> part(owd.begin() + g * per, owd.begin() + (g + 1) * per);
-    std::nth_element(part.begin(), part.begin() + part.size() / 2, part.end());
-    med.push_back(part[part.size() / 2]);
+  rates(probes, 2, v);
+  if (sent == 0) return v;
+  if (disturbed(probes)) {
+    v.trend = Trend::disturbed;
+    return v;
   }
-  double up = 0, total = 0;
-  for (std::size_t k = 1; k < med.size(); ++k) {
-    up += med[k] > med[k - 1];
-    total += std::abs(static_cast<double>(med[k] - med[k - 1]));
+  if (got < sent * 9 / 10 || got < 6) {
+    v.trend = Trend::increasing;
+    return v;
   }
-  double pct = up / (med.size() - 1);
-  double net = static_cast<double>(med.back() - med.front());
-  double pdt = total > 0 ? net / total : 0;
-  // A queue that grew must show as a net rise of the group medians beyond
-  // scheduling noise: 2 % of the stream's duration, at least 100 us.
-  std::int64_t span = 0;
-  for (std::size_t i = probes.size(); i-- > 0;)
-    if (probes[i].tx != 0) {
-      span = probes[i].tx - probes.front().tx;
-      break;
-    }
-  // A queue that built up within the stream (and drained when bursty cross
-  // traffic paused) is also a sign that R exceeded the available bandwidth.
-  double peak = static_cast<double>(*std::max_element(med.begin(), med.end()) - med.front());
-  Trend t = Trend::grey;
-  if (peak > std::max(500'000.0, 0.05 * static_cast<double>(span)) && pct >= 0.5)
-    t = Trend::increasing;
-  else if (net < std::max(100'000.0, 0.02 * static_cast<double>(span)))
-    t = Trend::flat;
-  else if (pct > 0.66 || pdt > 0.55)
-    t = Trend::increasing;
-  else if (pct < 0.54 && pdt < 0.45)
-    t = Trend::flat;
-  if (std::getenv("FLEXMON_ABW_DEBUG")) {
-    std::string m;
-    for (auto x : med) m += fmt::format(" {:.0f}", (x - med.front()) / 1e3);
-    std::fprintf(stderr, "abw: n=%zu/%zu pct=%.2f pdt=%.2f net=%.0fus span=%.1fms -> %d |%s\n",
-                 owd.size(), sent, pct, pdt, net / 1e3, span / 1e6, static_cast<int>(t), m.c_str());
-  }
-  return t;
+  double rise = delay_slope(probes) * static_cast<double>(last - first);
+  v.trend = rise > threshold_ns ? Trend::increasing : Trend::flat;
+  if (std::getenv("FLEXMON_ABW_DEBUG"))
+    std::fprintf(stderr, "abw:   n=%zu/%zu rise=%.0fus threshold=%.0fus in=%.2f out=%.2f -> %s\n",
+                 got, sent, rise / 1e3, threshold_ns / 1e3, v.in_rate / 1e6, v.out_rate / 1e6,
+                 v.trend == Trend::increasing ? "increasing" : "flat");
+  return v;
 }
 
 }  // namespace
@@ -282,9 +345,7 @@ wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context)
     return r;
   }
   const double max_rate = static_cast<double>(stream.abw().max_rate_bps());
-  constexpr std::uint32_t kTrain = 48;
-  constexpr std::uint32_t kStream = 100;
-  constexpr int kStreamsPerFleet = 2;
+  const bool debug = std::getenv("FLEXMON_ABW_DEBUG") != nullptr;
   double lo = 0, hi = max_rate;
   auto* v = r.mutable_abw();
   auto finish = [&](wire::Status status, const std::string& why) {
@@ -297,8 +358,10 @@ wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context)
     if (!why.empty()) r.set_error(why);
     return r;
   };
-  // 1. A train at the highest allowed rate: its delivery rate bounds the
-  //    search from above (with margin: cross traffic makes it noisy).
+  // 1. A short train at the highest allowed rate. Past the bottleneck it
+  //    comes out at its dispersion rate D = R·C/(R+X) (C capacity, X cross
+  //    traffic), between A and C when R > A. Receive stamps of a loaded host
+  //    can make D far off, so it only places the first guesses, never bounds.
   if (!s.fits(kTrain, max_rate)) return finish(wire::ERROR, "abw: caps too small for one train");
   auto train = s.stream(kTrain, max_rate);
   std::size_t answered = 0;
@@ -307,43 +370,98 @@ wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context)
     return finish(wire::TIMEOUT,
                   "abw: no reply from the responder (is it running, "
                   "and does it know this node's key?)");
-  double adr = delivery_rate(train);
-  if (std::getenv("FLEXMON_ABW_DEBUG"))
-    std::fprintf(stderr, "abw: train %zu/%u answered, dispersion rate %.2f Mbit/s\n", answered,
-                 kTrain, adr / 1e6);
-  // 2. Binary search over the rate with fleets of streams; the first try is
-  //    the train's dispersion rate (a guess near the answer, not a bound:
-  //    noisy receive stamps can make it far too low or high).
-  double first = adr > 0 ? std::min(adr, max_rate * 0.97) : max_rate / 2;
-  for (int iteration = 0; iteration < 14 && hi - lo > 0.03 * hi; ++iteration) {
-    double rate = iteration == 0 ? first : (lo + hi) / 2;
-    if (std::getenv("FLEXMON_ABW_DEBUG"))
-      std::fprintf(stderr, "abw: [%.2f, %.2f] try %.2f Mbit/s\n", lo / 1e6, hi / 1e6, rate / 1e6);
-    if (rate < 50'000) break;
-    int increasing = 0, flat = 0;
-    // A stream lasts at least ~25 ms: long enough for a queue to outgrow a
-    // bottleneck's token-bucket burst (a few ms of data) at R just above A.
-    auto n = static_cast<std::uint32_t>(
-        std::clamp(rate * 0.025 / ((kPayload + kWireOverhead) * 8.0), double{kStream}, 400.0));
-    for (int k = 0; k < kStreamsPerFleet; ++k) {
-      if (!s.fits(n, rate)) return finish(wire::OK, "");
-      auto probes = s.stream(n, rate);
-      auto t = classify(probes);
-      for (int retry = 0; t == Trend::disturbed && retry < 1 && s.fits(n, rate); ++retry)
-        t = classify(probes = s.stream(n, rate));
-      if (t == Trend::disturbed) t = classify(probes, false);  // the best we could do
-      increasing += t == Trend::increasing;
-      flat += t == Trend::flat;
+  StreamVerdict first;
+  rates(train, 2, first);
+  const double dispersion = first.out_rate > 0 ? first.out_rate : max_rate / 2;
+  if (debug)
+    std::fprintf(stderr, "abw: train %zu/%u answered, in %.2f out %.2f Mbit/s\n", answered, kTrain,
+                 first.in_rate / 1e6, first.out_rate / 1e6);
+  // A queue of a packet or two at the bottleneck comes and goes by chance; a
+  // trend must rise beyond that: kRisePackets packet times at the bottleneck,
+  // and at least kMinRiseNs (receive stamps of a loaded host wander by tens
+  // of microseconds). The bottleneck is at least as fast as any rate the
+  // responder saw packets arrive at (the train's or a stream's), so one
+  // packet's time at the fastest of them bounds its packet time from above.
+  double fastest = dispersion;
+  auto threshold_of = [&](double out_rate) {
+    fastest = std::max(fastest, out_rate);
+    return std::max(kMinRiseNs, kRisePackets * kPacketBits / fastest * 1e9);
+  };
+  // 2. Binary search for A, starting with two guesses around the dispersion
+  //    rate D (A is at most D when the path is loaded, and typically above
+  //    half of it): 0.7 D and 1.1 D bracket A cheaply.
+  //
+  //    A stream of n paced packets at R tests A against R' = R(1 - K/n), K =
+  //    kRisePackets: at R > A the bottleneck queue grows by (R - A)·T bits,
+  //    i.e. by (R - A)/R · n packets, and the trend is called increasing when
+  //    that exceeds K packets; so increasing means A < R', flat A >= R'. To
+  //    test a rate R' we send at R'/(1 - K/n). n is sized to the resolution
+  //    the bracket needs (K/n = a quarter of its width relative to R'):
+  //    short streams while it is wide, long ones only at the end.
+  //
+  //    Each stream starts with kPrimer packets back to back: they empty a
+  //    token bucket on the path (a shaper lets its bucket through faster than
+  //    its rate, which would hide the first packets' worth of queue growth);
+  //    on a plain link they only add a small queue that drains if R < A.
+  std::vector<double> guesses{kLowGuess * dispersion, kHighGuess * dispersion};
+  for (int step = 0; step < 16 && hi - lo > kStopWidth * (hi + lo) / 2; ++step) {
+    double target = (lo + hi) / 2;
+    while (!guesses.empty()) {
+      double g = guesses.front();
+      guesses.erase(guesses.begin());
+      if (g > lo && g < hi) {
+        target = g;
+        break;
+      }
     }
-    if (increasing > flat)
-      hi = rate;
-    else if (flat > increasing)
-      lo = rate;
-    else {  // the grey region: R is about the available bandwidth
-      lo = std::max(lo, rate * 0.97);
-      hi = std::min(hi, rate * 1.03);
-      break;
-    }
+    if (target < 50'000) break;
+    double resolution = std::clamp((hi - lo) / (4 * target), kFinestResolution, 0.5);
+    // At least kMinStreamSeconds long: on fast paths a few packets last
+    // less than the cross traffic's own irregularity (a sender that pauses
+    // for a millisecond), and the byte budget there is ample.
+    double wanted = std::max({kRisePackets / resolution, static_cast<double>(kMinStream),
+                              kMinStreamSeconds * target / kPacketBits});
+    auto n =
+        static_cast<std::uint32_t>(std::min(std::ceil(wanted), static_cast<double>(kMaxStream)));
+    double shrink = 1 - kRisePackets / n;
+    double rate = std::min(max_rate, target / shrink);
+    // Low intrusion: never more than kIntrusionSeconds' worth of what the
+    // path has to spare, as far as the bracket tells (after the guesses).
+    double budget = kIntrusionSeconds * (lo + hi) / 2 / 8;
+    if (debug)
+      std::fprintf(stderr, "abw: [%.2f, %.2f] test %.2f: %u at %.2f Mbit/s, %.0f / %.0f KB\n",
+                   lo / 1e6, hi / 1e6, target / 1e6, n, rate / 1e6, s.bytes() / 1e3, budget / 1e3);
+    if (!s.fits(n + kPrimer, rate)) break;
+    if (step >= 2 && static_cast<double>(s.bytes() + AbwSession::cost(n + kPrimer)) > budget) break;
+    double threshold_ns = 0;
+    auto send = [&] {
+      auto probes = s.stream(n + kPrimer, rate, kPrimer);
+      probes.erase(probes.begin(), probes.begin() + kPrimer);
+      StreamVerdict out;
+      rates(probes, 0, out);
+      threshold_ns = threshold_of(out.out_rate);
+      auto verdict = classify(probes, threshold_ns);
+      // A stream sent faster than R (the sender caught up after a stall)
+      // did not probe R either: it is sent again, like a disturbed one.
+      if (verdict.in_rate > rate * kBurstTolerance) verdict.trend = Trend::disturbed;
+      return verdict;
+    };
+    auto verdict = send();
+    for (int again = 0;
+         again < kResends && verdict.trend == Trend::disturbed && s.fits(n + kPrimer, rate);
+         ++again)
+      verdict = send();
+    // What the stream probed is the rate it left at (a loaded sender may not
+    // keep up with R), less the growth the threshold let pass unseen.
+    double packets_unseen = threshold_ns / (kPacketBits / fastest * 1e9);
+    double probed = (verdict.in_rate > 0 ? std::min(rate, verdict.in_rate) : rate) *
+                    std::max(0.5, 1 - packets_unseen / n);
+    if (verdict.trend == Trend::increasing)
+      hi = std::max(lo, std::min(hi, probed));
+    else if (verdict.trend == Trend::flat)
+      lo = std::min(hi, std::max(lo, probed));
+    else
+      break;  // disturbed every time: this host cannot pace a stream now
   }
   return finish(wire::OK, "");
 }

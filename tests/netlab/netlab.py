@@ -100,6 +100,7 @@ class Link:
     relay: Optional[bool] = None  # None: relay only when delay/jitter is set
     mtu: int = 1500
     queue_ms: float = 50.0  # tbf queue length, as time at the link rate
+    burst: Optional[int] = None  # tbf bucket in bytes; None = two full-size frames
     cross_ab: Optional[float] = None  # constant-rate UDP cross traffic, bit/s
     cross_ba: Optional[float] = None
     cross_size: int = 1000  # IP packet size of cross traffic
@@ -118,7 +119,7 @@ def parse_link(text: Union[str, Link]) -> Link:
     Keys (each also as key_ab / key_ba for one direction): rate, delay,
     jitter, loss (percent), cross (UDP cross traffic rate; `cross` alone is
     a->b). Others: dist=uniform|normal, relay=0|1, mtu=N, queue=TIME,
-    cross_size=BYTES, seed=N.
+    burst=BYTES, cross_size=BYTES, seed=N.
     """
     if isinstance(text, Link):
         return text
@@ -158,6 +159,8 @@ def parse_link(text: Union[str, Link]) -> Link:
             link.mtu = int(val)
         elif key == "queue":
             link.queue_ms = parse_time_us(val) / 1e3
+        elif key == "burst":
+            link.burst = int(val)
         elif key == "cross_size":
             link.cross_size = int(val)
         elif key == "seed":
@@ -166,6 +169,8 @@ def parse_link(text: Union[str, Link]) -> Link:
             raise NetlabError(f"unknown link option {key!r}")
     if not 576 <= link.mtu <= 9000:
         raise NetlabError("mtu must be in [576, 9000]")
+    if link.burst is not None and link.burst < link.mtu + 14:
+        raise NetlabError(f"burst {link.burst} is below one frame ({link.mtu + 14} bytes)")
     return link
 
 
@@ -438,10 +443,16 @@ class Lab:
       (netlab up/down).
     seed: base seed for the relays' jitter RNG.
     cross_duration: upper bound (s) on cross-traffic generators' lifetime.
+    realtime: SCHED_FIFO priority for relays and cross-traffic generators
+      (0 = normal scheduling). They are the ground truth: on a loaded host
+      an ordinary process wakes milliseconds late, which would turn delay
+      into delay + noise and constant-rate traffic into bursts.
+    truth: relays log each ICMP echo's applied delay (echo_truth()).
     """
 
     def __init__(self, links: Sequence[Union[str, Link]], name: Optional[str] = None,
-                 seed: int = 1, cross_duration: float = 3600.0, relay_args: Sequence[str] = ()):
+                 seed: int = 1, cross_duration: float = 3600.0, relay_args: Sequence[str] = (),
+                 realtime: int = 10, truth: bool = False):
         global _counter
         self.links = [parse_link(x) for x in links]
         if not self.links:
@@ -464,6 +475,8 @@ class Lab:
         self.seed = seed
         self.cross_duration = cross_duration
         self.relay_args = list(relay_args)
+        self.realtime = realtime
+        self.truth = truth
         self._procs: list = []  # Popen objects we own
         self._up = False
         self.state_dir = os.path.join(STATE_DIR, self.id)
@@ -546,6 +559,28 @@ class Lab:
                 return f.read()
         except OSError:
             return ""
+
+    def echo_truth(self, a: str, b: str, offset: int = 0) -> tuple:
+        """The relay's applied round-trip delay of each ICMP echo on link a-b
+        whose request and reply it has released since byte `offset` of its
+        truth log (Lab(truth=True)). Returns ({(icmp id, seq): ns}, new offset):
+        jitter and the relay's own release lateness included, the kernel's
+        and the tools' own time excluded."""
+        path = os.path.join(self.state_dir, f"truth{self._link_index(a, b)}.log")
+        held: dict = {}
+        with open(path) as f:
+            f.seek(offset)
+            text = f.read()
+        end = text.rfind("\n") + 1  # a line being written is read next time
+        for line in text[:end].splitlines():
+            direction, kind, ident, seq, ns = line.split()
+            held.setdefault((int(ident), int(seq)), {})[(direction, kind)] = int(ns)
+        rtt = {}
+        for key, parts in held.items():
+            for req, rep in ((("ab", "8"), ("ba", "0")), (("ba", "8"), ("ab", "0"))):
+                if req in parts and rep in parts:
+                    rtt[key] = parts[req] + parts[rep]
+        return rtt, offset + len(text[:end].encode())
 
     # -- life cycle
 
@@ -640,6 +675,8 @@ class Lab:
                     argv = [udpgen_bin, "--dst", self.address(dst, src), "--port", "9", "--rate",
                             f"{rate:.0f}", "--size", str(link.cross_size), "--duration",
                             str(self.cross_duration)]
+                    if self.realtime:
+                        argv += ["--rt", str(self.realtime)]
                     if not self.persistent:
                         argv.append("--die-with-parent")
                     log = open(os.path.join(self.state_dir, f"udpgen{i}{src}.log"), "w")
@@ -649,9 +686,14 @@ class Lab:
 
     @staticmethod
     def _add_tbf(ns: str, dev: str, rate: float, link: Link) -> None:
-        rate_bytes = rate / 8
-        burst = int(max(4 * (link.mtu + 14), rate_bytes * 0.002))  # ~2 ms of data
-        limit = int(max(16 * (link.mtu + 14), rate_bytes * link.queue_ms / 1e3 + burst))
+        # A real bottleneck serializes at its rate and lets no burst through.
+        # The bucket holds two full-size frames (Ethernet header included):
+        # one frame would lose capacity whenever tbf's timer fires late, and
+        # a bigger bucket lets a short train pass faster than the rate, which
+        # makes packet-train estimators (and TCP slow start) see a faster link.
+        frame = link.mtu + 14
+        burst = link.burst or 2 * frame
+        limit = int(max(16 * frame, rate / 8 * link.queue_ms / 1e3 + burst))
         _sh(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
              f"{rate:.0f}bit", "burst", str(burst), "limit", str(limit)])
 
@@ -706,7 +748,12 @@ class Lab:
                 "--jitter-ab", us(link.jitter_ab_us), "--jitter-ba", us(link.jitter_ba_us),
                 "--dist", link.dist, "--seed", str(link.seed if link.seed is not None
                                                    else self.seed + i),
-                "--slot", str(max(2048, link.mtu + 64)), *self.relay_args]
+                "--slot", str(max(2048, link.mtu + 64))]
+        if self.realtime:
+            argv += ["--rt", str(self.realtime)]
+        if self.truth:
+            argv += ["--truth", os.path.join(self.state_dir, f"truth{i}.log")]
+        argv += self.relay_args
         if not self.persistent:
             argv.append("--die-with-parent")
         log = open(os.path.join(self.state_dir, f"relay{i}.log"), "w")

@@ -22,6 +22,13 @@
 // Output: one line "ready" on stdout once both devices are attached; on exit
 // (SIGTERM/SIGINT, or when a device disappears) a statistics line on stderr.
 // SIGUSR1 prints the statistics without exiting.
+//
+// Ground truth per packet (--truth FILE): for every ICMP echo request or reply
+// it releases, the relay appends "DIR TYPE ID SEQ HELD_NS" (DIR ab or ba,
+// HELD_NS = write time - read time: the delay it really applied, jitter and
+// its own lateness included). A benchmark pairs a request with its reply and
+// gets the emulated part of each probe's RTT exactly, free of the jitter's
+// sampling noise.
 
 #include <fcntl.h>
 #include <linux/if.h>
@@ -91,7 +98,8 @@ struct Config {
   size_t queue_packets = 4096;
   size_t slot_bytes = 2048;  // >= MTU of the TUN devices
   bool die_with_parent = false;
-  int rt_priority = 0;  // SCHED_FIFO priority, 0 = normal scheduling
+  int rt_priority = 0;     // SCHED_FIFO priority, 0 = normal scheduling
+  std::string truth_path;  // per-packet log of ICMP echo hold times, "" = none
 };
 
 // Opens /dev/net/tun attached to device `dev` in network namespace `ns`.
@@ -127,19 +135,25 @@ int OpenTun(const std::string& ns, const std::string& dev) {
 class PacketQueue {
  public:
   PacketQueue(size_t capacity, size_t slot_bytes)
-      : slot_bytes_(slot_bytes), data_(capacity * slot_bytes), len_(capacity), due_(capacity) {}
+      : slot_bytes_(slot_bytes),
+        data_(capacity * slot_bytes),
+        len_(capacity),
+        due_(capacity),
+        arrived_(capacity) {}
 
   bool Empty() const { return count_ == 0; }
   bool Full() const { return count_ == len_.size(); }
   int64_t HeadDue() const { return due_[head_]; }
+  int64_t HeadArrived() const { return arrived_[head_]; }
   int64_t LastDue() const { return last_due_; }
 
   // Returns the slot to read the next packet into (valid while !Full()).
   uint8_t* TailSlot() { return &data_[Tail() * slot_bytes_]; }
-  void Push(size_t len, int64_t due) {
+  void Push(size_t len, int64_t arrived, int64_t due) {
     size_t t = Tail();
     len_[t] = len;
     due_[t] = due;
+    arrived_[t] = arrived;
     last_due_ = due;
     ++count_;
   }
@@ -156,6 +170,7 @@ class PacketQueue {
   std::vector<uint8_t> data_;
   std::vector<size_t> len_;
   std::vector<int64_t> due_;
+  std::vector<int64_t> arrived_;
   size_t head_ = 0, count_ = 0;
   int64_t last_due_ = 0;
 };
@@ -169,7 +184,7 @@ struct Stats {
 class Direction {
  public:
   Direction(const char* name, int in, int out, const DirConfig& cfg, const Config& all,
-            std::mt19937_64* rng)
+            std::mt19937_64* rng, FILE* truth)
       : name_(name),
         in_(in),
         out_(out),
@@ -178,7 +193,8 @@ class Direction {
         rng_(rng),
         queue_(all.queue_packets, all.slot_bytes),
         slot_bytes_(all.slot_bytes),
-        scratch_(65536) {
+        scratch_(65536),
+        truth_(truth) {
     stats_.late_ns.reserve(kMaxSamples);
   }
 
@@ -206,7 +222,7 @@ class Direction {
       if (due < now) due = now;
       if (!queue_.Empty() || have_last_) due = std::max(due, queue_.LastDue());
       have_last_ = true;
-      queue_.Push(static_cast<size_t>(n), due);
+      queue_.Push(static_cast<size_t>(n), now, due);
     }
     return true;
   }
@@ -215,6 +231,7 @@ class Direction {
   void Release(int64_t now) {  // `now` is refreshed after each write
     while (!queue_.Empty() && queue_.HeadDue() <= now) {
       int64_t late = now - queue_.HeadDue();  // release lateness (write cost excluded)
+      int64_t written = NowNs();
       ssize_t n = write(out_, queue_.HeadData(), queue_.HeadLen());
       if (n < 0) {
         ++stats_.write_errors;
@@ -222,10 +239,23 @@ class Direction {
         ++stats_.packets;
         stats_.bytes += static_cast<uint64_t>(n);
         Sample(late);
+        if (truth_) LogEcho(queue_.HeadData(), queue_.HeadLen(), written - queue_.HeadArrived());
       }
       now = NowNs();  // the write may run the receiving stack inline
       queue_.Pop();
     }
+  }
+
+  // One truth line for an IPv4 ICMP echo request (8) or reply (0).
+  void LogEcho(const uint8_t* p, size_t len, int64_t held_ns) {
+    if (len < 20 || (p[0] >> 4) != 4 || p[9] != 1) return;
+    size_t ihl = static_cast<size_t>(p[0] & 0x0F) * 4;
+    if (len < ihl + 8 || (p[ihl] != 0 && p[ihl] != 8)) return;
+    unsigned id = (unsigned{p[ihl + 4]} << 8) | p[ihl + 5];
+    unsigned seq = (unsigned{p[ihl + 6]} << 8) | p[ihl + 7];
+    std::fprintf(truth_, "%s %u %u %u %" PRId64 "\n", name_[0] == 'a' ? "ab" : "ba", p[ihl], id,
+                 seq, held_ns);
+    std::fflush(truth_);
   }
 
   bool HasNext() const { return !queue_.Empty(); }
@@ -284,6 +314,7 @@ class Direction {
   PacketQueue queue_;
   size_t slot_bytes_;
   std::vector<uint8_t> scratch_;
+  FILE* truth_;
   bool have_last_ = false;
   Stats stats_;
 };
@@ -334,7 +365,8 @@ void Usage() {
                "  --poll            never sleep; lowest error, burns one core\n"
                "  --queue N         packets queued per direction before tail drop (4096)\n"
                "  --slot N          max packet size in bytes (2048; must exceed MTU)\n"
-               "  --rt N            SCHED_FIFO priority N\n"
+               "  --rt N            SCHED_FIFO priority N (best effort)\n"
+               "  --truth FILE      log each ICMP echo's applied delay (DIR TYPE ID SEQ NS)\n"
                "  --die-with-parent exit when the parent process exits\n"
                "  --lab NAME        label only (lets 'netlab cleanup' find the process)\n");
 }
@@ -381,6 +413,8 @@ Config ParseArgs(int argc, char** argv) {
       c.rt_priority = std::stoi(next());
     } else if (a == "--die-with-parent") {
       c.die_with_parent = true;
+    } else if (a == "--truth") {
+      c.truth_path = next();
     } else if (a == "--lab") {
       next();
     } else if (a == "-h" || a == "--help") {
@@ -460,15 +494,24 @@ int main(int argc, char** argv) {
   int fb = OpenTun(cfg.b_ns, cfg.b_dev);
 
   if (cfg.rt_priority > 0) {
+    // Best effort: without it the relay still works, only with the wake-up
+    // latency of an ordinary process (milliseconds on a loaded host).
     sched_param sp{};
     sp.sched_priority = cfg.rt_priority;
-    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) Die("sched_setscheduler");
+    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0)
+      std::fprintf(stderr, "flexmon-netlab-relay: SCHED_FIFO %d refused (%s), running normal\n",
+                   cfg.rt_priority, std::strerror(errno));
   }
   mlockall(MCL_CURRENT | MCL_FUTURE);  // best effort: avoid page faults on the fast path
 
+  FILE* truth = nullptr;
+  if (!cfg.truth_path.empty()) {
+    truth = std::fopen(cfg.truth_path.c_str(), "a");
+    if (!truth) Die("open " + cfg.truth_path);
+  }
   std::mt19937_64 rng(cfg.seed);
-  Direction ab("a->b", fa, fb, cfg.ab, cfg, &rng);
-  Direction ba("b->a", fb, fa, cfg.ba, cfg, &rng);
+  Direction ab("a->b", fa, fb, cfg.ab, cfg, &rng, truth);
+  Direction ba("b->a", fb, fa, cfg.ba, cfg, &rng, truth);
 
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);

@@ -1,17 +1,20 @@
 // flexmon-netlab-udpgen: constant-rate UDP cross traffic for the network lab.
 //
 //   flexmon-netlab-udpgen --dst 10.77.0.2 [--port 9] --rate 5mbit [--size 1000]
-//                         --duration 10s
+//                         --duration 10s [--rt N]
 //
 // --rate counts IP packet bytes (IPv4 header + UDP header + payload), so the
 // load a tbf on the path sees is the configured rate. --size is the IP packet
 // size (>= 29). Packets leave on an absolute CLOCK_MONOTONIC schedule
 // (start + i * interval); when the sender falls behind it does not burst to
 // catch up more than 8 packets. Send errors (ENOBUFS from a full qdisc) are
-// counted, not fatal. Prints one summary line on stderr at the end.
+// counted, not fatal. --rt N asks for SCHED_FIFO priority N (best effort) so
+// that a loaded host does not turn the constant rate into bursts. Prints one
+// summary line on stderr at the end.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
   double rate = 0, duration = -1;
   int size = 1000;
   bool die_with_parent = false;
+  int rt_priority = 0;
   try {
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
@@ -89,6 +93,8 @@ int main(int argc, char** argv) {
         duration = ParseSeconds(next());
       } else if (a == "--die-with-parent") {
         die_with_parent = true;
+      } else if (a == "--rt") {
+        rt_priority = std::stoi(next());
       } else {
         throw std::invalid_argument("unknown argument " + a);
       }
@@ -99,12 +105,19 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr,
                  "flexmon-netlab-udpgen: %s\nusage: flexmon-netlab-udpgen --dst ADDR [--port 9] "
-                 "--rate RATE [--size BYTES] --duration SECONDS [--die-with-parent]\n",
+                 "--rate RATE [--size BYTES] --duration SECONDS [--rt N] [--die-with-parent]\n",
                  e.what());
     return 2;
   }
   if (die_with_parent) prctl(PR_SET_PDEATHSIG, SIGTERM);
   prctl(PR_SET_TIMERSLACK, 1UL);
+  if (rt_priority > 0) {
+    sched_param sp{};
+    sp.sched_priority = rt_priority;
+    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0)
+      std::fprintf(stderr, "flexmon-netlab-udpgen: SCHED_FIFO %d refused (%s), running normal\n",
+                   rt_priority, std::strerror(errno));
+  }
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);
