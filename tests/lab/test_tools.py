@@ -271,6 +271,24 @@ class Bandwidth(unittest.TestCase):
             est = statistics.median(estimates)
             self.assertLess(abs(est - truth) / truth, 0.25, estimates)
 
+    def test_abw_with_cross_traffic_costs_under_2_percent_of_a_bulk_transfer(self):
+        # 10 Mbit/s with 3 Mbit/s of cross traffic: A = 6.86 Mbit/s in IP bits
+        # of 1000-byte packets. A 10-s bulk transfer (iperf3's default) moves
+        # about 10 s x A; abw must cost at most 2 % of that and stay within 25 %.
+        truth = (10e6 - 3e6 * 1014 / 1000) * 1000 / 1014
+        with netlab.Lab(links=["a-b:rate=10mbit,cross=3mbit"]) as lab:
+            start_responder(lab, "b", "a")
+            estimates = []
+            for _ in range(3):
+                r = run(lab, "a", ["abw", "--target", lab.address("b", "a"), "--port", PORT,
+                                   "--node", "n1", "--key-hex", KEY, "--max-rate-bps", "20000000",
+                                   "--max-bytes", "3000000", "--max-duration-ms", "5000"])
+                self.assertEqual(r["status"], "ok", r)
+                self.assertLessEqual(r["abw"]["bytes_sent"], 0.02 * 10 * truth / 8, r)
+                estimates.append(r["abw"]["estimate_bps"])
+            est = statistics.median(estimates)
+            self.assertLess(abs(est - truth) / truth, 0.25, estimates)
+
     def test_caps_are_never_exceeded(self):
         # A TUN link (relay=1) counts exactly the IP bytes that abw's cap counts.
         with netlab.Lab(links=["a-b:rate=20mbit,relay=1"]) as lab:
