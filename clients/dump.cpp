@@ -16,6 +16,9 @@ namespace flexmon {
 void add_storage_commands(CLI::App& app, StorageCommands& c) {
   c.flush = app.add_subcommand("flush", "flush the cache to the archive now; prints rows and lag");
   c.flush->add_option("--config", c.config, "flexmon config file")->required();
+  c.flush->add_flag("--status", c.status,
+                    "do not flush: print how far behind the archive is and what the last flush "
+                    "recorded (exit 1 if it could not reach the archive)");
   c.dump = app.add_subcommand(
       "dump", "write one ISO week's public dump: per-tool CSV.gz, summary.csv, manifest.json");
   c.dump->add_option("--config", c.config, "flexmon config file")->required();
@@ -33,6 +36,21 @@ std::optional<int> run_storage_commands(const StorageCommands& c) {
     return 78;
   }
   try {
+    if (c.flush->parsed() && c.status) {
+      FlushLag lag = flush_lag(config);
+      std::cout << fmt::format("behind by {} rows, {:.0f} s; archived up to cache id {}\n",
+                               lag.rows, lag.seconds, lag.archived_id);
+      auto last = last_flush(config);
+      if (!last) {
+        std::cout << "no flush yet\n";
+        return 0;
+      }
+      std::cout << fmt::format(
+          "last flush {}: {}, {} rows archived; archive last reached {}\n", format_utc(last->at_ns),
+          last->archive_ok ? "ok" : "archive unavailable (" + last->error + ")", last->rows,
+          last->last_ok_ns ? format_utc(last->last_ok_ns) : std::string("never"));
+      return last->archive_ok ? 0 : 1;
+    }
     if (c.flush->parsed()) {
       FlushReport report = flush_once(config);
       std::cout << fmt::format(

@@ -18,6 +18,7 @@ struct StorageCommands {
   std::string config;
   std::string week;
   std::string out;
+  bool status = false;  // flush --status: report the lag, do not flush
 };
 
 // Adds the subcommands to the client.

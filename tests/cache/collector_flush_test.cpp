@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -93,6 +94,18 @@ wire::Result latency_result(std::uint64_t seq, UtcNs start) {
   l->set_median_ns(1000);
   l->set_stddev_ns(0);
   return r;
+}
+
+// `flexmon flush --config FILE --status`: its exit code and output.
+std::pair<int, std::string> flush_status_command(const std::filesystem::path& config) {
+  std::string command = std::string(FLEXMON_BIN_DIR) + "/flexmon flush --status --config '" +
+                        config.string() + "' 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 // The PostgreSQL test cluster's connection string (CTest fixture `postgres`).
@@ -275,6 +288,10 @@ TEST_P(CollectorFlushTest, RowsMoveToTheArchiveAndTheWeekIsDumped) {
   EXPECT_TRUE(status->archive_ok) << status->error;
   EXPECT_GT(status->last_ok_ns, 0);
   EXPECT_EQ(status->lag.rows, 0);
+  auto [code, out] = flush_status_command(dir_ / "flexmon.yaml");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("behind by 0 rows"), std::string::npos) << out;
+  EXPECT_NE(out.find(": ok, "), std::string::npos) << out;
 
   // The dump of last week, written once at start-up: the 100 stored rows.
   std::string week = dump_schedule(utc_now_ns(), 0).week;
@@ -316,6 +333,11 @@ TEST_P(CollectorFlushTest, ArchiveOutageOnlyDelaysFlushingAndIsReported) {
   EXPECT_EQ(status->last_ok_ns, 0);
   EXPECT_GT(status->lag.seconds, 0);
   EXPECT_EQ(cache_rows(config), 120);  // retention 0, yet nothing unarchived is deleted
+  auto [code, out] = flush_status_command(dir_ / "flexmon.yaml");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("behind by 120 rows"), std::string::npos) << out;
+  EXPECT_NE(out.find("archive unavailable ("), std::string::npos) << out;
+  EXPECT_NE(out.find("archive last reached never"), std::string::npos) << out;
 
   EXPECT_EQ(stop(), 0) << slurp(dir_ / "collector.log");
   std::string log = slurp(dir_ / "collector.log");
