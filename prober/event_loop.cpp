@@ -7,12 +7,14 @@
 
 #include "common/log.h"
 #include "prober/asio_loop.h"
+#include "prober/deadline_timers.h"
 
 namespace flexmon::prober {
 
 struct EventLoop::Impl {
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::unique_ptr<DeadlineTimers> deadlines;  // after io: destroyed before it
   std::thread thread;
 };
 
@@ -20,6 +22,7 @@ asio::io_context& io_of(EventLoop& loop) { return loop.impl().io; }
 
 EventLoop::EventLoop() : impl_(std::make_unique<Impl>()) {
   impl_->work.emplace(impl_->io.get_executor());
+  impl_->deadlines = std::make_unique<DeadlineTimers>(*this);
 }
 
 EventLoop::~EventLoop() {
@@ -55,5 +58,7 @@ void EventLoop::join() {
 void EventLoop::post(std::function<void()> task) { asio::post(impl_->io, std::move(task)); }
 
 bool EventLoop::on_loop_thread() const { return impl_->io.get_executor().running_in_this_thread(); }
+
+DeadlineTimers& EventLoop::deadlines() { return *impl_->deadlines; }
 
 }  // namespace flexmon::prober

@@ -7,6 +7,8 @@
 
 namespace flexmon::prober {
 
+class DeadlineTimers;
+
 class EventLoop {
  public:
   EventLoop();
@@ -25,6 +27,9 @@ class EventLoop {
   void post(std::function<void()> task);
   // True on the loop thread.
   bool on_loop_thread() const;
+  // The loop's deadline scheduler (one timerfd for every stream and
+  // measurement of the loop); loop thread only.
+  DeadlineTimers& deadlines();
 
   struct Impl;
   Impl& impl() { return *impl_; }

@@ -1,12 +1,21 @@
 // UDP latency measurements, fping semantics: per measurement `count` packets
 // `spacing_ms` apart to the destination's responder, each waited for up to
 // `timeout_ms`. All measurements of a prober share one socket bound to the
-// node's address; replies are matched by measurement id and packet index.
+// node's address; replies are matched by measurement id (which names the
+// measurement's record directly) and packet index.
 // RTT = kernel receive timestamp (SO_TIMESTAMPNS) - the kernel's send
-// timestamp (SO_TIMESTAMPING TX_SOFTWARE, else the time just before sendto),
+// timestamp (SO_TIMESTAMPING TX_SOFTWARE, else the time just before the send),
 // both CLOCK_REALTIME.
+//
+// Cost at scale: packets and timeouts wait in the loop's DeadlineTimers; the
+// packets that fall due together leave in one sendmmsg; replies, ICMP errors
+// and send stamps are read in batches (recvmmsg) at least every millisecond
+// while measurements run, without a wake-up per packet (their timestamps come
+// from the kernel, so reading them later changes no RTT); a measurement's
+// timeout reads what is queued before it judges.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -14,6 +23,7 @@
 #include <string>
 
 #include "prober/event_loop.h"
+#include "prober/schedule.h"
 
 namespace flexmon::wire {
 class Result;
@@ -22,11 +32,40 @@ class Stream;
 
 namespace flexmon::prober {
 
+// Nanosecond values in log-linear buckets (32 per power of two: within 3.2 %),
+// for percentiles without keeping every value. Recording is lock-free; any
+// thread may read.
+class Histogram {
+ public:
+  void record(std::int64_t ns);
+  std::uint64_t count() const;
+  // The upper bound of the bucket holding the p-quantile (0 <= p <= 1); 0 if empty.
+  std::int64_t percentile(double p) const;
+  std::int64_t max() const { return max_.load(std::memory_order_relaxed); }
+  void reset();
+
+ private:
+  static constexpr int kSub = 32;
+  static constexpr std::size_t kBuckets = 64 * kSub;
+  static std::size_t bucket(std::int64_t ns);
+  static std::int64_t upper(std::size_t bucket);
+  std::array<std::atomic<std::uint64_t>, kBuckets> buckets_{};
+  std::atomic<std::int64_t> max_{0};
+};
+
 struct LatencyCounters {
   std::atomic<std::uint64_t> measurements{0};
   std::atomic<std::uint64_t> unmatched{0};  // replies for no running measurement
   std::atomic<std::uint64_t> late{0};       // replies after their packet's timeout
   std::atomic<std::uint64_t> icmp_errors{0};
+  std::atomic<std::uint64_t> packets_sent{0};
+  std::atomic<std::uint64_t> send_calls{0};        // sendmmsg calls (packets go in batches)
+  std::atomic<std::uint64_t> kernel_tx_stamps{0};  // packets the kernel stamped at send
+  std::atomic<std::uint64_t> receive_polls{0};
+  // Each packet's send (the kernel's stamp, else the time right before the
+  // send) minus the time the schedule gave it: the slot's time for the first
+  // packet of a measurement, first + k * spacing for packet k.
+  Histogram send_lateness;
 };
 
 class LatencyProber {
@@ -38,12 +77,16 @@ class LatencyProber {
   LatencyProber(EventLoop& loop, const std::string& source_address, std::string node);
   ~LatencyProber();
 
-  // Starts one measurement of `stream` (tool latency, method udp); `done` is
-  // called on the loop thread with the result (seq unset). Any thread.
+  // Starts one measurement of `stream` (tool latency, method udp) now, for a
+  // slot that was due at `due`; `done` is called on the loop thread with the
+  // result (seq unset). Any thread.
+  void measure(const wire::Stream& stream, MonoTime due, Done done);
+  // The same, due now.
   void measure(const wire::Stream& stream, Done done);
 
   std::size_t running() const;
   const LatencyCounters& counters() const;
+  LatencyCounters& counters();
 
   struct Impl;
 

@@ -1,5 +1,6 @@
 #include "prober/measurements.h"
 
+#include "common/clock.h"
 #include "prober/latency_prober.h"
 #include "prober/tools.h"
 #include "wire.pb.h"
@@ -21,25 +22,33 @@ Measurements::Measurements(EventLoop& loop, const std::string& source_address,
 // Workers stop first (joined), so no result is posted to a dead loop.
 Measurements::~Measurements() { tools_.reset(); }
 
-void Measurements::measure(const wire::Stream& stream, Done done) {
-  if (stream.tool() == "latency" && stream.latency().method() == "udp" && stream.netns().empty()) {
+void Measurements::measure(std::shared_ptr<const wire::Stream> stream, MonoTime due, Done done) {
+  if (stream->tool() == "latency" && stream->latency().method() == "udp" &&
+      stream->netns().empty()) {
     // A result that lost every probe is followed by the outage probing (on a
     // worker: it blocks), then handed back on the loop.
-    latency_->measure(stream, [this, stream, done = std::move(done)](wire::Result result) mutable {
-      if ((result.status() == wire::TIMEOUT || result.status() == wire::UNREACHABLE) &&
-          result.latency().sent() > 0 && result.latency().received() == 0) {
-        tools_->follow_outage(stream, std::move(result), [this, done](wire::Result r) {
-          loop_.post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+    const wire::Stream& s = *stream;
+    latency_->measure(
+        s, due,
+        [this, stream = std::move(stream), done = std::move(done)](wire::Result result) mutable {
+          if ((result.status() == wire::TIMEOUT || result.status() == wire::UNREACHABLE) &&
+              result.latency().sent() > 0 && result.latency().received() == 0) {
+            tools_->follow_outage(*stream, std::move(result), [this, done](wire::Result r) {
+              loop_.post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+            });
+            return;
+          }
+          done(std::move(result));
         });
-        return;
-      }
-      done(std::move(result));
-    });
     return;
   }
-  tools_->measure(stream, [this, done = std::move(done)](wire::Result result) {
+  tools_->measure(*stream, [this, done = std::move(done)](wire::Result result) {
     loop_.post([done, result = std::move(result)]() mutable { done(std::move(result)); });
   });
+}
+
+void Measurements::measure(const wire::Stream& stream, Done done) {
+  measure(std::make_shared<const wire::Stream>(stream), MonoClock::now(), std::move(done));
 }
 
 }  // namespace flexmon::prober

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "prober/event_loop.h"
+#include "prober/schedule.h"
 #include "prober/tools.h"
 
 namespace flexmon::wire {
@@ -30,6 +31,9 @@ class Measurements {
                const std::string& key, unsigned worker_threads = 8, OutageOptions outage = {});
   ~Measurements();
 
+  // Starts one measurement of `stream` for a slot due at `due`.
+  void measure(std::shared_ptr<const wire::Stream> stream, MonoTime due, Done done);
+  // The same for a copy of `stream`, due now.
   void measure(const wire::Stream& stream, Done done);
 
  private:

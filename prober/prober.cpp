@@ -60,10 +60,13 @@ class ProberDaemon : public Daemon {
     sender_ = std::make_unique<ResultSender>(loop_, s, std::move(spool));
     runner_ = std::make_unique<StreamRunner>(
         loop_, node.id, config.limits,
-        [this](const wire::Stream& stream, std::function<void(wire::Result)> done) {
-          measurements_->measure(stream, std::move(done));
+        [this](std::shared_ptr<const wire::Stream> stream, MonoTime due,
+               std::function<void(wire::Result)> done) {
+          measurements_->measure(std::move(stream), due, std::move(done));
         },
-        [this](wire::Result result) { sender_->submit(std::move(result)); });
+        [this](wire::Result result) { sender_->submit(std::move(result)); },
+        // A nearly full spool pauses the lowest priorities first (never drops).
+        [this](int priority) { return sender_->accepting(priority); });
     ControlOptions c;
     c.node = node.id;
     c.key = node.key;

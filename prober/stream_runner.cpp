@@ -5,11 +5,13 @@
 #include <map>
 #include <random>
 #include <set>
+#include <unordered_map>
 
 #include <fmt/format.h>
 
 #include "common/log.h"
 #include "prober/asio_loop.h"
+#include "prober/deadline_timers.h"
 #include "prober/schedule.h"
 #include "prober/tools.h"
 #include "wire.pb.h"
@@ -42,58 +44,109 @@ std::string check_stream(const wire::Stream& s, const std::string& node, const L
 
 namespace {
 
+// Slots fall on multiples of this (monotonic clock) where intervals allow:
+// streams whose slots coincide start in one timer wake-up and their packets
+// leave in one sendmmsg, so thousands of streams cost at most 1,000
+// wake-ups a second instead of one each, and no slot is late for it.
+constexpr Nanos kSlotGrid = std::chrono::milliseconds(1);
+
+// Streams towards one destination: at most one of their measurements runs.
+struct Destination {
+  std::size_t streams = 0;
+  bool busy = false;
+};
+
 struct Running {
-  wire::Stream stream;
-  std::uint64_t instance = 0;  // tells a replaced stream's callbacks apart
-  Schedule schedule;
+  std::shared_ptr<const wire::Stream> stream;
+  std::uint32_t generation = 0;  // tells a replaced stream's callbacks apart
+  bool live = false;             // this slab entry holds a stream
+  Schedule schedule{MonoTime{}, Nanos(1)};
   std::uint64_t slot = 0;
+  DeadlineTimers::Id timer = 0;
+  Destination* destination = nullptr;  // entries of an unordered_map never move
+  bool bandwidth = false;
   bool busy = false;    // a measurement runs
   bool queued = false;  // its slot came; waiting for its destination or the bandwidth turn
-  std::unique_ptr<asio::steady_timer> timer;
+  bool paused = false;  // its last slot was not admitted (spool full)
 };
 
 bool is_bandwidth(const wire::Stream& s) { return s.tool() == "abw" || s.tool() == "throughput"; }
+
+// A stream's slab index and generation, in one deadline cookie.
+std::uint64_t cookie_of(std::uint32_t index, std::uint32_t generation) {
+  return std::uint64_t{generation} << 32 | index;
+}
 
 // Order of the ready queue: higher priority first, then the earlier slot.
 struct Ready {
   std::int32_t priority;
   MonoTime due;
-  std::string key;
-  std::uint64_t instance;
+  std::uint64_t cookie;
   bool operator<(const Ready& o) const {
     if (priority != o.priority) return priority > o.priority;
     if (due != o.due) return due < o.due;
-    return key < o.key;
+    return cookie < o.cookie;
   }
 };
 
 }  // namespace
 
-struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
+struct StreamRunner::Impl : DeadlineClient, std::enable_shared_from_this<StreamRunner::Impl> {
+  EventLoop& loop;
   asio::io_context& io;
+  DeadlineTimers& timers;
   std::string node;
   Limits limits;
   Measure measure;
   Sink sink;
+  Admit admit;
   RunnerCounters counters;
-  std::map<std::string, Running> streams;
+  std::vector<Running> slab;  // streams by index; cookies name (index, generation)
+  std::vector<std::uint32_t> free_slots;
+  std::unordered_map<std::string, std::uint32_t> by_key;
+  std::unordered_map<std::string, Destination> destinations;  // node-stable addresses
+  // Measurements still running for streams removed meanwhile, by cookie.
+  struct Orphan {
+    std::string dst;
+    bool bandwidth = false;
+  };
+  std::unordered_map<std::uint64_t, Orphan> orphans;
   std::set<std::string> oneshots_done;  // kept while assignments still list them
-  std::set<Ready> ready;                // slots due, not started yet
-  std::set<std::string> busy_dst;       // destinations with a measurement running
+  std::set<Ready> ready;                // slots due that wait for their destination or turn
   bool bandwidth_busy = false;          // an abw or throughput measurement runs
   bool dispatching = false, dispatch_again = false;
   // Shortfall of the current heartbeat period.
   std::uint64_t period_skipped = 0;
-  std::set<std::string> period_behind;
+  std::set<std::uint64_t> period_behind;  // cookies of streams that skipped a slot
   MonoTime period_start = Mono::now();
-  std::uint64_t next_instance = 1;
+  // Spool pausing: logged when the first stream pauses and when the last resumes.
+  std::uint32_t paused_now = 0;
+  std::uint64_t paused_since_log = 0;
   std::atomic<std::size_t> stream_count{0};
   std::atomic<double> load{0};
   std::mt19937_64 random{std::random_device{}()};
   std::shared_ptr<spdlog::logger> log = logger("prober");
 
-  Impl(asio::io_context& context, std::string n, Limits l, Measure m, Sink s)
-      : io(context), node(std::move(n)), limits(l), measure(std::move(m)), sink(std::move(s)) {}
+  Impl(EventLoop& l, std::string n, Limits li, Measure m, Sink s, Admit a)
+      : loop(l),
+        io(io_of(l)),
+        timers(l.deadlines()),
+        node(std::move(n)),
+        limits(li),
+        measure(std::move(m)),
+        sink(std::move(s)),
+        admit(std::move(a)) {}
+
+  Running* find(std::uint64_t cookie) {
+    auto index = static_cast<std::uint32_t>(cookie);
+    if (index >= slab.size()) return nullptr;
+    Running& r = slab[index];
+    return r.live && r.generation == static_cast<std::uint32_t>(cookie >> 32) ? &r : nullptr;
+  }
+
+  std::uint64_t cookie(const Running& r) const {
+    return cookie_of(static_cast<std::uint32_t>(&r - slab.data()), r.generation);
+  }
 
   void assign(std::vector<wire::Stream> incoming) {
     std::map<std::string, wire::Stream> wanted;
@@ -107,19 +160,24 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
     }
     for (auto it = oneshots_done.begin(); it != oneshots_done.end();)
       it = wanted.contains(*it) ? std::next(it) : oneshots_done.erase(it);
-    for (auto it = streams.begin(); it != streams.end();) {
+    for (auto it = by_key.begin(); it != by_key.end();) {
+      Running& r = slab[it->second];
       auto w = wanted.find(it->first);
       if (w == wanted.end()) {
-        it = streams.erase(it);  // the timer's cancelled wait finds no stream
+        remove(r);
+        it = by_key.erase(it);
         continue;
       }
-      bool same_timing = w->second.interval_s() == it->second.stream.interval_s() &&
-                         w->second.oneshot() == it->second.stream.oneshot();
-      it->second.stream = w->second;
-      if (!same_timing) {
-        it = streams.erase(it);
-        continue;  // rescheduled below with the new interval
+      bool same = w->second.interval_s() == r.stream->interval_s() &&
+                  w->second.oneshot() == r.stream->oneshot() &&
+                  w->second.dst() == r.stream->dst() && is_bandwidth(w->second) == r.bandwidth;
+      if (!same) {
+        remove(r);  // rescheduled below with the new timing or destination
+        it = by_key.erase(it);
+        continue;
       }
+      // A running measurement keeps the stream it started with.
+      r.stream = std::make_shared<const wire::Stream>(std::move(w->second));
       wanted.erase(w);
       ++it;
     }
@@ -134,65 +192,120 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
     auto interval = std::chrono::duration_cast<Nanos>(
         std::chrono::duration<double>(s.oneshot() ? 1.0 : s.interval_s()));
     // Spread: the first slot falls anywhere in the first interval (a one-shot
-    // within the first 100 ms).
+    // within the first 100 ms), on the slot grid when the interval is a
+    // multiple of it.
     auto spread = s.oneshot() ? Nanos(100'000'000) : interval;
     auto offset = Nanos(std::uniform_int_distribution<std::int64_t>(0, spread.count() - 1)(random));
-    Running r{std::move(s),
-              next_instance++,
-              Schedule(Mono::now() + offset, interval),
-              0,
-              false,
-              false,
-              std::make_unique<asio::steady_timer>(io)};
-    auto key = r.stream.key();
-    auto [it, inserted] = streams.insert_or_assign(key, std::move(r));
-    arm(it->second);
+    MonoTime first = Mono::now() + offset;
+    if (interval % kSlotGrid == Nanos(0))
+      first = MonoTime((first.time_since_epoch() + kSlotGrid - Nanos(1)) / kSlotGrid * kSlotGrid);
+    std::uint32_t index;
+    if (free_slots.empty()) {
+      index = static_cast<std::uint32_t>(slab.size());
+      slab.emplace_back();
+    } else {
+      index = free_slots.back();
+      free_slots.pop_back();
+    }
+    Running& r = slab[index];
+    r.live = true;
+    ++r.generation;
+    r.schedule = Schedule(first, interval);
+    r.slot = 0;
+    r.busy = r.queued = r.paused = false;
+    r.bandwidth = is_bandwidth(s);
+    Destination& d = destinations[s.dst()];
+    ++d.streams;
+    r.destination = &d;
+    by_key[s.key()] = index;
+    r.stream = std::make_shared<const wire::Stream>(std::move(s));
+    r.timer = timers.schedule(r.schedule.slot_time(0), weak_from_this(), cookie(r));
   }
 
-  void arm(Running& r) {
-    r.timer->expires_at(r.schedule.slot_time(r.slot));
-    r.timer->async_wait([weak = weak_from_this(), key = r.stream.key(),
-                         instance = r.instance](const boost::system::error_code& ec) {
-      if (ec == asio::error::operation_aborted) return;
-      if (auto self = weak.lock()) self->fire(key, instance);
-    });
+  // Stops a stream: its pending slot, queue entry and callbacks find nothing.
+  // A measurement still running keeps its destination (and the bandwidth
+  // turn) until it ends.
+  void remove(Running& r) {
+    timers.cancel(r.timer);
+    r.timer = 0;
+    if (r.paused) resume(r);
+    if (r.busy) orphans[cookie(r)] = Orphan{r.stream->dst(), r.bandwidth};
+    --r.destination->streams;
+    forget_if_unused(r.stream->dst());
+    r.destination = nullptr;
+    r.live = false;
+    r.stream.reset();
+    free_slots.push_back(static_cast<std::uint32_t>(&r - slab.data()));
   }
 
-  Running* find(const std::string& key, std::uint64_t instance) {
-    auto it = streams.find(key);
-    return it != streams.end() && it->second.instance == instance ? &it->second : nullptr;
+  void forget_if_unused(const std::string& dst) {
+    auto it = destinations.find(dst);
+    if (it != destinations.end() && it->second.streams == 0 && !it->second.busy)
+      destinations.erase(it);
   }
 
-  void skip(const std::string& key, std::uint64_t n) {
+  void skip(std::uint64_t cookie, std::uint64_t n) {
     counters.skipped_slots += n;
     period_skipped += n;
-    period_behind.insert(key);
+    period_behind.insert(cookie);
   }
 
-  // A slot came: the measurement waits in the ready queue for its turn.
-  void fire(const std::string& key, std::uint64_t instance) {
-    Running* r = find(key, instance);
+  // A slot came: start it, or queue it for its turn, or pause it.
+  void on_deadline(std::uint64_t cookie, MonoTime due) override {
+    Running* r = find(cookie);
     if (!r) return;
+    r->timer = 0;
     if (r->busy || r->queued) {
-      skip(key, 1);  // the previous run (or wait) outlasts the interval
+      skip(cookie, 1);  // the previous run (or wait) outlasts the interval
+    } else if (admit && !admit(r->stream->priority())) {
+      pause(*r);
     } else {
-      r->queued = true;
-      ready.insert({r->stream.priority(), r->schedule.slot_time(r->slot), key, instance});
+      if (r->paused) resume(*r);
+      if (!r->destination->busy && !(r->bandwidth && bandwidth_busy)) {
+        start(*r, due);
+      } else {
+        r->queued = true;
+        ready.insert({r->stream->priority(), due, cookie});
+      }
     }
-    if (!r->stream.oneshot()) {
+    // start() may have ended a one-shot synchronously.
+    r = find(cookie);
+    if (r && !r->stream->oneshot() && r->timer == 0) {
       Slot next = r->schedule.next_after(r->slot, Mono::now());
       if (next.skipped > 0) {
-        skip(key, next.skipped);
-        log->debug("prober {}: stream '{}' skipped {} slots", node, key, next.skipped);
+        skip(cookie, next.skipped);
+        log->debug("prober {}: stream '{}' skipped {} slots", node, r->stream->key(), next.skipped);
       }
       r->slot = next.index;
-      arm(*r);
+      r->timer = timers.schedule(next.at, weak_from_this(), cookie);
     }
-    dispatch();
   }
 
-  // Starts what may start, highest priority first: at most one measurement
-  // per destination, and one bandwidth measurement per node.
+  void pause(Running& r) {
+    ++counters.paused_slots;
+    ++paused_since_log;
+    if (r.paused) return;
+    r.paused = true;
+    if (paused_now++ == 0)
+      log->error(
+          "prober {}: SPOOL FULL: pausing stream '{}' (priority {}) and every stream the spool "
+          "cannot take; nothing is dropped, they resume when the collector acknowledges",
+          node, r.stream->key(), r.stream->priority());
+    counters.paused_streams = paused_now;
+  }
+
+  void resume(Running& r) {
+    r.paused = false;
+    if (--paused_now == 0) {
+      log->warn("prober {}: spool has room again: every paused stream resumed ({} slots paused)",
+                node, paused_since_log);
+      paused_since_log = 0;
+    }
+    counters.paused_streams = paused_now;
+  }
+
+  // Starts what may start from the ready queue, highest priority first: at
+  // most one measurement per destination, and one bandwidth measurement per node.
   void dispatch() {
     // A tool that completes synchronously calls back into dispatch() from
     // start(): the outer call picks up what it asks for.
@@ -210,47 +323,55 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
 
   void dispatch_once() {
     for (auto it = ready.begin(); it != ready.end();) {
-      Running* r = find(it->key, it->instance);
+      Running* r = find(it->cookie);
       if (!r) {
         it = ready.erase(it);
         continue;
       }
-      const bool bandwidth = is_bandwidth(r->stream);
-      if (busy_dst.contains(r->stream.dst()) || (bandwidth && bandwidth_busy)) {
+      if (r->destination->busy || (r->bandwidth && bandwidth_busy)) {
         ++it;
         continue;
       }
-      const std::string key = it->key;
-      const std::uint64_t instance = it->instance;
+      MonoTime due = it->due;
       ready.erase(it);
-      start(*r, key, instance, bandwidth);
+      start(*r, due);
       it = ready.begin();  // start() may have changed the queue
     }
   }
 
-  void start(Running& run, const std::string& key, std::uint64_t instance, bool bandwidth) {
+  void start(Running& run, MonoTime due) {
     run.queued = false;
     run.busy = true;
-    busy_dst.insert(run.stream.dst());
-    if (bandwidth) bandwidth_busy = true;
+    run.destination->busy = true;
+    if (run.bandwidth) bandwidth_busy = true;
     ++counters.started;
-    measure(run.stream, [weak = weak_from_this(), key, instance, dst = run.stream.dst(),
-                         bandwidth](wire::Result result) {
-      auto self = weak.lock();
-      if (!self) return;
-      self->sink(std::move(result));
-      self->busy_dst.erase(dst);
-      if (bandwidth) self->bandwidth_busy = false;
-      if (Running* r = self->find(key, instance)) {
-        r->busy = false;
-        if (r->stream.oneshot()) {
-          self->oneshots_done.insert(key);
-          self->streams.erase(key);
-          self->refresh_stats();
-        }
-      }
-      self->dispatch();
+    measure(run.stream, due, [weak = weak_from_this(), cookie = cookie(run)](wire::Result result) {
+      if (auto self = weak.lock()) self->finished(cookie, std::move(result));
     });
+  }
+
+  void finished(std::uint64_t cookie, wire::Result result) {
+    sink(std::move(result));
+    if (Running* r = find(cookie)) {
+      r->busy = false;
+      r->destination->busy = false;
+      if (r->bandwidth) bandwidth_busy = false;
+      if (r->stream->oneshot()) {
+        oneshots_done.insert(r->stream->key());
+        by_key.erase(r->stream->key());
+        remove(*r);
+        refresh_stats();
+      }
+    } else if (auto it = orphans.find(cookie); it != orphans.end()) {
+      // The stream was removed while this measurement ran.
+      if (it->second.bandwidth) bandwidth_busy = false;
+      if (auto d = destinations.find(it->second.dst); d != destinations.end()) {
+        d->second.busy = false;
+        forget_if_unused(it->second.dst);
+      }
+      orphans.erase(it);
+    }
+    dispatch();
   }
 
   Shortfall take_shortfall() {
@@ -269,17 +390,17 @@ struct StreamRunner::Impl : std::enable_shared_from_this<StreamRunner::Impl> {
 
   void refresh_stats() {
     double per_second = 0;
-    for (const auto& [key, r] : streams)
-      if (!r.stream.oneshot()) per_second += 1.0 / r.stream.interval_s();
-    stream_count = streams.size();
+    for (const auto& r : slab)
+      if (r.live && !r.stream->oneshot()) per_second += 1.0 / r.stream->interval_s();
+    stream_count = by_key.size();
     load = per_second;
   }
 };
 
 StreamRunner::StreamRunner(EventLoop& loop, std::string node, Limits limits, Measure measure,
-                           Sink sink)
-    : impl_(std::make_shared<Impl>(io_of(loop), std::move(node), limits, std::move(measure),
-                                   std::move(sink))) {}
+                           Sink sink, Admit admit)
+    : impl_(std::make_shared<Impl>(loop, std::move(node), limits, std::move(measure),
+                                   std::move(sink), std::move(admit))) {}
 
 StreamRunner::~StreamRunner() = default;
 

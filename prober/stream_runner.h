@@ -5,7 +5,11 @@
 // A due slot waits in a ready queue until it may start: at most one
 // measurement towards a destination at a time, bandwidth measurements (abw,
 // throughput) never overlap on the node; the queue serves higher priorities
-// first, and slots that pass while waiting are skipped and counted.
+// first, and slots that pass while waiting are skipped and counted. Before a
+// slot starts, `admit(priority)` (the result sender's spool check) may pause
+// it: the slot is not run and nothing is lost; the pause is logged and
+// counted, and the stream resumes at its next slot that is admitted.
+// Every slot of every stream waits in the loop's DeadlineTimers (one timerfd).
 #pragma once
 
 #include <atomic>
@@ -17,6 +21,7 @@
 
 #include "common/config.h"
 #include "prober/event_loop.h"
+#include "prober/schedule.h"
 
 namespace flexmon::wire {
 class Result;
@@ -29,6 +34,8 @@ struct RunnerCounters {
   std::atomic<std::uint64_t> started{0};
   std::atomic<std::uint64_t> skipped_slots{0};  // slots missed (late, or a run still busy)
   std::atomic<std::uint64_t> rejected_streams{0};
+  std::atomic<std::uint64_t> paused_slots{0};    // slots not run: admit() said no (spool full)
+  std::atomic<std::uint32_t> paused_streams{0};  // streams whose last slot was paused
 };
 
 // What the prober could not run, reported in each heartbeat (never hidden).
@@ -41,12 +48,18 @@ struct Shortfall {
 
 class StreamRunner {
  public:
-  // Starts one measurement of a stream, calling back with its result.
-  using Measure = std::function<void(const wire::Stream&, std::function<void(wire::Result)>)>;
+  // Starts one measurement of a stream whose slot was due at `due`, calling
+  // back with its result. The stream is shared and never changed.
+  using Measure = std::function<void(std::shared_ptr<const wire::Stream> stream, MonoTime due,
+                                     std::function<void(wire::Result)> done)>;
   // Receives every result (on the loop thread).
   using Sink = std::function<void(wire::Result)>;
+  // Whether a slot of this priority may start now (loop thread).
+  using Admit = std::function<bool(int priority)>;
 
-  StreamRunner(EventLoop& loop, std::string node, Limits limits, Measure measure, Sink sink);
+  // `admit` empty: every slot is admitted.
+  StreamRunner(EventLoop& loop, std::string node, Limits limits, Measure measure, Sink sink,
+               Admit admit = {});
   ~StreamRunner();
 
   // Replaces the stream set (the full set, as an Assignment carries it).

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "common/result.h"
 
@@ -32,5 +33,36 @@ bool enable_rx_timestamps(int fd);
 // queued. Error: the socket reported an error instead (e.g. a pending ICMP
 // error of an earlier send, with IP_RECVERR), named in the message.
 Result<std::optional<Datagram>> recv_timestamped(int fd, std::span<std::uint8_t> buffer);
+
+// Reads queued datagrams in batches with one recvmmsg call each, with the
+// same kernel timestamps as recv_timestamped. Buffers are allocated once.
+class BatchReceiver {
+ public:
+  // Up to `batch` datagrams per call, each up to `max_bytes` (longer ones
+  // are cut and flagged `truncated`).
+  BatchReceiver(std::size_t batch, std::size_t max_bytes);
+
+  // Reads what is queued (up to the batch size) from the receive queue, or
+  // with `error_queue` from the socket's error queue (MSG_ERRQUEUE: ICMP
+  // errors, send timestamps). Empty: nothing is queued. Error: as
+  // recv_timestamped.
+  Result<std::size_t> receive(int fd, bool error_queue = false);
+
+  // Datagram i of the last receive(), its payload and its control messages.
+  const Datagram& datagram(std::size_t i) const { return datagrams_[i]; }
+  std::span<std::uint8_t> payload(std::size_t i);
+  bool truncated(std::size_t i) const;
+  // The msghdr of datagram i (for the error queue's control messages).
+  const msghdr& header(std::size_t i) const { return headers_[i].msg_hdr; }
+
+ private:
+  std::size_t max_bytes_;
+  static constexpr std::size_t kControlBytes = 512;
+  std::vector<std::uint8_t> data_;
+  std::vector<std::uint8_t> control_;  // kControlBytes per datagram, cmsghdr-aligned
+  std::vector<iovec> iov_;
+  std::vector<mmsghdr> headers_;
+  std::vector<Datagram> datagrams_;
+};
 
 }  // namespace flexmon::prober

@@ -175,9 +175,8 @@ TEST(StreamRunner, OneshotRunsOnceThenIsDropped) {
   std::atomic<int> results{0};
   StreamRunner runner(
       l.loop, "n1", Limits{},
-      [&](const wire::Stream& s, std::function<void(wire::Result)> done) {
-        prober.measure(s, std::move(done));
-      },
+      [&](std::shared_ptr<const wire::Stream> s, MonoTime due,
+          std::function<void(wire::Result)> done) { prober.measure(*s, due, std::move(done)); },
       [&](wire::Result r) {
         EXPECT_EQ(r.status(), wire::OK);
         ++results;
@@ -202,7 +201,7 @@ TEST(StreamRunner, ReplacingTheSetStopsRemovedStreams) {
   std::atomic<int> started{0};
   StreamRunner runner(
       l.loop, "n1", Limits{},
-      [&](const wire::Stream&, std::function<void(wire::Result)> done) {
+      [&](std::shared_ptr<const wire::Stream>, MonoTime, std::function<void(wire::Result)> done) {
         ++started;
         done(wire::Result{});
       },

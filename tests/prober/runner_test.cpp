@@ -95,9 +95,8 @@ struct Rig {
   Rig() {
     runner = std::make_unique<StreamRunner>(
         loop, "n1", Limits{},
-        [this](const wire::Stream& s, std::function<void(wire::Result)> d) {
-          fake.measure(s, std::move(d));
-        },
+        [this](std::shared_ptr<const wire::Stream> s, MonoTime,
+               std::function<void(wire::Result)> d) { fake.measure(*s, std::move(d)); },
         [](wire::Result) {});
     loop.start();
   }
