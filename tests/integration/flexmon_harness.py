@@ -45,6 +45,25 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
 
 
+def wait_alive(api, nodes, timeout=20):
+    """Waits until node.list() shows every node alive; returns the list."""
+    def alive():
+        listed = api.node.list()
+        return listed if len(listed) == nodes and all(n["state"] == "alive" for n in listed) else None
+    return wait_for(alive, timeout, f"{nodes} alive nodes")
+
+
+class FaultAssertions:
+    """Mixed into a unittest.TestCase: assertFault(code, call, *args)."""
+
+    def assertFault(self, code, call, *args):
+        with self.assertRaises(xmlrpc.client.Fault) as caught:
+            call(*args)
+        self.assertEqual(caught.exception.faultCode, code, caught.exception.faultString)
+        self.assertTrue(caught.exception.faultString)
+        return caught.exception.faultString
+
+
 class Flexmon:
     """A manager, a collector and probers n1..nN on 127.0.0.1..N."""
 

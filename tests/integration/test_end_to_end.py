@@ -7,7 +7,7 @@ import subprocess
 import unittest
 import xmlrpc.client
 
-from flexmon_harness import Flexmon, binary, wait_for
+from flexmon_harness import FaultAssertions, Flexmon, binary, wait_alive, wait_for
 
 NOT_AUTHENTICATED = 4010
 BAD_ARGUMENT = 4001
@@ -19,7 +19,7 @@ METHODS = ["probe.request", "probe.get", "probe.list", "probe.cancel", "node.lis
            "query.latency"]
 
 
-class EndToEnd(unittest.TestCase):
+class EndToEnd(FaultAssertions, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.lab = Flexmon(nodes=3)
@@ -34,17 +34,8 @@ class EndToEnd(unittest.TestCase):
     def tearDownClass(cls):
         cls.lab.close()
 
-    def assertFault(self, code, call, *args):
-        with self.assertRaises(xmlrpc.client.Fault) as caught:
-            call(*args)
-        self.assertEqual(caught.exception.faultCode, code, caught.exception.faultString)
-        self.assertTrue(caught.exception.faultString)
-        return caught.exception.faultString
-
     def test_1_mesh_results_for_all_six_paths(self):
-        nodes = wait_for(
-            lambda: (lambda ns: ns if all(n["state"] == "alive" for n in ns) else None)(
-                self.api.node.list()), 20, "three alive nodes")
+        nodes = wait_alive(self.api, 3)
         self.assertEqual(sorted(n["id"] for n in nodes), ["n1", "n2", "n3"])
 
         reply = self.api.probe.request({
@@ -55,7 +46,7 @@ class EndToEnd(unittest.TestCase):
         self.assertEqual(reply["paths"], 6)
 
         def six_paths_ok():
-            rows = self.api.query.latency({"latest": True, "limit": 100})
+            rows = self.api.query.latency({"latest": True, "limit": 100})["rows"]
             ok = {(r["src"], r["dst"]) for r in rows if r["status"] == "ok"}
             return rows if len(ok) == 6 else None
 
@@ -69,7 +60,7 @@ class EndToEnd(unittest.TestCase):
             self.assertLessEqual(row["rtt_median_ms"], row["rtt_max_ms"])
             self.assertIsInstance(row["time"], float)
 
-        one_path = self.api.query.latency({"src": "n2", "dst": "n3", "limit": 5})
+        one_path = self.api.query.latency({"src": "n2", "dst": "n3", "limit": 5})["rows"]
         self.assertTrue(one_path)
         self.assertTrue(all(r["src"] == "n2" and r["dst"] == "n3" for r in one_path))
 

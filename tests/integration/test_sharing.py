@@ -7,9 +7,8 @@ shared streams readable by every sharer, and a manager restart that loses no
 request. No assertion on wall-clock time; every wait is bounded."""
 
 import unittest
-import xmlrpc.client
 
-from flexmon_harness import Flexmon, wait_for
+from flexmon_harness import FaultAssertions, Flexmon, wait_alive, wait_for
 
 BAD_ARGUMENT = 4001
 NOT_PERMITTED = 4030
@@ -36,7 +35,7 @@ class SharingLab(Flexmon):
             "    - {name: admin, bps: 1000000000}\n")
 
 
-class Sharing(unittest.TestCase):
+class Sharing(FaultAssertions, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.lab = SharingLab(nodes=3)
@@ -52,20 +51,13 @@ class Sharing(unittest.TestCase):
     def tearDownClass(cls):
         cls.lab.close()
 
-    def assertFault(self, code, call, *args):
-        with self.assertRaises(xmlrpc.client.Fault) as caught:
-            call(*args)
-        self.assertEqual(caught.exception.faultCode, code, caught.exception.faultString)
-        return caught.exception.faultString
-
     def tearDown(self):
         for r in self.admin.probe.list():
             if r["state"] == "active":
                 self.admin.probe.cancel(r["id"])
 
     def test_1_shared_stream_results_are_readable_by_every_sharer(self):
-        wait_for(lambda: all(n["state"] == "alive" for n in self.admin.node.list()), 20,
-                 "three alive nodes")
+        wait_alive(self.admin, 3)
         args = {"count": 2, "spacing_ms": 10, "timeout_ms": 500}
         mine = self.admin.probe.request({"tool": "latency", "paths": [["n1", "n2"]],
                                          "interval": 1, "args": args})
@@ -76,7 +68,7 @@ class Sharing(unittest.TestCase):
         self.assertEqual(bobs["shared_streams"], 1)
         # Bob reads the results the shared stream produced (at admin's rate).
         rows = wait_for(lambda: [r for r in self.bob.query.latency(
-            {"src": "n1", "dst": "n2", "limit": 100}) if r["status"] == "ok"], 30,
+            {"src": "n1", "dst": "n2", "limit": 100})["rows"] if r["status"] == "ok"], 30,
             "results of the shared stream, read by bob")
         self.assertTrue(all(r["src"] == "n1" and r["dst"] == "n2" for r in rows))
         # Charging rule: bob pays a third of the slow layer... of his own 5 s
@@ -164,8 +156,7 @@ class Sharing(unittest.TestCase):
                          [(x["id"], x["state"], x["interval"]) for x in before])
         self.assertEqual(self.bob.probe.get(r["id"])["temporary"]["interval"], 60)
         # Probers reconnect and get their full assignment: nodes alive again.
-        wait_for(lambda: all(n["state"] == "alive" for n in self.admin.node.list()), 30,
-                 "probers registered with the restarted manager")
+        wait_alive(self.admin, 3, timeout=30)  # the probers registered again
 
 
 if __name__ == "__main__":
