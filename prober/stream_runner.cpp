@@ -288,8 +288,8 @@ struct StreamRunner::Impl : DeadlineClient, std::enable_shared_from_this<StreamR
     r.paused = true;
     if (paused_now++ == 0)
       log->error(
-          "prober {}: SPOOL FULL: pausing stream '{}' (priority {}) and every stream the spool "
-          "cannot take; nothing is dropped, they resume when the collector acknowledges",
+          "prober {}: SPOOL NEARLY FULL: pausing stream '{}' (priority {}) and every stream the "
+          "spool cannot take now; nothing is dropped, they resume when the collector acknowledges",
           node, r.stream->key(), r.stream->priority());
     counters.paused_streams = paused_now;
   }

@@ -6,9 +6,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <mutex>
+
 #include "common/seal.h"
 #include "prober/event_loop.h"
+#include "prober/latency_prober.h"
+#include "prober/responder.h"
 #include "prober/result_sender.h"
+#include "prober/spool.h"
+#include "prober/stream_runner.h"
 #include "test_util.h"
 #include "wire.pb.h"
 
@@ -139,6 +145,108 @@ TEST(ResultSender, RetransmitsUntilAcknowledged) {
   EXPECT_GE(f.sender->counters().retransmitted.load(), 1u);
   f.collector.send(f.ack(7, 1, 1, f.sealer), again->second);
   EXPECT_TRUE(test::eventually([&] { return f.sender->counters().spooled.load() == 0; }));
+}
+
+// Issue 4: a full spool pauses the lowest priorities first, then every
+// stream, and drops nothing; acknowledgements make room and they resume.
+// Real spool (SQLite, 100 results), real responder, prober and runner on
+// loopback; the collector is the test's socket, silent until it acknowledges.
+TEST(SpoolFull, LowerPrioritiesPauseFirstNothingIsDroppedAndStreamsResume) {
+  test::TempDir dir;
+  EventLoop loop;
+  FakeCollector collector;
+  Responder responder(loop, "127.0.0.1", 0, 16, 1472);
+  LatencyProber prober(loop, "127.0.0.1", "n1");
+  SenderOptions o;
+  o.node = "n1";
+  o.key = kKey;
+  o.boot_epoch = 7;
+  o.source_address = "127.0.0.1";
+  o.collectors = {Endpoint{"127.0.0.1", collector.port}};
+  o.initial_backoff_s = 5;  // the silent collector is not flooded meanwhile
+  // Capacity 100: a reserve of 5, lower priorities pause from 85, all from 95.
+  ResultSender sender(
+      loop, o, std::make_unique<SqliteSpool>(dir.path / "spool.db", SqliteSpoolOptions{100}));
+  std::mutex mu;
+  std::vector<std::int32_t> spooled_priorities;  // of each result, in order
+  StreamRunner runner(
+      loop, "n1", Limits{},
+      [&](std::shared_ptr<const wire::Stream> s, MonoTime due,
+          std::function<void(wire::Result)> done) { prober.measure(*s, due, std::move(done)); },
+      [&](wire::Result r) {
+        {
+          std::lock_guard lock(mu);
+          spooled_priorities.push_back(r.dst() == "n3" ? 9 : 1);
+        }
+        sender.submit(std::move(r));
+      },
+      [&](int priority) { return sender.accepting(priority); });
+  auto stream = [&](const std::string& key, const std::string& dst, int priority) {
+    wire::Stream s;
+    s.set_key(key);
+    s.set_tool("latency");
+    s.set_src("n1");
+    s.set_dst(dst);
+    s.set_dst_address("127.0.0.1");
+    s.set_dst_port(responder.port());
+    s.set_interval_s(0.01);
+    s.set_priority(priority);
+    auto* a = s.mutable_latency();
+    a->set_method("udp");
+    a->set_count(1);
+    a->set_size(64);
+    a->set_timeout_ms(200);
+    return s;
+  };
+  loop.start();
+  runner.assign({stream("low", "n2", 1), stream("high", "n3", 9)});
+
+  // Both streams pause once the spool is full; nothing is lost.
+  ASSERT_TRUE(test::eventually([&] { return runner.counters().paused_streams.load() == 2; },
+                               std::chrono::seconds(30)));
+  EXPECT_GT(runner.counters().paused_slots.load(), 0U);
+  EXPECT_GT(sender.counters().paused.load(), 0U);
+  EXPECT_EQ(sender.counters().spool_full.load(), 0U) << "a result was dropped";
+  EXPECT_LE(sender.counters().spooled.load(), 100U);
+  std::size_t before_resume;
+  {
+    std::lock_guard lock(mu);
+    before_resume = spooled_priorities.size();
+    ASSERT_GE(before_resume, 90U);
+    // Between 85 and 95 results only the higher priority ran (a margin for
+    // the measurements in flight at the threshold).
+    for (std::size_t i = 89; i < 93; ++i) EXPECT_EQ(spooled_priorities[i], 9) << "result " << i;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  {
+    std::lock_guard lock(mu);
+    EXPECT_EQ(spooled_priorities.size(), before_resume) << "a paused stream ran";
+  }
+
+  // The collector acknowledges everything: room again, both streams resume.
+  auto datagram = collector.receive();
+  ASSERT_TRUE(datagram);
+  Sealer sealer(kKey);
+  wire::Message ack;
+  ack.set_node("n1");
+  ack.mutable_ack()->set_boot_epoch(7);
+  auto* range = ack.mutable_ack()->add_ranges();
+  range->set_first(1);
+  range->set_last(1'000'000);
+  collector.send(seal(ack, sealer), datagram->second);
+  ASSERT_TRUE(test::eventually([&] { return runner.counters().paused_streams.load() == 0; },
+                               std::chrono::seconds(30)));
+  ASSERT_TRUE(test::eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return std::count(spooled_priorities.begin() + static_cast<std::ptrdiff_t>(before_resume),
+                          spooled_priorities.end(), 1) > 0;
+      },
+      std::chrono::seconds(30)))
+      << "the lower priority did not resume";
+  EXPECT_EQ(sender.counters().spool_full.load(), 0U);
+  loop.stop();
+  loop.join();
 }
 
 }  // namespace
