@@ -1,7 +1,8 @@
 // flexmon-collector: receives sealed result datagrams from probers over UDP,
 // checks them (seal, known node, a node reports only its own results),
 // commits them to the cache in one transaction per batch of datagrams (group
-// commit), and only then acknowledges them to their sender.
+// commit of whatever is waiting), and acknowledges them to their sender only
+// once that commit is on disk.
 #pragma once
 
 #include <atomic>
@@ -20,6 +21,10 @@ struct CollectorCounters {
   std::atomic<std::uint64_t> acks{0};        // ack datagrams sent
   std::atomic<std::uint64_t> commits{0};     // transactions
   std::atomic<std::uint64_t> commit_failures{0};
+  std::atomic<std::uint64_t> syncs{0};  // fdatasyncs of the cache's WAL before acks
+  std::atomic<std::uint64_t> sync_failures{0};
+  // Results refused by the cache (StoreOutcome::rejected), acked anyway.
+  std::atomic<std::uint64_t> refused{0};
   // Rejected datagrams, by reason.
   std::atomic<std::uint64_t> malformed{0};  // not a sealed frame, wrong version
   std::atomic<std::uint64_t> unknown_node{0};

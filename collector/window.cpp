@@ -34,6 +34,12 @@ bool get_varint(std::string_view& in, std::uint64_t& v) {
   return false;
 }
 
+// The table exists before the upsert on it is prepared.
+sqlite::Database& with_schema(sqlite::Database& db) {
+  db.exec(kSchema);
+  return db;
+}
+
 }  // namespace
 
 SeqWindow::Verdict SeqWindow::classify(std::uint64_t seq) const {
@@ -94,10 +100,15 @@ bool SeqWindow::decode(std::uint64_t high_water, std::string_view above, SeqWind
   return true;
 }
 
-std::map<WindowKey, SeqWindow> load_windows(sqlite::Database& db) {
-  db.exec(kSchema);
+WindowTable::WindowTable(sqlite::Database& db)
+    : db_(with_schema(db)),
+      upsert_(db_.prepare(
+          "INSERT INTO collector_window (node, boot_epoch, high_water, above) VALUES (?1, ?2, ?3, "
+          "?4) ON CONFLICT (node, boot_epoch) DO UPDATE SET high_water = ?3, above = ?4")) {}
+
+std::map<WindowKey, SeqWindow> WindowTable::load() {
   std::map<WindowKey, SeqWindow> windows;
-  auto select = db.prepare("SELECT node, boot_epoch, high_water, above FROM collector_window");
+  auto select = db_.prepare("SELECT node, boot_epoch, high_water, above FROM collector_window");
   while (select.step()) {
     SeqWindow w;
     if (!SeqWindow::decode(static_cast<std::uint64_t>(select.int64(2)), select.text(3), w))
@@ -109,17 +120,12 @@ std::map<WindowKey, SeqWindow> load_windows(sqlite::Database& db) {
   return windows;
 }
 
-void save_windows(sqlite::Database& db, const std::map<WindowKey, SeqWindow>& windows) {
-  auto upsert = db.prepare(
-      "INSERT INTO collector_window (node, boot_epoch, high_water, above) VALUES (?1, ?2, ?3, ?4) "
-      "ON CONFLICT (node, boot_epoch) DO UPDATE SET high_water = ?3, above = ?4");
-  for (const auto& [key, w] : windows) {
-    upsert.bind(1, key.first)
-        .bind(2, static_cast<std::int64_t>(key.second))
-        .bind(3, static_cast<std::int64_t>(w.high_water()))
-        .bind_blob(4, w.encode_above())
-        .run();
-  }
+void WindowTable::save(const WindowKey& key, const SeqWindow& window) {
+  upsert_.bind(1, key.first)
+      .bind(2, static_cast<std::int64_t>(key.second))
+      .bind(3, static_cast<std::int64_t>(window.high_water()))
+      .bind_blob(4, window.encode_above())
+      .run();
 }
 
 }  // namespace flexmon

@@ -14,11 +14,9 @@
 #include <utility>
 #include <vector>
 
-namespace flexmon {
+#include "common/sqlite.h"
 
-namespace sqlite {
-class Database;
-}
+namespace flexmon {
 
 // A prober sends seq s of an epoch only while s < (its lowest unacknowledged
 // seq of that epoch) + kSeqWindow; equal to prober::kSeqWindow.
@@ -47,9 +45,20 @@ class SeqWindow {
 
 using WindowKey = std::pair<std::string, std::uint64_t>;  // (node, boot epoch)
 
-// Creates the table if needed and reads every window.
-std::map<WindowKey, SeqWindow> load_windows(sqlite::Database& db);
-// Upserts windows; call inside the transaction that stores their results.
-void save_windows(sqlite::Database& db, const std::map<WindowKey, SeqWindow>& windows);
+// Table collector_window on the cache's write connection, with its upsert
+// prepared once (it runs in every commit).
+class WindowTable {
+ public:
+  // Creates the table if needed.
+  explicit WindowTable(sqlite::Database& db);
+  // Every window; throws on a row the collector did not write.
+  std::map<WindowKey, SeqWindow> load();
+  // Upserts one window; call inside the transaction that stores its results.
+  void save(const WindowKey& key, const SeqWindow& window);
+
+ private:
+  sqlite::Database& db_;
+  sqlite::Statement upsert_;
+};
 
 }  // namespace flexmon

@@ -67,6 +67,42 @@ TEST_F(CacheTest, StoresOnceAndCountsDuplicates) {
   EXPECT_EQ(cache.count_results(), 3);
 }
 
+// Many results go in statements of many rows; each row must come back as the
+// one-row statement writes it, and duplicates inside such a statement must be
+// counted, not stored.
+TEST_F(CacheTest, ManyRowsPerStatementStoreEveryColumnAndCountDuplicates) {
+  Cache cache(dir_ / "cache.db");
+  std::vector<wire::Result> results;
+  for (std::uint64_t seq = 1; seq <= 100; ++seq)
+    results.push_back(latency(seq, "n1", "n" + std::to_string(2 + seq % 3),
+                              static_cast<UtcNs>(seq) * 1000,
+                              {static_cast<std::int64_t>(seq), -1, 7}));
+  std::vector<const wire::Result*> first, second;
+  for (std::size_t i = 0; i < 40; ++i) first.push_back(&results[i]);
+  // Alternating old and new, so that every statement mixes both.
+  for (std::size_t i = 0; i < 80; ++i) second.push_back(&results[i % 2 == 0 ? i / 2 : 40 + i / 2]);
+  for (std::size_t i = 80; i < 100; ++i) second.push_back(&results[i]);
+  EXPECT_EQ(cache.store("n1", 1, first).stored, 40u);
+  auto outcome = cache.store("n1", 1, second);
+  EXPECT_EQ(outcome.stored, 60u);
+  EXPECT_EQ(outcome.duplicates, 40u);
+  EXPECT_EQ(cache.count_results(), 100);
+  LatencyQuery all;
+  all.limit = 1000;
+  auto rows = cache.query_latency(all);
+  ASSERT_EQ(rows.size(), 100u);
+  for (const auto& row : rows) {
+    auto seq = static_cast<std::int64_t>(row.start_ns / 1000);
+    EXPECT_EQ(row.src, "n1");
+    EXPECT_EQ(row.dst, "n" + std::to_string(2 + seq % 3));
+    EXPECT_EQ(row.status, "ok");
+    EXPECT_EQ(row.sent, 3);
+    EXPECT_EQ(row.received, 2);
+    EXPECT_EQ(row.median_ns, 150);
+    EXPECT_EQ(row.rtts_ns, (std::vector<std::int64_t>{seq, -1, 7}));
+  }
+}
+
 TEST_F(CacheTest, QueryFiltersAndOrders) {
   Cache cache(dir_ / "cache.db");
   auto r1 = latency(1, "n1", "n2", 1000, {100, 200});

@@ -126,6 +126,29 @@ TEST(Collector, StoresASealedBatchThenAcksIt) {
   EXPECT_EQ(rows[0].median_ns, 2000);
 }
 
+// The WAL is synced before the first ack goes out (synchronous=NORMAL on the
+// cache connection: the commit alone does not reach the disk).
+TEST(Collector, SyncsTheWalBeforeAcking) {
+  Fixture f;
+  f.send(seal(batch("n1", 3, 1, 2, "n1"), Sealer(kKey1)));
+  expect_ack(f.receive(), 3, 1, 2);
+  EXPECT_GE(f.collector->counters().syncs.load(), 1u);
+  EXPECT_EQ(f.collector->counters().sync_failures.load(), 0u);
+}
+
+// A result the cache refuses (start before 1970) is counted and acked all the
+// same: resending cannot make it storable.
+TEST(Collector, RefusedResultsAreCountedAndAcked) {
+  Fixture f;
+  auto m = batch("n1", 1, 1, 3, "n1");
+  m.mutable_results()->mutable_results(1)->set_start_ns(-1);
+  f.send(seal(m, Sealer(kKey1)));
+  expect_ack(f.receive(), 1, 1, 3);
+  EXPECT_EQ(f.stored_rows(), 2);
+  EXPECT_EQ(f.collector->counters().refused.load(), 1u);
+  EXPECT_EQ(f.collector->counters().stored.load(), 2u);
+}
+
 TEST(Collector, SameBatchTwiceIsStoredOnceAndAckedTwice) {
   Fixture f;
   auto datagram = seal(batch("n1", 1, 10, 12, "n1"), Sealer(kKey1));
