@@ -19,18 +19,22 @@ using Mono = std::chrono::steady_clock;
 
 struct DeadlineTimers::Impl : std::enable_shared_from_this<DeadlineTimers::Impl> {
   struct Node {
-    MonoTime due;
-    std::uint64_t order = 0;  // FIFO among equal deadlines
     std::weak_ptr<DeadlineClient> client;
     std::uint64_t cookie = 0;
     std::uint32_t heap_pos = 0;
     bool active = false;
   };
+  // Heap entries carry their key, so sifting touches only the heap array.
+  struct Entry {
+    MonoTime due;
+    std::uint64_t order;  // FIFO among equal deadlines
+    Id id;
+  };
 
   asio::posix::stream_descriptor timer;
   std::vector<Node> nodes{1};  // index = Id; 0 unused
   std::vector<Id> free_ids;
-  std::vector<Id> heap;  // binary min-heap of active ids by (due, order)
+  std::vector<Entry> heap;  // binary min-heap by (due, order)
   std::vector<std::weak_ptr<DeadlineClient>> clients;
   std::uint64_t next_order = 0;
   MonoTime armed = MonoTime::max();  // what the timerfd is set to
@@ -45,49 +49,47 @@ struct DeadlineTimers::Impl : std::enable_shared_from_this<DeadlineTimers::Impl>
     timer.assign(fd);
   }
 
-  bool earlier(Id a, Id b) const {
-    const Node& x = nodes[a];
-    const Node& y = nodes[b];
+  static bool earlier(const Entry& x, const Entry& y) {
     return x.due < y.due || (x.due == y.due && x.order < y.order);
   }
 
-  void place(std::size_t pos, Id id) {
-    heap[pos] = id;
-    nodes[id].heap_pos = static_cast<std::uint32_t>(pos);
+  void place(std::size_t pos, const Entry& e) {
+    heap[pos] = e;
+    nodes[e.id].heap_pos = static_cast<std::uint32_t>(pos);
   }
 
   void sift_up(std::size_t pos) {
-    Id id = heap[pos];
+    Entry e = heap[pos];
     while (pos > 0) {
       std::size_t parent = (pos - 1) / 2;
-      if (!earlier(id, heap[parent])) break;
+      if (!earlier(e, heap[parent])) break;
       place(pos, heap[parent]);
       pos = parent;
     }
-    place(pos, id);
+    place(pos, e);
   }
 
   void sift_down(std::size_t pos) {
-    Id id = heap[pos];
+    Entry e = heap[pos];
     const std::size_t n = heap.size();
     for (;;) {
       std::size_t child = 2 * pos + 1;
       if (child >= n) break;
       if (child + 1 < n && earlier(heap[child + 1], heap[child])) ++child;
-      if (!earlier(heap[child], id)) break;
+      if (!earlier(heap[child], e)) break;
       place(pos, heap[child]);
       pos = child;
     }
-    place(pos, id);
+    place(pos, e);
   }
 
   void remove_at(std::size_t pos) {
-    Id last = heap.back();
+    Entry last = heap.back();
     heap.pop_back();
     if (pos == heap.size()) return;
     place(pos, last);
     sift_down(pos);
-    sift_up(nodes[last].heap_pos);
+    sift_up(nodes[last.id].heap_pos);
   }
 
   void release(Id id) {
@@ -106,13 +108,11 @@ struct DeadlineTimers::Impl : std::enable_shared_from_this<DeadlineTimers::Impl>
       free_ids.pop_back();
     }
     Node& n = nodes[id];
-    n.due = due;
-    n.order = next_order++;
     n.client = std::move(client);
     n.cookie = cookie;
     n.active = true;
-    heap.push_back(id);
-    nodes[id].heap_pos = static_cast<std::uint32_t>(heap.size() - 1);
+    heap.push_back(Entry{due, next_order++, id});
+    n.heap_pos = static_cast<std::uint32_t>(heap.size() - 1);
     sift_up(heap.size() - 1);
     if (!running_batch && due < armed) arm();
     return id;
@@ -120,9 +120,10 @@ struct DeadlineTimers::Impl : std::enable_shared_from_this<DeadlineTimers::Impl>
 
   void reschedule(Id id, MonoTime due) {
     if (id == 0 || id >= nodes.size() || !nodes[id].active) return;
-    nodes[id].due = due;
-    nodes[id].order = next_order++;
-    sift_down(nodes[id].heap_pos);
+    std::size_t pos = nodes[id].heap_pos;
+    heap[pos].due = due;
+    heap[pos].order = next_order++;
+    sift_down(pos);
     sift_up(nodes[id].heap_pos);
     if (!running_batch && due < armed) arm();
   }
@@ -137,7 +138,7 @@ struct DeadlineTimers::Impl : std::enable_shared_from_this<DeadlineTimers::Impl>
 
   // Sets the timerfd to the earliest deadline (absolute), or disarms it.
   void arm() {
-    MonoTime want = heap.empty() ? MonoTime::max() : nodes[heap.front()].due;
+    MonoTime want = heap.empty() ? MonoTime::max() : heap.front().due;
     if (want == armed) return;
     itimerspec spec{};
     if (want != MonoTime::max()) {
@@ -175,17 +176,16 @@ struct DeadlineTimers::Impl : std::enable_shared_from_this<DeadlineTimers::Impl>
     ++wakeups;
     auto now = Mono::now();
     while (!heap.empty()) {
-      Id id = heap.front();
-      if (nodes[id].due > now) {
+      const Entry top = heap.front();
+      if (top.due > now) {
         now = Mono::now();  // what fell due while the batch ran joins it
-        if (nodes[id].due > now) break;
+        if (top.due > now) break;
       }
-      auto client = nodes[id].client.lock();
-      const std::uint64_t cookie = nodes[id].cookie;
-      const MonoTime due = nodes[id].due;
+      auto client = nodes[top.id].client.lock();
+      const std::uint64_t cookie = nodes[top.id].cookie;
       remove_at(0);
-      release(id);
-      if (client) client->on_deadline(cookie, due);
+      release(top.id);
+      if (client) client->on_deadline(cookie, top.due);
     }
     std::erase_if(clients, [](const auto& c) { return c.expired(); });
     // By index: a client may add another while flushing.

@@ -9,7 +9,7 @@
 //
 // Cost at scale: packets and timeouts wait in the loop's DeadlineTimers; the
 // packets that fall due together leave in one sendmmsg; replies, ICMP errors
-// and send stamps are read in batches (recvmmsg) at least every millisecond
+// and send stamps are read in batches (recvmmsg) at least every 4 ms
 // while measurements run, without a wake-up per packet (their timestamps come
 // from the kernel, so reading them later changes no RTT); a measurement's
 // timeout reads what is queued before it judges.
