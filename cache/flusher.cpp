@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <mutex>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -149,7 +147,7 @@ FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_to
       if (hook) hook("after_cache_mark");
       lower = batch_upper;
     }
-  } catch (const storage::Cancelled& e) {
+  } catch (const storage::Cancelled&) {
     report.cancelled = true;
     log->info("flush: stopped before the end ({} rows archived); the next run goes on",
               report.rows);
