@@ -9,31 +9,34 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cctype>
 #include <cerrno>
-#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
-#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string_view>
 #include <thread>
+#include <variant>
 
 #include <fmt/format.h>
 #include <xmlrpc-c/util.h>
 #include <xmlrpc-c/registry.hpp>
 
+#include "common/http_request.h"
 #include "common/log.h"
 #include "manager/api_types.h"
 #include "manager/auth.h"
+#include "manager/query_dispatch.h"
 
 namespace flexmon::manager {
 
 namespace {
 
 auto log() { return logger("manager"); }
+
+// The request line and headers of one call; Basic credentials fit easily.
+constexpr std::size_t kMaxHeaderBytes = 4096;
 
 // What a call carries from its HTTP request to the method: the
 // Authorization header (empty when absent).
@@ -120,6 +123,7 @@ int listen_on(const Endpoint& endpoint, int backlog) {
 struct XmlRpcServer::Impl {
   const Config& config;
   Authenticator auth;
+  DirectCalls direct;  // methods that write their own answer (query.*)
   xmlrpc_c::registry registry;
   int fd = -1;
   int wake_pipe[2] = {-1, -1};
@@ -133,7 +137,8 @@ struct XmlRpcServer::Impl {
   std::set<int> connections;  // guarded by mu
   std::uint64_t refused = 0;  // guarded by mu
 
-  Impl(const Config& c, std::vector<ApiMethod> methods) : config(c), auth(c.users) {
+  Impl(const Config& c, std::vector<ApiMethod> methods)
+      : config(c), auth(c.users), direct(methods, auth) {
     for (auto& m : methods) {
       std::string name = m.name;
       registry.addMethod(name, xmlrpc_c::methodPtr(new AuthMethod(std::move(m), auth)));
@@ -194,11 +199,11 @@ struct XmlRpcServer::Impl {
     }
   }
 
-  // Reads into `buffer` until it holds `want` bytes; false on EOF, error,
+  // Appends what the connection sends next to `buffer`; false on EOF, error,
   // timeout (config.manager.http_timeout_s) or stop.
-  bool fill(int conn, std::string& buffer, std::size_t want) {
+  bool receive_some(int conn, std::string& buffer) {
     char chunk[16384];
-    while (buffer.size() < want) {
+    for (;;) {
       pollfd p{conn, POLLIN, 0};
       int ready = poll(&p, 1, static_cast<int>(config.manager.http_timeout_s) * 1000);
       if (ready < 0 && errno == EINTR) continue;
@@ -207,8 +212,8 @@ struct XmlRpcServer::Impl {
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return false;
       buffer.append(chunk, static_cast<std::size_t>(n));
+      return true;
     }
-    return true;
   }
 
   static bool send_all(int conn, std::string_view data) {
@@ -221,81 +226,45 @@ struct XmlRpcServer::Impl {
     return true;
   }
 
-  static void refuse(int conn, const char* status) {
-    std::string r =
-        fmt::format("HTTP/1.1 {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
-    send_all(conn, r);
-  }
-
-  static std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
+  static void refuse(int conn, int status, std::string_view reason) {
+    send_all(conn, fmt::format("HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                               status, reason));
   }
 
   // Serves calls on one connection until the client closes, a limit, an
   // error, keepalive_max_requests calls, or stop.
   void serve_calls(int conn) {
-    constexpr std::size_t kMaxHeader = 4096;
+    http::RequestReader reader(
+        {.max_header_bytes = kMaxHeaderBytes, .max_body_bytes = config.manager.max_request_bytes});
     std::string buffer;
     for (std::uint32_t served = 0; served < config.manager.keepalive_max_requests;) {
-      std::size_t end = std::string::npos;
-      while ((end = buffer.find("\r\n\r\n")) == std::string::npos) {
-        if (buffer.size() > kMaxHeader) return refuse(conn, "431 Request Header Fields Too Large");
-        if (!fill(conn, buffer, buffer.size() + 1)) return;
+      std::string_view unread(buffer);
+      auto step = reader.read(unread);
+      buffer.erase(0, buffer.size() - unread.size());
+      if (std::holds_alternative<http::NeedMore>(step)) {
+        if (!receive_some(conn, buffer)) return;
+        continue;
       }
-      if (end > kMaxHeader) return refuse(conn, "431 Request Header Fields Too Large");
-      std::string_view head(buffer.data(), end);
-      auto line_end = head.find("\r\n");
-      std::string_view request_line = head.substr(0, line_end);
-      bool keep_alive = request_line.ends_with("HTTP/1.1");
-      if (!request_line.starts_with("POST ")) return refuse(conn, "405 Method Not Allowed");
-      auto target = request_line.substr(5, request_line.rfind(' ') - 5);
-      if (target != "/RPC2") return refuse(conn, "404 Not Found");
-      std::optional<std::size_t> length;
+      if (auto* refusal = std::get_if<http::Refusal>(&step)) {
+        log()->warn("XML-RPC: refused a request with {}: {}", refusal->status, refusal->detail);
+        return refuse(conn, refusal->status, refusal->reason);
+      }
+      auto& request = std::get<http::Request>(step);
+      if (request.method != "POST") return refuse(conn, 405, "Method Not Allowed");
+      if (request.target != "/RPC2") return refuse(conn, 404, "Not Found");
       HttpCallInfo info;
-      std::string_view rest = line_end == std::string_view::npos ? "" : head.substr(line_end + 2);
-      while (!rest.empty()) {
-        auto eol = rest.find("\r\n");
-        std::string_view line = rest.substr(0, eol);
-        rest = eol == std::string_view::npos ? "" : rest.substr(eol + 2);
-        auto colon = line.find(':');
-        if (colon == std::string_view::npos) return refuse(conn, "400 Bad Request");
-        std::string name = lower(line.substr(0, colon));
-        std::string_view value = line.substr(colon + 1);
-        while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
-          value.remove_prefix(1);
-        if (name == "content-length") {
-          std::size_t n = 0;
-          auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-          if (ec != std::errc() || p != value.data() + value.size() || length)
-            return refuse(conn, "400 Bad Request");
-          length = n;
-        } else if (name == "authorization") {
-          info.authorization = std::string(value);
-        } else if (name == "connection") {
-          std::string v = lower(value);
-          if (v.find("close") != std::string::npos) keep_alive = false;
-          if (v.find("keep-alive") != std::string::npos) keep_alive = true;
-        } else if (name == "transfer-encoding") {
-          return refuse(conn, "411 Length Required");
-        }
-      }
-      if (!length) return refuse(conn, "411 Length Required");
-      if (*length > config.manager.max_request_bytes) return refuse(conn, "413 Content Too Large");
-      const std::size_t body_at = end + 4;
-      if (!fill(conn, buffer, body_at + *length)) return;
-      std::string body = buffer.substr(body_at, *length);
-      buffer.erase(0, body_at + *length);
+      info.authorization = std::move(request.authorization);
       std::string response;
       try {
-        registry.processCall(body, &info, &response);
+        if (!direct.answer(request.body, info.authorization, response))
+          registry.processCall(request.body, &info, &response);
       } catch (const std::exception& e) {
         log()->warn("XML-RPC: call refused: {}", e.what());
-        return refuse(conn, "400 Bad Request");
+        return refuse(conn, 400, "Bad Request");
       }
       ++served;
-      const bool last = !keep_alive || served >= config.manager.keepalive_max_requests || stopping;
+      const bool last =
+          !request.keep_alive || served >= config.manager.keepalive_max_requests || stopping;
       std::string out = fmt::format(
           "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: "
           "{}\r\n\r\n",

@@ -1,5 +1,6 @@
-// The XML-RPC endpoint: an xmlrpc-c Abyss server on its own thread, with our
-// own Basic authentication and explicit limits. Abyss stays in the .cpp.
+// The XML-RPC endpoint: HTTP/1.1 keep-alive connections (read with Boost.Beast's
+// parser, common/http_request.h) whose calls go to xmlrpc-c's method registry,
+// with our own Basic authentication and explicit limits.
 #pragma once
 
 #include <cstdint>
