@@ -314,7 +314,11 @@ int client_main(int argc, char** argv) {
       if (until) filter["to"] = xmlrpc_c::value_double(parse_time(*until, now));
       xmlrpc_c::paramList params;
       params.add(xmlrpc_c::value_struct(filter));
-      auto rows = as_structs(call("query.latency", params));
+      // One page (query.latency answers {rows, next_cursor}): at most --limit rows.
+      Struct page = xmlrpc_c::value_struct(call("query.latency", params)).cvalue();
+      auto found = page.find("rows");
+      if (found == page.end()) throw girerr::error("query.latency: no rows in the answer");
+      auto rows = as_structs(found->second);
       if (!all)
         std::sort(rows.begin(), rows.end(), [](const Struct& a, const Struct& b) {
           return std::pair(get_string(a, "src"), get_string(a, "dst")) <

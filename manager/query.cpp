@@ -73,7 +73,7 @@ void write_rtts(XmlValueWriter& w, std::string_view json) {
       value = value * 10 + (ch - '0');
       in_number = true;
     } else if (ch == 'n') {  // null
-      w.int32(-1);
+      w.real(-1);
     } else if (in_number) {
       w.scaled(value, 1'000'000);
       value = 0;
@@ -333,9 +333,13 @@ void XmlValueWriter::real(double value) {
   if (!std::isfinite(value)) value = 0;
   std::string text = fmt::format("{}", value);
   if (text.find_first_of("eE") != std::string::npos) {
-    text = fmt::format("{:.20f}", value);
-    while (text.back() == '0') text.pop_back();
-    if (text.back() == '.') text.pop_back();
+    // Fixed notation with 17 significant digits: reads back as the same double.
+    const int exponent = static_cast<int>(std::floor(std::log10(std::fabs(value))));
+    text = fmt::format("{:.{}f}", value, std::max(0, 16 - exponent));
+    if (text.find('.') != std::string::npos) {
+      while (text.back() == '0') text.pop_back();
+      if (text.back() == '.') text.pop_back();
+    }
   }
   out_ += "<value><double>";
   out_ += text;

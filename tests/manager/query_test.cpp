@@ -1,0 +1,483 @@
+// The query.* methods against a real cache and a real SQLite archive: filter
+// checks and their faults, the XML they write (read back by xmlrpc-c),
+// cursor paging across both databases while a flush runs, summary, paths,
+// latest, and the server's direct path against the registry's.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <tuple>
+
+#include <xmlrpc-c/xml.hpp>
+
+#include "cache/cache.h"
+#include "cache/flusher.h"
+#include "manager/api_types.h"
+#include "manager/manager.h"
+#include "manager/query.h"
+#include "tests/manager/test_config.h"
+#include "wire.pb.h"
+
+namespace flexmon::manager {
+namespace {
+
+using S = std::map<std::string, xmlrpc_c::value>;
+xmlrpc_c::value str(const std::string& s) { return xmlrpc_c::value_string(s); }
+xmlrpc_c::value num(int n) { return xmlrpc_c::value_int(n); }
+
+constexpr UtcNs kT0 = 1'700'000'000'000'000'000;
+
+xmlrpc_c::paramList filter(const S& f) {
+  xmlrpc_c::paramList p;
+  p.add(xmlrpc_c::value_struct(f));
+  return p;
+}
+
+// Latency results on `src`>`dst`, one per second from `first` (seconds after
+// kT0); every fourth one lost two of its five packets.
+void store_latency(Cache& cache, std::uint64_t epoch, const std::string& src,
+                   const std::string& dst, int count, int first, std::uint64_t first_seq) {
+  std::vector<wire::Result> results(static_cast<std::size_t>(count));
+  std::vector<const wire::Result*> ptrs;
+  for (int i = 0; i < count; ++i) {
+    auto& r = results[static_cast<std::size_t>(i)];
+    r.set_seq(first_seq + static_cast<std::uint64_t>(i));
+    r.set_stream("latency/udp/" + src + ">" + dst);
+    r.set_tool("latency");
+    r.set_src(src);
+    r.set_dst(dst);
+    r.set_start_ns(kT0 + static_cast<UtcNs>(first + i) * 1'000'000'000);
+    r.set_status(wire::OK);
+    auto* l = r.mutable_latency();
+    const bool lossy = i % 4 == 0;
+    l->set_sent(5);
+    l->set_received(lossy ? 3 : 5);
+    for (int k = 0; k < 5; ++k) l->add_rtt_ns(lossy && k < 2 ? -1 : 1'000'000 + 1000 * k);
+    l->set_min_ns(1'000'000);
+    l->set_avg_ns(1'002'000);
+    l->set_median_ns(1'002'000);
+    l->set_max_ns(1'004'000);
+    l->set_stddev_ns(1414);
+    ptrs.push_back(&r);
+  }
+  cache.store(src, epoch, ptrs);
+}
+
+void store_abw(Cache& cache, std::uint64_t epoch, int count, std::uint64_t first_seq) {
+  std::vector<wire::Result> results(static_cast<std::size_t>(count));
+  std::vector<const wire::Result*> ptrs;
+  for (int i = 0; i < count; ++i) {
+    auto& r = results[static_cast<std::size_t>(i)];
+    r.set_seq(first_seq + static_cast<std::uint64_t>(i));
+    r.set_stream("abw/n1>n3");
+    r.set_tool("abw");
+    r.set_src("n1");
+    r.set_dst("n3");
+    r.set_start_ns(kT0 + static_cast<UtcNs>(i) * 1'000'000'000);
+    r.set_status(i == 0 ? wire::ERROR : wire::OK);
+    if (i == 0) r.set_error("responder said <no> & \"left\"");
+    auto* a = r.mutable_abw();
+    a->set_estimate_bps(50e6 + i);
+    a->set_lower_bps(40e6);
+    a->set_upper_bps(60e6);
+    a->set_bytes_sent(123456789012);
+    a->set_duration_ns(1'500'000);
+    ptrs.push_back(&r);
+  }
+  cache.store("n1", epoch, ptrs);
+}
+
+class QueryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::temp_dir();
+    config_ = testing::test_config(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Archives everything in the cache now.
+  void flush_all() {
+    Config c = config_;
+    c.archive.horizon_s = 0;
+    auto report = flush_once(c);
+    ASSERT_TRUE(report.archive_ok) << report.error;
+  }
+
+  xmlrpc_c::value ask(QueryService& service, QueryKind kind, const xmlrpc_c::paramList& p) {
+    std::string xml;
+    service.run(kind, parse_query_args(kind, p, config_), xml);
+    xmlrpc_c::value answer;
+    xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml), &answer);
+    return answer;
+  }
+
+  std::string fault(QueryKind kind, const xmlrpc_c::paramList& p, int* code = nullptr) {
+    try {
+      QueryService service(config_);
+      std::string xml;
+      service.run(kind, parse_query_args(kind, p, config_), xml);
+    } catch (const ApiFault& f) {
+      if (code) *code = f.code();
+      return f.what();
+    }
+    return "accepted";
+  }
+
+  std::filesystem::path dir_;
+  Config config_;
+};
+
+S as_struct(const xmlrpc_c::value& v) { return xmlrpc_c::value_struct(v).cvalue(); }
+std::vector<xmlrpc_c::value> as_array(const xmlrpc_c::value& v) {
+  return xmlrpc_c::value_array(v).vectorValueValue();
+}
+std::string text(const S& s, const std::string& key) {
+  return xmlrpc_c::value_string(s.at(key)).cvalue();
+}
+double real(const S& s, const std::string& key) { return xmlrpc_c::value_double(s.at(key)); }
+std::int64_t i8(const S& s, const std::string& key) { return xmlrpc_c::value_i8(s.at(key)); }
+int i4(const S& s, const std::string& key) { return xmlrpc_c::value_int(s.at(key)); }
+
+TEST_F(QueryTest, FiltersAreCheckedAndFaultsNameTheKey) {
+  auto args = parse_query_args(QueryKind::latency,
+                               filter({{"src", str("n1")},
+                                       {"site", str("a")},
+                                       {"from", num(100)},
+                                       {"to", xmlrpc_c::value_datetime("19700101T00:03:20")},
+                                       {"status", str("timeout")},
+                                       {"limit", num(7)}}),
+                               config_);
+  EXPECT_EQ(args.page.filter.tool, "latency");
+  EXPECT_EQ(args.page.filter.src, "n1");
+  EXPECT_EQ(args.page.filter.site, "a");
+  EXPECT_EQ(args.page.filter.from, 100'000'000'000);
+  EXPECT_EQ(args.page.filter.to, 200'000'000'000);
+  EXPECT_EQ(args.page.filter.status, "timeout");
+  EXPECT_EQ(args.page.limit, 7u);
+  EXPECT_EQ(parse_query_args(QueryKind::abw, {}, config_).page.filter.tool, "abw");
+  EXPECT_EQ(parse_query_args(QueryKind::summary, filter({{"tool", str("throughput")}}), config_)
+                .page.filter.tool,
+            "throughput");
+  EXPECT_EQ(parse_query_args(QueryKind::paths, {}, config_).page.filter.tool, "");
+
+  int code = 0;
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"limit", num(10001)}}), &code),
+            "limit: 10001 is above the limit of 10000");
+  EXPECT_EQ(code, kBadArgument);
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"limit", num(0)}})),
+            "limit: 0 is below the limit of 1");
+  EXPECT_EQ(fault(QueryKind::abw, filter({{"limit", str("5")}})),
+            "limit: expected an int, got string");
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"dst", str("n7")}}), &code),
+            "unknown node 'n7' in dst");
+  EXPECT_EQ(code, kUnknownNode);
+  EXPECT_EQ(fault(QueryKind::paths, filter({{"site", str("mars")}})),
+            "site: no configured node has site 'mars'");
+  EXPECT_EQ(fault(QueryKind::summary, filter({{"status", str("fine")}})),
+            "status: 'fine' is not one of error, ok, refused, resolve-failure, timeout, "
+            "unreachable");
+  EXPECT_EQ(fault(QueryKind::summary, filter({{"tool", str("ping")}})),
+            "tool: 'ping' is not one of abw, latency, throughput");
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"tool", str("abw")}})),
+            "filter.tool: unknown key for query.latency (known: src, dst, site, from, to, "
+            "status, limit, cursor, latest)");
+  EXPECT_EQ(fault(QueryKind::paths, filter({{"limit", num(5)}})),
+            "filter.limit: unknown key for query.paths (known: src, dst, site, from, to, "
+            "status, tool)");
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"from", num(5)}, {"to", num(5)}})),
+            "from: must be before to");
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"from", str("yesterday")}})),
+            "from: expected epoch seconds or dateTime.iso8601, got string");
+  EXPECT_EQ(fault(QueryKind::throughput, filter({{"cursor", str("zz")}})),
+            "cursor: not one that a previous page's next_cursor returned");
+  EXPECT_EQ(fault(QueryKind::throughput, filter({{"cursor", str("31")}})),
+            "cursor: not one that a previous page's next_cursor returned");
+  EXPECT_EQ(fault(QueryKind::latency, filter({{"latest", num(1)}})),
+            "latest: expected a boolean, got int");
+  xmlrpc_c::paramList two = filter({});
+  two.add(num(1));
+  EXPECT_EQ(fault(QueryKind::latency, two),
+            "query.latency: expected 0 to 1 arguments (filter), got 2");
+  xmlrpc_c::paramList not_struct;
+  not_struct.add(str("n1"));
+  EXPECT_EQ(fault(QueryKind::paths, not_struct), "filter: expected a struct, got string");
+}
+
+TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
+  std::string xml;
+  XmlValueWriter w(xml);
+  w.begin_struct();
+  w.member("text");
+  w.string("a<b & c>\r\x01\tz");  // xmlrpc-c reads the CR back as LF
+  w.member("ms");
+  w.scaled(100'074, 1'000'000);
+  w.member("negative");
+  w.scaled(-1'500'000, 1'000'000);
+  w.member("seconds");
+  w.scaled(kT0 + 5, 1'000'000'000);
+  w.member("whole");
+  w.scaled(3'000'000, 1'000'000);
+  w.member("tiny");
+  w.real(1.5e-7);
+  w.member("huge");
+  w.real(2.5e22);
+  w.member("clamped");
+  w.int32(std::int64_t{1} << 40);
+  w.member("exact");
+  w.int64(kT0 + 1);
+  w.member("empty");
+  w.begin_struct();
+  w.end_struct();
+  w.member("list");
+  w.begin_array();
+  w.int32(-4);
+  w.end_array();
+  w.end_struct();
+  EXPECT_NE(xml.find("&lt;b &amp; c&gt;&#13;?\tz"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>0.000000149999"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>249999999999999979"), std::string::npos) << xml;
+  xmlrpc_c::value v;
+  xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml), &v);
+  S s = as_struct(v);
+  EXPECT_EQ(text(s, "text"), "a<b & c>\n?\tz");
+  EXPECT_DOUBLE_EQ(real(s, "ms"), 0.100074);
+  EXPECT_DOUBLE_EQ(real(s, "negative"), -1.5);
+  EXPECT_DOUBLE_EQ(real(s, "seconds"), 1.7e9);
+  EXPECT_DOUBLE_EQ(real(s, "whole"), 3.0);
+  EXPECT_DOUBLE_EQ(real(s, "tiny"), 1.5e-7);
+  EXPECT_DOUBLE_EQ(real(s, "huge"), 2.5e22);
+  EXPECT_EQ(i4(s, "clamped"), INT32_MAX);
+  EXPECT_EQ(i8(s, "exact"), kT0 + 1);
+  EXPECT_TRUE(as_struct(s.at("empty")).empty());
+  EXPECT_EQ(xmlrpc_c::value_int(as_array(s.at("list")).at(0)), -4);
+}
+
+TEST_F(QueryTest, RowsCarryEveryFieldFromBothDatabases) {
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", 4, 0, 1);
+    store_abw(cache, 1, 3, 100);
+  }
+  flush_all();
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 2, "n1", "n2", 4, 4, 1);
+  }
+  QueryService service(config_);
+  auto page = as_struct(ask(service, QueryKind::latency, {}));
+  auto rows = as_array(page.at("rows"));
+  ASSERT_EQ(rows.size(), 8u);
+  EXPECT_EQ(text(page, "next_cursor"), "");
+  S newest = as_struct(rows.front());
+  EXPECT_EQ(text(newest, "node"), "n1");
+  EXPECT_EQ(i8(newest, "boot_epoch"), 2);
+  EXPECT_EQ(i8(newest, "seq"), 4);
+  EXPECT_EQ(text(newest, "stream"), "latency/udp/n1>n2");
+  EXPECT_EQ(i8(newest, "start_ns"), kT0 + 7'000'000'000);
+  EXPECT_DOUBLE_EQ(real(newest, "time"), 1'700'000'007.0);
+  EXPECT_EQ(text(newest, "status"), "ok");
+  EXPECT_EQ(i4(newest, "sent"), 5);
+  EXPECT_EQ(i4(newest, "received"), 5);
+  EXPECT_DOUBLE_EQ(real(newest, "rtt_median_ms"), 1.002);
+  auto rtts = as_array(newest.at("rtts_ms"));
+  ASSERT_EQ(rtts.size(), 5u);
+  EXPECT_DOUBLE_EQ(xmlrpc_c::value_double(rtts[4]), 1.004);
+  S lossy = as_struct(rows.back());  // archived, the first one stored
+  EXPECT_EQ(i8(lossy, "boot_epoch"), 1);
+  auto lost = as_array(lossy.at("rtts_ms"));
+  ASSERT_EQ(lost.size(), 5u);
+  EXPECT_DOUBLE_EQ(xmlrpc_c::value_double(lost[0]), -1.0);
+  EXPECT_DOUBLE_EQ(xmlrpc_c::value_double(lost[2]), 1.002);
+  EXPECT_EQ(lossy.count("estimate_bps"), 0u);
+
+  auto abw = as_array(as_struct(ask(service, QueryKind::abw, {})).at("rows"));
+  ASSERT_EQ(abw.size(), 3u);
+  S failed = as_struct(abw.back());
+  EXPECT_EQ(text(failed, "status"), "error");
+  EXPECT_EQ(text(failed, "error"), "responder said <no> & \"left\"");
+  EXPECT_DOUBLE_EQ(real(failed, "estimate_bps"), 50e6);
+  EXPECT_EQ(i8(failed, "bytes_sent"), 123456789012);
+  EXPECT_DOUBLE_EQ(real(failed, "duration_ms"), 1.5);
+  EXPECT_EQ(failed.count("sent"), 0u);
+  EXPECT_EQ(as_array(as_struct(ask(service, QueryKind::throughput, {})).at("rows")).size(), 0u);
+  auto ok_only = as_struct(ask(service, QueryKind::abw, filter({{"status", str("ok")}})));
+  EXPECT_EQ(as_array(ok_only.at("rows")).size(), 2u);
+  auto site_b = ask(service, QueryKind::latency, filter({{"site", str("b")}}));
+  EXPECT_EQ(as_array(as_struct(site_b).at("rows")).size(), 0u);
+  auto window = ask(service, QueryKind::latency,
+                    filter({{"from", num(1'700'000'002)}, {"to", num(1'700'000'005)}}));
+  EXPECT_EQ(as_array(as_struct(window).at("rows")).size(), 3u);
+}
+
+TEST_F(QueryTest, CursorPagesCoverEveryRowOnceWhileAFlushRuns) {
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", 300, 0, 1);
+    store_latency(cache, 1, "n2", "n3", 300, 0, 1000);
+  }
+  Config flushing = config_;
+  flushing.archive.horizon_s = 0;
+  flushing.archive.retention_s = 0;
+  flushing.archive.flush_batch_rows = 50;
+  QueryService service(config_);
+  std::vector<std::tuple<std::string, std::int64_t, std::int64_t>> seen;
+  std::string cursor;
+  bool last = false;
+  int pages = 0;
+  auto next_page = [&] {
+    if (last) return;
+    S f{{"limit", num(23)}};
+    if (!cursor.empty()) f.emplace("cursor", str(cursor));
+    auto page = as_struct(ask(service, QueryKind::latency, filter(f)));
+    for (const auto& row : as_array(page.at("rows"))) {
+      S r = as_struct(row);
+      seen.emplace_back(text(r, "node"), i8(r, "boot_epoch"), i8(r, "seq"));
+    }
+    cursor = text(page, "next_cursor");
+    last = cursor.empty();
+    ++pages;
+  };
+  // A page at every step of the flush: rows move from the cache to the
+  // archive and are deleted from the cache between pages.
+  auto report = flush_once(flushing, [&](std::string_view) { next_page(); });
+  ASSERT_TRUE(report.archive_ok) << report.error;
+  EXPECT_EQ(Cache(config_.collector.cache_db).count_results(), 0);
+  EXPECT_GT(pages, 5);
+  while (!last) next_page();
+  std::set<std::tuple<std::string, std::int64_t, std::int64_t>> distinct(seen.begin(), seen.end());
+  EXPECT_EQ(seen.size(), 600u);
+  EXPECT_EQ(distinct.size(), 600u);
+}
+
+TEST_F(QueryTest, SummaryPathsAndLatestSpanBothDatabases) {
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", 8, 0, 1);
+    store_latency(cache, 1, "n2", "n3", 4, 0, 100);
+    store_abw(cache, 1, 3, 200);
+  }
+  flush_all();
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 2, "n1", "n2", 4, 8, 1);
+  }
+  QueryService service(config_);
+  auto summaries = as_array(ask(service, QueryKind::summary, {}));
+  ASSERT_EQ(summaries.size(), 3u);
+  S abw = as_struct(summaries[0]);
+  EXPECT_EQ(text(abw, "tool"), "abw");
+  EXPECT_EQ(i4(abw, "count"), 3);
+  EXPECT_EQ(i4(abw, "ok"), 2);
+  EXPECT_NEAR(real(abw, "bandwidth_median_bps"), 50e6, 50e6 * 0.005);
+  EXPECT_EQ(abw.count("loss"), 0u);
+  S one_two = as_struct(summaries[1]);
+  EXPECT_EQ(text(one_two, "src") + text(one_two, "dst"), "n1n2");
+  EXPECT_EQ(i4(one_two, "count"), 12);
+  EXPECT_EQ(i8(one_two, "sent"), 60);
+  EXPECT_EQ(i8(one_two, "received"), 54);  // 3 of 12 results lost 2 packets
+  EXPECT_DOUBLE_EQ(real(one_two, "loss"), 6.0 / 60.0);
+  EXPECT_DOUBLE_EQ(real(one_two, "rtt_min_ms"), 1.0);
+  EXPECT_NEAR(real(one_two, "rtt_p99_ms"), 1.004, 1.004 * 0.005);
+  EXPECT_DOUBLE_EQ(real(one_two, "first"), 1'700'000'000.0);
+  EXPECT_DOUBLE_EQ(real(one_two, "last"), 1'700'000'011.0);
+  auto latency_only =
+      as_array(ask(service, QueryKind::summary, filter({{"tool", str("latency")}})));
+  EXPECT_EQ(latency_only.size(), 2u);
+
+  auto paths = as_array(ask(service, QueryKind::paths, filter({{"src", str("n1")}})));
+  ASSERT_EQ(paths.size(), 2u);
+  S p = as_struct(paths[1]);
+  EXPECT_EQ(text(p, "tool") + text(p, "dst"), "latencyn2");
+  EXPECT_EQ(i4(p, "count"), 12);
+
+  // n2>n3's newest is archived, n1>n2's is in the cache.
+  auto latest = as_struct(
+      ask(service, QueryKind::latency, filter({{"latest", xmlrpc_c::value_boolean(true)}})));
+  auto rows = as_array(latest.at("rows"));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(i8(as_struct(rows[0]), "start_ns"), kT0 + 11'000'000'000);
+  EXPECT_EQ(i8(as_struct(rows[0]), "boot_epoch"), 2);
+  EXPECT_EQ(text(as_struct(rows[1]), "src"), "n2");
+  EXPECT_EQ(i8(as_struct(rows[1]), "start_ns"), kT0 + 3'000'000'000);
+  EXPECT_EQ(text(latest, "next_cursor"), "");
+}
+
+int dial(std::uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  return fd;
+}
+
+// One call over HTTP (Connection: close); the response body.
+std::string call(std::uint16_t port, const std::string& auth, const std::string& body) {
+  int fd = dial(port);
+  std::string request =
+      "POST /RPC2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/xml\r\n";
+  if (!auth.empty()) request += "Authorization: " + auth + "\r\n";
+  request += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string out;
+  char buf[65536];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<std::size_t>(n));
+  close(fd);
+  auto at = out.find("\r\n\r\n");
+  return at == std::string::npos ? out : out.substr(at + 4);
+}
+
+TEST_F(QueryTest, ServerAnswersDirectlyAndThroughTheRegistryAlike) {
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", 30, 0, 1);
+  }
+  auto manager = start_manager_daemon(config_);
+  const auto port = manager->xmlrpc_port();
+  const std::string bob = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5";  // bob:bob-token-0123456789
+  S f{{"src", str("n1")}, {"limit", num(10)}};
+  xmlrpc_c::paramList params = filter(f);
+  std::string direct_call;
+  xmlrpc_c::xml::generateCall("query.latency", params, &direct_call);
+  xmlrpc_c::value direct;
+  xmlrpc_c::xml::parseSuccessfulResponse(call(port, bob, direct_call), &direct);
+  // A method name the quick look does not read (a character reference) goes
+  // through the registry, hence the method's run().
+  std::string registry_call = direct_call;
+  registry_call.replace(registry_call.find("query.latency"), 13, "query&#46;latency");
+  xmlrpc_c::value via_registry;
+  xmlrpc_c::xml::parseSuccessfulResponse(call(port, bob, registry_call), &via_registry);
+  S a = as_struct(direct), b = as_struct(via_registry);
+  EXPECT_EQ(text(a, "next_cursor"), text(b, "next_cursor"));
+  EXPECT_FALSE(text(a, "next_cursor").empty());
+  auto rows_a = as_array(a.at("rows")), rows_b = as_array(b.at("rows"));
+  ASSERT_EQ(rows_a.size(), 10u);
+  ASSERT_EQ(rows_b.size(), 10u);
+  for (std::size_t i = 0; i < rows_a.size(); ++i)
+    EXPECT_EQ(i8(as_struct(rows_a[i]), "seq"), i8(as_struct(rows_b[i]), "seq"));
+
+  xmlrpc_c::rpcOutcome outcome;
+  xmlrpc_c::xml::parseResponse(call(port, "", direct_call), &outcome);
+  ASSERT_FALSE(outcome.succeeded());
+  EXPECT_EQ(outcome.getFault().getCode(), kNotAuthenticated);
+  std::string bad_call;
+  xmlrpc_c::xml::generateCall("query.summary", filter({{"limit", num(3)}}), &bad_call);
+  xmlrpc_c::xml::parseResponse(call(port, bob, bad_call), &outcome);
+  ASSERT_FALSE(outcome.succeeded());
+  EXPECT_EQ(outcome.getFault().getCode(), kBadArgument);
+  // A malformed body naming a query method still gets the registry's fault.
+  xmlrpc_c::xml::parseResponse(
+      call(port, bob, "<methodCall><methodName>query.paths</methodName><params><param>"), &outcome);
+  EXPECT_FALSE(outcome.succeeded());
+  manager->stop();
+}
+
+}  // namespace
+}  // namespace flexmon::manager
