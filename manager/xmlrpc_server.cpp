@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "manager/api_types.h"
 #include "manager/auth.h"
+#include "manager/query_dispatch.h"
 
 namespace flexmon::manager {
 
@@ -122,6 +123,7 @@ int listen_on(const Endpoint& endpoint, int backlog) {
 struct XmlRpcServer::Impl {
   const Config& config;
   Authenticator auth;
+  DirectCalls direct;  // methods that write their own answer (query.*)
   xmlrpc_c::registry registry;
   int fd = -1;
   int wake_pipe[2] = {-1, -1};
@@ -135,7 +137,8 @@ struct XmlRpcServer::Impl {
   std::set<int> connections;  // guarded by mu
   std::uint64_t refused = 0;  // guarded by mu
 
-  Impl(const Config& c, std::vector<ApiMethod> methods) : config(c), auth(c.users) {
+  Impl(const Config& c, std::vector<ApiMethod> methods)
+      : config(c), auth(c.users), direct(methods, auth) {
     for (auto& m : methods) {
       std::string name = m.name;
       registry.addMethod(name, xmlrpc_c::methodPtr(new AuthMethod(std::move(m), auth)));
@@ -253,7 +256,8 @@ struct XmlRpcServer::Impl {
       info.authorization = std::move(request.authorization);
       std::string response;
       try {
-        registry.processCall(request.body, &info, &response);
+        if (!direct.answer(request.body, info.authorization, response))
+          registry.processCall(request.body, &info, &response);
       } catch (const std::exception& e) {
         log()->warn("XML-RPC: call refused: {}", e.what());
         return refuse(conn, 400, "Bad Request");
