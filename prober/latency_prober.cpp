@@ -373,44 +373,50 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
   // Sends every queued packet: one sendmmsg per kSendBatch.
   void flush() {
     if (flushing) return;
-    flushing = true;
     std::vector<std::uint64_t> failed;
+    // Ending a failed measurement may start others: their packets go too.
     while (!outgoing.empty()) {
-      std::size_t n = outgoing.size();
-      out_bytes.clear();
-      std::size_t total = 0;
-      for (const auto& o : outgoing) total += find(o.id) ? find(o.id)->size : 0;
-      out_bytes.resize(total);
-      std::size_t at = 0;
-      for (std::size_t i = 0; i < n; ++i) {
-        Measurement* m = find(outgoing[i].id);
-        std::size_t size = m ? m->size : 0;
-        if (m)
-          encode_probe(
-              ProbeHeader{ProbeKind::request, static_cast<std::uint16_t>(outgoing[i].index), m->id},
-              std::span(out_bytes.data() + at, size));
-        out_iov[i] = iovec{out_bytes.data() + at, size};
-        mmsghdr& h = out_msgs[i];
-        h = mmsghdr{};
-        if (m) {
-          h.msg_hdr.msg_name = &m->dst;
-          h.msg_hdr.msg_namelen = m->dst_length;
+      flushing = true;
+      while (!outgoing.empty()) {
+        std::size_t n = std::min(outgoing.size(), kSendBatch);
+        out_bytes.clear();
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < n; ++i)
+          if (Measurement* m = find(outgoing[i].id)) total += m->size;
+        out_bytes.resize(total);
+        std::size_t at = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+          Measurement* m = find(outgoing[i].id);
+          std::size_t size = m ? m->size : 0;
+          if (m)
+            encode_probe(ProbeHeader{ProbeKind::request,
+                                     static_cast<std::uint16_t>(outgoing[i].index), m->id},
+                         std::span(out_bytes.data() + at, size));
+          out_iov[i] = iovec{out_bytes.data() + at, size};
+          mmsghdr& h = out_msgs[i];
+          h = mmsghdr{};
+          if (m) {
+            h.msg_hdr.msg_name = &m->dst;
+            h.msg_hdr.msg_namelen = m->dst_length;
+          }
+          h.msg_hdr.msg_iov = &out_iov[i];
+          h.msg_hdr.msg_iovlen = 1;
+          at += size;
         }
-        h.msg_hdr.msg_iov = &out_iov[i];
-        h.msg_hdr.msg_iovlen = 1;
-        at += size;
+        send_all(n, failed);
+        outgoing.erase(outgoing.begin(), outgoing.begin() + static_cast<std::ptrdiff_t>(n));
       }
-      send_all(n, failed);
-      outgoing.erase(outgoing.begin(), outgoing.begin() + static_cast<std::ptrdiff_t>(n));
+      flushing = false;
+      // Measurements whose every packet failed end now.
+      for (auto id : failed)
+        if (Measurement* m = find(id);
+            m && m->next >= m->count && m->sent == 0 && m->in_batch == 0) {
+          timers.cancel(m->timer);
+          m->timer = 0;
+          finish(*m);
+        }
+      failed.clear();
     }
-    flushing = false;
-    // Measurements whose every packet failed end now (this may start others).
-    for (auto id : failed)
-      if (Measurement* m = find(id); m && m->next >= m->count && m->sent == 0 && m->in_batch == 0) {
-        timers.cancel(m->timer);
-        m->timer = 0;
-        finish(*m);
-      }
   }
 
   void send_all(std::size_t n, std::vector<std::uint64_t>& failed) {

@@ -139,6 +139,22 @@ TEST(Latency, BadDestinationAddressIsAResultNotACrash) {
   EXPECT_FALSE(r.error().empty());
 }
 
+TEST(Latency, ASendTheKernelRefusesIsAnErrorResultAndLaterMeasurementsStillRun) {
+  Loop l;
+  Responder responder(l.loop, "127.0.0.1", 0, 16, 1472);
+  LatencyProber prober(l.loop, "0.0.0.0", "n1");
+  // Broadcast without SO_BROADCAST: sendmmsg fails with EACCES.
+  auto refused = stream_to(9, 2);
+  refused.set_dst_address("255.255.255.255");
+  auto r = measure(prober, refused);
+  EXPECT_EQ(r.status(), wire::ERROR);
+  EXPECT_NE(r.error().find("sendmmsg"), std::string::npos) << r.error();
+  EXPECT_EQ(r.latency().sent(), 0U);
+  auto ok = measure(prober, stream_to(responder.port(), 2));
+  EXPECT_EQ(ok.status(), wire::OK) << ok.error();
+  EXPECT_EQ(prober.running(), 0U);
+}
+
 TEST(Responder, DropsMalformedPacketsAndNeverAmplifies) {
   Loop l;
   Responder responder(l.loop, "127.0.0.1", 0, 16, 1472);
