@@ -445,24 +445,6 @@ UtcNs parse_time(const xmlrpc_c::value& v, const std::string& name) {
   return static_cast<UtcNs>(std::llround(seconds * 1e9));
 }
 
-LatencyQuery parse_latency_filter(const xmlrpc_c::value& value, const Config& config) {
-  auto f = get_struct(value, "filter");
-  check_keys(f, "filter.", {"src", "dst", "from", "to", "limit", "latest"});
-  LatencyQuery q;
-  if (auto it = f.find("src"); it != f.end()) q.src = node_arg(it->second, "src", config);
-  if (auto it = f.find("dst"); it != f.end()) q.dst = node_arg(it->second, "dst", config);
-  if (auto it = f.find("from"); it != f.end()) q.from = parse_time(it->second, "from");
-  if (auto it = f.find("to"); it != f.end()) q.to = parse_time(it->second, "to");
-  if (q.from && q.to && *q.from >= *q.to) bad("from: must be before to");
-  if (auto it = f.find("limit"); it != f.end())
-    q.limit = bounded_uint(it->second, "limit", 1, 10000);
-  if (auto it = f.find("latest"); it != f.end()) {
-    expect_type(it->second, V::TYPE_BOOLEAN, "latest", "a boolean");
-    q.latest_per_path = xmlrpc_c::value_boolean(it->second).cvalue();
-  }
-  return q;
-}
-
 std::uint64_t parse_id_arg(const xmlrpc_c::value& value, const std::string& name) {
   std::string id = get_string(value, name);
   auto num = parse_request_id(id);

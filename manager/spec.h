@@ -7,7 +7,6 @@
 
 #include <xmlrpc-c/base.hpp>
 
-#include "cache/cache.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "manager/api_types.h"
@@ -32,9 +31,6 @@ Edit parse_edit(const xmlrpc_c::value& changes, const RequestSpec& current, cons
 
 // A time: epoch seconds (int, i8 or double) or dateTime.iso8601 (UTC).
 UtcNs parse_time(const xmlrpc_c::value& value, const std::string& name);
-
-// A query.latency filter. Throws ApiFault.
-LatencyQuery parse_latency_filter(const xmlrpc_c::value& filter, const Config& config);
 
 // A request id argument ("r<N>"); kBadArgument if malformed.
 std::uint64_t parse_id_arg(const xmlrpc_c::value& value, const std::string& name);

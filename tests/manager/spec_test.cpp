@@ -148,36 +148,6 @@ TEST_F(SpecTest, RejectsShapes) {
   }
 }
 
-TEST_F(SpecTest, Filters) {
-  auto q = parse_latency_filter(
-      xmlrpc_c::value_struct({{"src", str("n1")},
-                              {"from", num(100)},
-                              {"to", xmlrpc_c::value_datetime("19700101T00:03:20")},
-                              {"limit", num(7)},
-                              {"latest", xmlrpc_c::value_boolean(true)}}),
-      config);
-  EXPECT_EQ(q.src, "n1");
-  EXPECT_EQ(q.from, 100'000'000'000);
-  EXPECT_EQ(q.to, 200'000'000'000);
-  EXPECT_EQ(q.limit, 7u);
-  EXPECT_TRUE(q.latest_per_path);
-  auto bad = [&](S f) {
-    try {
-      parse_latency_filter(xmlrpc_c::value_struct(f), config);
-    } catch (const ApiFault& e) {
-      return std::string(e.what());
-    }
-    return std::string("accepted");
-  };
-  EXPECT_EQ(bad({{"limit", num(10001)}}), "limit: 10001 is above the limit of 10000");
-  EXPECT_EQ(bad({{"limit", num(0)}}), "limit: 0 is below the limit of 1");
-  EXPECT_EQ(bad({{"dst", str("n7")}}), "unknown node 'n7' in dst");
-  EXPECT_EQ(bad({{"from", num(5)}, {"to", num(5)}}), "from: must be before to");
-  EXPECT_EQ(bad({{"from", str("yesterday")}}),
-            "from: expected epoch seconds or dateTime.iso8601, got string");
-  EXPECT_EQ(bad({{"latest", num(1)}}), "latest: expected a boolean, got int");
-}
-
 TEST(RequestId, Parses) {
   EXPECT_EQ(parse_request_id("r1"), 1u);
   EXPECT_EQ(parse_request_id("r123"), 123u);
