@@ -2,7 +2,8 @@
 // duplicates whatever the flush is doing: the cache contributes only the rows
 // above the archive's flush watermark, read in one snapshot of each database
 // (cache first, so that a row deleted by retention is already archived).
-// Plain C++ types only; the manager maps them to query.* (schemas/storage-api.md).
+// Plain C++ types only; the manager maps them to query.* (schemas/xmlrpc-api.md;
+// how reads stay consistent: schemas/storage-api.md).
 #pragma once
 
 #include <cstdint>
