@@ -131,8 +131,13 @@ const UserConfig& Core::user_of(const std::string& name) const {
 }
 
 void Core::apply_locked(const Request* before, const Request* after) {
-  if (before) {
+  if (before && after)
+    index_.replace(*before, *after);
+  else if (before)
     index_.detach(*before);
+  else if (after)
+    index_.attach(*after);
+  if (before) {
     auto& u = users_[before->owner];
     u.requests -= 1;
     u.paths -= before->spec.paths.size();
@@ -140,7 +145,6 @@ void Core::apply_locked(const Request* before, const Request* after) {
     reserved_.erase(before->num);
   }
   if (after) {
-    index_.attach(*after);
     auto& u = users_[after->owner];
     u.requests += 1;
     u.paths += after->spec.paths.size();
@@ -333,11 +337,11 @@ Request Core::edit(std::uint64_t num, const UserConfig& caller, const RequestSpe
   std::lock_guard lock(mu_);
   Request& r = requests_.at(num);
   if (!is_active(r)) return r;  // finished meanwhile (housekeeping)
-  apply_locked(&r, nullptr);
+  const Request before = r;
   r.spec = updated.spec;
   r.ends_ns = updated.ends_ns;
   r.revert = updated.revert;
-  apply_locked(nullptr, &r);
+  apply_locked(&before, &r);
   publish_locked();
   wake_ = true;
   cv_.notify_all();
@@ -501,11 +505,11 @@ void Core::housekeeping(UtcNs now) {
           log()->warn("request {}: temporary edit not reverted yet: {}", r.id(), f.what());
           continue;  // tried again at the next housekeeping
         }
-        apply_locked(&r, nullptr);
+        const Request before = r;
         r.spec = back.spec;
         r.ends_ns = back.ends_ns;
         r.revert.reset();
-        apply_locked(nullptr, &r);
+        apply_locked(&before, &r);
         reverted.push_back(r);
       }
     }

@@ -119,6 +119,12 @@ void StreamIndex::detach(const Request& r) {
   retry_held();
 }
 
+void StreamIndex::replace(const Request& before, const Request& after) {
+  for (const auto& p : before.spec.paths) detach_key(before, p, is_oneshot(before));
+  attach(after);
+  retry_held();
+}
+
 void StreamIndex::attach_path(const Request& r, const Path& path) {
   attach_key(r, path, is_oneshot(r));
 }
