@@ -120,7 +120,15 @@ void StreamIndex::detach(const Request& r) {
 }
 
 void StreamIndex::replace(const Request& before, const Request& after) {
-  for (const auto& p : before.spec.paths) detach_key(before, p, is_oneshot(before));
+  // A stream the edit keeps is updated in place, so one held for budget
+  // stays held (recreating it would start it running unchecked).
+  auto key_of = [](const Request& r, const Path& p) {
+    return stream_key(r.spec, p, is_oneshot(r) ? std::optional(r.num) : std::nullopt);
+  };
+  std::set<std::string> kept;
+  for (const auto& p : after.spec.paths) kept.insert(key_of(after, p));
+  for (const auto& p : before.spec.paths)
+    if (!kept.contains(key_of(before, p))) detach_key(before, p, is_oneshot(before));
   attach(after);
   retry_held();
 }

@@ -39,9 +39,10 @@ class StreamIndex {
   // paths already sent are skipped).
   void attach(const Request& r);
   void detach(const Request& r);
-  // `before` becomes `after` (an edit) in one step: held streams get the
-  // chance to resume only after, never on the budget `before` frees for a
-  // moment, as the admission check simulated the swap.
+  // `before` becomes `after` (an edit) in one step, as the admission check
+  // simulated it: a kept stream that is held stays held, and other held
+  // streams get the chance to resume only after the swap, never on the
+  // budget `before` frees for a moment.
   void replace(const Request& before, const Request& after);
   // One path only (a one-shot handed to its prober, or handed back).
   void attach_path(const Request& r, const Path& path);

@@ -243,6 +243,27 @@ TEST(Edit, HeldStreamDoesNotResumeOnTheBudgetAnEditFreesForAMoment) {
   EXPECT_EQ(core.nodes()[0].paused_streams, 1u);
 }
 
+// Editing the only request of a stream held for budget keeps it held: the
+// admission check does not count held streams, so the edit must not start it.
+TEST(Edit, AStreamHeldForBudgetStaysHeldWhenItsRequestIsEdited) {
+  Lab lab;
+  lab.config.budgets.node.bps = latency_bps(1) * 2;
+  lab.open();
+  Core& core = *lab.core;
+  core.add_request("alice", spec(1, {{"n1", "n2"}}));
+  core.add_request("alice", spec(1, {{"n2", "n1"}}));
+  core.set_node_dead_for_test("n3", true);
+  auto held = core.add_request("bob", spec(10, {{"n1", "n3"}}));
+  core.set_node_dead_for_test("n3", false);  // n1 is full: n1 -> n3 is held
+  ASSERT_EQ(core.nodes()[0].paused_streams, 1u);
+
+  RequestSpec faster = held.spec;
+  faster.interval_s = 5;
+  core.edit(held.num, lab.bob(), faster, std::nullopt);
+  EXPECT_LE(core.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
+  EXPECT_EQ(core.nodes()[0].paused_streams, 1u);
+}
+
 TEST(Edit, TemporaryChangeRevertsAndSurvivesRestart) {
   Lab lab;
   lab.open();
