@@ -3,14 +3,21 @@
 // archive), with HTTP keep-alive and with one call per connection; p50 and
 // p99 latency. The real manager in-process on loopback; clients speak raw
 // HTTP/1.1 and read every byte of each response. Figures one per line.
+// The peer in the same run: a server that does no work, sending the same
+// query answer's bytes to the same clients (the loopback ceiling of calls of
+// that size on this machine).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <stdexcept>
 #include <thread>
 
 #include "bench/manager_bench_util.h"
@@ -69,8 +76,17 @@ bool call(int fd, const std::string& request, std::string& buffer, bool* closing
   }
 }
 
+// CPU time of the whole process (server and clients), user and system.
+double process_cpu_s() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 struct Figures {
   double calls_per_s = 0, p50_ms = 0, p99_ms = 0;
+  double cpu_us_per_call = 0;  // load on other processes barely moves it
   std::uint64_t errors = 0;
 };
 
@@ -86,6 +102,7 @@ Figures run(std::uint16_t port, const std::string& body, bool keepalive, int cli
   std::vector<std::vector<double>> latencies(clients);
   std::vector<std::thread> threads;
   auto start = Clock::now();
+  const double cpu_start = process_cpu_s();
   for (int c = 0; c < clients; ++c)
     threads.emplace_back([&, c] {
       std::string buffer;
@@ -111,6 +128,7 @@ Figures run(std::uint16_t port, const std::string& body, bool keepalive, int cli
   done = true;
   for (auto& t : threads) t.join();
   double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  const double cpu = process_cpu_s() - cpu_start;
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   Figures f;
@@ -118,6 +136,7 @@ Figures run(std::uint16_t port, const std::string& body, bool keepalive, int cli
   f.p50_ms = bench::quantile(all, 0.5);
   f.p99_ms = bench::quantile(all, 0.99);
   f.errors = errors;
+  if (!all.empty()) f.cpu_us_per_call = cpu * 1e6 / static_cast<double>(all.size());
   return f;
 }
 
@@ -174,10 +193,87 @@ void fill_results(const Config& config) {
   store_results(cache, 2, 50, kStart + 2000);
 }
 
+// The ceiling of this machine for these calls: a server that does no work
+// at all, answering every request on its connection with the same bytes the
+// manager sent for one query.latency call (headers included), measured with
+// the same clients.
+class CannedServer {
+ public:
+  explicit CannedServer(std::string answer) : answer_(std::move(answer)) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t size = sizeof at;
+    if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&at), size) != 0 ||
+        listen(listen_fd_, 64) != 0)
+      throw std::runtime_error("canned server: cannot listen on loopback");
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&at), &size);
+    port_ = ntohs(at.sin_port);
+    acceptor_ = std::thread([this] {
+      for (int conn; (conn = accept(listen_fd_, nullptr, nullptr)) >= 0;) {
+        std::lock_guard lock(mu_);
+        connections_.push_back(conn);
+        servers_.emplace_back([this, conn] { serve(conn); });
+      }
+    });
+  }
+
+  ~CannedServer() {
+    shutdown(listen_fd_, SHUT_RDWR);
+    acceptor_.join();
+    close(listen_fd_);
+    for (int conn : connections_) shutdown(conn, SHUT_RDWR);
+    for (auto& t : servers_) t.join();
+    for (int conn : connections_) close(conn);
+  }
+
+  std::uint16_t port() const { return port_; }
+
+ private:
+  // Reads each request whole (headers and Content-Length body), then sends
+  // the answer, until the client goes away.
+  void serve(int conn) {
+    std::string pending;
+    char chunk[16384];
+    for (;;) {
+      auto end = pending.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        auto length = pending.find("Content-Length: ");
+        std::size_t need = end + 4 + (length < end ? std::stoul(pending.substr(length + 16)) : 0);
+        if (pending.size() >= need) {
+          pending.erase(0, need);
+          std::string_view out(answer_);
+          while (!out.empty()) {
+            ssize_t n = send(conn, out.data(), out.size(), MSG_NOSIGNAL);
+            if (n <= 0) return;
+            out.remove_prefix(static_cast<std::size_t>(n));
+          }
+          continue;
+        }
+      }
+      ssize_t n = recv(conn, chunk, sizeof chunk, 0);
+      if (n <= 0) return;
+      pending.append(chunk, static_cast<std::size_t>(n));
+    }
+  }
+
+  std::string answer_;
+  int listen_fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::vector<int> connections_;
+  std::vector<std::thread> servers_;
+};
+
 }  // namespace
 
+// Usage: manager_xmlrpc_bench [SECONDS_PER_RUN] [NAME...]; NAMEs (probe_get,
+// query_latency_100) pick the calls measured, all by default.
 int main(int argc, char** argv) {
   const double seconds = argc > 1 ? std::atof(argv[1]) : 3.0;
+  const std::vector<std::string_view> only(argv + std::min(argc, 2), argv + argc);
   const int clients = 16;
   logger("manager")->set_level(spdlog::level::warn);
   auto dir = bench::temp_dir("flexmon-xmlrpc-bench");
@@ -210,6 +306,7 @@ int main(int argc, char** argv) {
       "<member><name>src</name><value><string>n1</string></value></member>"
       "<member><name>dst</name><value><string>n2</string></value></member>"
       "</struct></value></param></params></methodCall>";
+  std::string query_answer;
   {
     // What each query call receives: a full page of 100 rows.
     std::string request =
@@ -225,16 +322,30 @@ int main(int argc, char** argv) {
       ++rows;
     fmt::print("query_latency_100_rows {}\n", ok ? rows : 0);
     fmt::print("query_latency_100_response_bytes {}\n", buffer.size());
+    query_answer = buffer;
   }
+  double query_keepalive_calls_per_s = 0;
   for (auto [name, body] : {std::pair{"probe_get", get}, std::pair{"query_latency_100", query}})
     for (bool keepalive : {true, false}) {
+      if (!only.empty() && std::find(only.begin(), only.end(), name) == only.end()) continue;
       Figures f = run(port, body, keepalive, clients, seconds);
       const char* mode = keepalive ? "keepalive" : "close";
       fmt::print("{}_{}_calls_per_s {:.0f}\n", name, mode, f.calls_per_s);
       fmt::print("{}_{}_p50_ms {:.3f}\n", name, mode, f.p50_ms);
       fmt::print("{}_{}_p99_ms {:.3f}\n", name, mode, f.p99_ms);
       fmt::print("{}_{}_errors {}\n", name, mode, f.errors);
+      fmt::print("{}_{}_cpu_us_per_call {:.0f}\n", name, mode, f.cpu_us_per_call);
+      if (std::string_view(name) == "query_latency_100" && keepalive)
+        query_keepalive_calls_per_s = f.calls_per_s;
     }
+  if (query_keepalive_calls_per_s > 0) {
+    CannedServer canned(query_answer);
+    Figures f = run(canned.port(), query, true, clients, seconds);
+    fmt::print("canned_query_answer_keepalive_calls_per_s {:.0f}\n", f.calls_per_s);
+    fmt::print("canned_query_answer_keepalive_cpu_us_per_call {:.0f}\n", f.cpu_us_per_call);
+    fmt::print("query_latency_100_keepalive_share_of_canned {:.2f}\n",
+               query_keepalive_calls_per_s / f.calls_per_s);
+  }
   manager->stop();
   std::filesystem::remove_all(dir);
 }

@@ -1,6 +1,7 @@
 #include "manager/query.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <iterator>
 #include <set>
@@ -320,29 +321,51 @@ void XmlValueWriter::string(std::string_view text) {
   out_ += "</string></value>";
 }
 
+namespace {
+// Decimal text of an integer, without allocating.
+class DecimalText {
+ public:
+  explicit DecimalText(std::integral auto value) : text_(value) {}
+  operator std::string_view() const { return {text_.data(), text_.size()}; }
+
+ private:
+  fmt::format_int text_;
+};
+}  // namespace
+
 void XmlValueWriter::int32(std::int64_t value) {
   value = std::clamp<std::int64_t>(value, INT32_MIN, INT32_MAX);
-  fmt::format_to(std::back_inserter(out_), "<value><i4>{}</i4></value>", value);
+  out_ += "<value><i4>";
+  out_ += DecimalText(value);
+  out_ += "</i4></value>";
 }
 
 void XmlValueWriter::int64(std::int64_t value) {
-  fmt::format_to(std::back_inserter(out_), "<value><i8>{}</i8></value>", value);
+  out_ += "<value><i8>";
+  out_ += DecimalText(value);
+  out_ += "</i8></value>";
 }
 
 void XmlValueWriter::real(double value) {
   if (!std::isfinite(value)) value = 0;
-  std::string text = fmt::format("{}", value);
-  if (text.find_first_of("eE") != std::string::npos) {
-    // Fixed notation with 17 significant digits: reads back as the same double.
+  // Shortest text that reads back as the same double; XML-RPC has no
+  // exponent notation, so such values are written out in fixed notation
+  // with 17 significant digits instead.
+  char text[32];
+  auto shortest = std::to_chars(std::begin(text), std::end(text), value);
+  std::string_view written(text, static_cast<std::size_t>(shortest.ptr - text));
+  std::string fixed;
+  if (written.find_first_of("eE") != std::string_view::npos) {
     const int exponent = static_cast<int>(std::floor(std::log10(std::fabs(value))));
-    text = fmt::format("{:.{}f}", value, std::max(0, 16 - exponent));
-    if (text.find('.') != std::string::npos) {
-      while (text.back() == '0') text.pop_back();
-      if (text.back() == '.') text.pop_back();
+    fixed = fmt::format("{:.{}f}", value, std::max(0, 16 - exponent));
+    if (fixed.find('.') != std::string::npos) {
+      while (fixed.back() == '0') fixed.pop_back();
+      if (fixed.back() == '.') fixed.pop_back();
     }
+    written = fixed;
   }
   out_ += "<value><double>";
-  out_ += text;
+  out_ += written;
   out_ += "</double></value>";
 }
 
@@ -353,13 +376,17 @@ void XmlValueWriter::scaled(std::int64_t ns, std::int64_t unit_ns) {
       ns < 0 ? static_cast<std::uint64_t>(-(ns + 1)) + 1 : static_cast<std::uint64_t>(ns);
   if (ns < 0) out_ += '-';
   const auto unit = static_cast<std::uint64_t>(unit_ns);
-  fmt::format_to(std::back_inserter(out_), "{}", magnitude / unit);
+  out_ += DecimalText(magnitude / unit);
   if (std::uint64_t fraction = magnitude % unit; fraction != 0) {
-    int digits = 0;
-    for (std::uint64_t u = unit; u > 1; u /= 10) ++digits;
-    std::string text = fmt::format(".{:0{}}", fraction, digits);
-    while (text.back() == '0') text.pop_back();
-    out_ += text;
+    // The fraction's digits with leading zeros kept and trailing ones dropped.
+    char digits[20];
+    int count = 0;
+    for (std::uint64_t u = unit; u > 1; u /= 10) ++count;
+    for (int i = count - 1; i >= 0; --i, fraction /= 10)
+      digits[i] = static_cast<char>('0' + fraction % 10);
+    while (count > 0 && digits[count - 1] == '0') --count;
+    out_ += '.';
+    out_.append(digits, static_cast<std::size_t>(count));
   }
   out_ += "</double></value>";
 }

@@ -222,6 +222,12 @@ TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
   w.scaled(kT0 + 5, 1'000'000'000);
   w.member("whole");
   w.scaled(3'000'000, 1'000'000);
+  w.member("leading_zeros");
+  w.scaled(7'000'052, 1'000'000);
+  w.member("plain");
+  w.real(94'000'000.25);
+  w.member("million");
+  w.real(1e6);
   w.member("tiny");
   w.real(1.5e-7);
   w.member("huge");
@@ -241,6 +247,10 @@ TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
   EXPECT_NE(xml.find("&lt;b &amp; c&gt;&#13;?\tz"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<double>0.000000149999"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<double>249999999999999979"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>7.000052</double>"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>94000000.25</double>"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>1000000</double>"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>3</double>"), std::string::npos) << xml;
   xmlrpc_c::value v;
   xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml), &v);
   S s = as_struct(v);
@@ -249,6 +259,9 @@ TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
   EXPECT_DOUBLE_EQ(real(s, "negative"), -1.5);
   EXPECT_DOUBLE_EQ(real(s, "seconds"), 1.7e9);
   EXPECT_DOUBLE_EQ(real(s, "whole"), 3.0);
+  EXPECT_DOUBLE_EQ(real(s, "leading_zeros"), 7.000052);
+  EXPECT_DOUBLE_EQ(real(s, "plain"), 94'000'000.25);
+  EXPECT_DOUBLE_EQ(real(s, "million"), 1e6);
   EXPECT_DOUBLE_EQ(real(s, "tiny"), 1.5e-7);
   EXPECT_DOUBLE_EQ(real(s, "huge"), 2.5e22);
   EXPECT_EQ(i4(s, "clamped"), INT32_MAX);
