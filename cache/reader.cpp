@@ -60,34 +60,6 @@ std::optional<Select::After> decode_cursor(const std::string& cursor) {
   return after;
 }
 
-// A prepared cache statement reused by later calls: reset, not finalized,
-// when the cursor ends (preparing cost as much as reading a 100-row page).
-class ReusedCursor : public storage::Cursor {
- public:
-  ReusedCursor(sqlite::Statement& statement, const std::vector<storage::Param>& params)
-      : statement_(statement) {
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      int index = static_cast<int>(i + 1);
-      if (auto* number = std::get_if<std::int64_t>(&params[i]))
-        statement_.bind(index, *number);
-      else
-        statement_.bind(index, std::get<std::string>(params[i]));
-    }
-  }
-  ~ReusedCursor() override { statement_.reset(); }
-  bool next() override { return statement_.step(); }
-  bool is_null(int c) const override { return statement_.is_null(c); }
-  std::int64_t int64(int c) const override { return statement_.int64(c); }
-  double real(int c) const override { return statement_.real(c); }
-  std::string text(int c) const override { return statement_.text(c); }
-
- private:
-  sqlite::Statement& statement_;
-};
-
-// Statements kept per reader: the filters' combinations are few.
-constexpr std::size_t kMaxReusedStatements = 64;
-
 }  // namespace
 
 bool is_valid_cursor(const std::string& cursor) { return decode_cursor(cursor).has_value(); }
@@ -97,17 +69,12 @@ struct ResultReader::Impl {
   std::unique_ptr<sqlite::Database> cache;
   std::string uuid;
   std::unique_ptr<storage::Archive> archive;
-  std::map<std::string, sqlite::Statement, std::less<>> statements;  // by SQL text
-
-  sqlite::Statement& reused(const std::string& sql) {
-    if (auto it = statements.find(sql); it != statements.end()) return it->second;
-    if (statements.size() >= kMaxReusedStatements) statements.clear();
-    return statements.emplace(sql, cache->prepare(sql)).first->second;
-  }
+  std::unique_ptr<storage::StatementCache> statements;  // of `cache`
 
   explicit Impl(const Config& c) : config(c) {
     cache = storage::open_cache_db(config.collector.cache_db);
     uuid = storage::cache_uuid(*cache);
+    statements = std::make_unique<storage::StatementCache>(*cache);
   }
 
   Select base(const ResultFilter& filter) const {
@@ -133,7 +100,7 @@ struct ResultReader::Impl {
         }
       }
     } end{*cache};
-    ReusedCursor start(reused("SELECT COUNT(*) FROM cache_meta"), {});
+    storage::SqliteCursor start(statements->get("SELECT COUNT(*) FROM cache_meta"), {});
     start.next();  // the cache's snapshot starts here
     try {
       if (!archive) archive = storage::Archive::open(config);
@@ -198,7 +165,7 @@ struct ResultReader::Impl {
   std::unique_ptr<storage::Cursor> cache_select(const Select& select) {
     std::vector<storage::Param> params;
     std::string sql = storage::render(select, storage::Dialect::sqlite, params);
-    return std::make_unique<ReusedCursor>(reused(sql), params);
+    return std::make_unique<storage::SqliteCursor>(statements->get(sql), params);
   }
 };
 

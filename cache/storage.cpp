@@ -167,9 +167,14 @@ void read_row(const Cursor& c, ResultRow& row) {
   row.committed_ns = c.int64(26);
 }
 
-SqliteCursor::SqliteCursor(sqlite::Database& db, const std::string& sql,
-                           const std::vector<Param>& params)
-    : statement_(db.prepare(sql)) {
+sqlite::Statement& StatementCache::get(const std::string& sql) {
+  if (auto it = statements_.find(sql); it != statements_.end()) return it->second;
+  if (statements_.size() >= kMaxStatements) statements_.clear();
+  return statements_.emplace(sql, db_.prepare(sql)).first->second;
+}
+
+SqliteCursor::SqliteCursor(sqlite::Statement& statement, const std::vector<Param>& params)
+    : statement_(statement) {
   bind_params(statement_, params);
 }
 
@@ -193,11 +198,12 @@ namespace {
 
 class SqliteSnapshot : public ArchiveSnapshot {
  public:
-  SqliteSnapshot(sqlite::Database& db, const std::string& uuid) : db_(db) {
+  SqliteSnapshot(sqlite::Database& db, StatementCache& statements, const std::string& uuid)
+      : db_(db), statements_(statements) {
     db_.exec("BEGIN");  // deferred: the first read below fixes the snapshot
-    auto select = db_.prepare("SELECT flushed_id FROM flush_state WHERE cache_uuid = ?1");
-    select.bind(1, uuid);
-    watermark_ = select.step() ? select.int64(0) : 0;
+    SqliteCursor select(statements_.get("SELECT flushed_id FROM flush_state WHERE cache_uuid = ?1"),
+                        {uuid});
+    watermark_ = select.next() ? select.int64(0) : 0;
   }
   ~SqliteSnapshot() override {
     try {
@@ -209,11 +215,12 @@ class SqliteSnapshot : public ArchiveSnapshot {
   std::unique_ptr<Cursor> select(const Select& select) override {
     std::vector<Param> params;
     std::string sql = render(select, Dialect::sqlite, params);
-    return std::make_unique<SqliteCursor>(db_, sql, params);
+    return std::make_unique<SqliteCursor>(statements_.get(sql), params);
   }
 
  private:
   sqlite::Database& db_;
+  StatementCache& statements_;
   std::int64_t watermark_ = 0;
 };
 
@@ -277,11 +284,12 @@ class SqliteArchive : public Archive {
   }
 
   std::unique_ptr<ArchiveSnapshot> snapshot(const std::string& uuid) override {
-    return std::make_unique<SqliteSnapshot>(db_, uuid);
+    return std::make_unique<SqliteSnapshot>(db_, statements_, uuid);
   }
 
  private:
   sqlite::Database db_;
+  StatementCache statements_{db_};
   std::filesystem::path attached_;
 };
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -84,9 +85,27 @@ class Cursor {
 void read_row(const Cursor& cursor, ResultRow& row);
 
 // A SQLite statement as a Cursor.
+// Prepared statements of one connection, kept by SQL text: the readers run
+// the same few queries again and again, and preparing one costs as much as
+// reading a 100-row page.
+class StatementCache {
+ public:
+  explicit StatementCache(sqlite::Database& db) : db_(db) {}
+  // The statement for `sql`, prepared on first use. It must be reset before
+  // it is asked for again (SqliteCursor does that).
+  sqlite::Statement& get(const std::string& sql);
+
+ private:
+  static constexpr std::size_t kMaxStatements = 64;  // filter combinations are few
+  sqlite::Database& db_;
+  std::map<std::string, sqlite::Statement, std::less<>> statements_;
+};
+
+// Runs a cached statement with `params`; resets it when the cursor ends.
 class SqliteCursor : public Cursor {
  public:
-  SqliteCursor(sqlite::Database& db, const std::string& sql, const std::vector<Param>& params);
+  SqliteCursor(sqlite::Statement& statement, const std::vector<Param>& params);
+  ~SqliteCursor() override { statement_.reset(); }
   bool next() override { return statement_.step(); }
   bool is_null(int c) const override { return statement_.is_null(c); }
   std::int64_t int64(int c) const override { return statement_.int64(c); }
@@ -94,7 +113,7 @@ class SqliteCursor : public Cursor {
   std::string text(int c) const override { return statement_.text(c); }
 
  private:
-  sqlite::Statement statement_;
+  sqlite::Statement& statement_;
 };
 
 // A consistent read of the archive: the watermark and the rows agree.
