@@ -14,13 +14,15 @@ Python use (standard library only):
         rtts = lab.ping("a", lab.address("b", "a"), count=50)
 
 Everything the lab creates carries the prefix `fxl<id>-` and is removed when
-the context exits (also on exceptions and KeyboardInterrupt). Labs whose
+the context exits (also on exceptions, Ctrl-C, SIGTERM and SIGHUP; a lab
+brought up without `with` goes when the process exits). Labs whose
 owner process died are removed by `netlab cleanup` and by the next Lab().
 See README.md for the link syntax and measured accuracy.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import glob
 import json
@@ -34,7 +36,9 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from typing import Iterable, Optional, Sequence, Union
 
 PREFIX = "fxl"
@@ -432,6 +436,45 @@ def cleanup(all_labs: bool = False, lab_id: Optional[str] = None, verbose: bool 
     return removed
 
 
+# ---------------------------------------------------------------- termination
+
+_TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_live_labs: "weakref.WeakSet" = weakref.WeakSet()  # ephemeral labs up in this process
+_terminating = False
+
+
+def _exit_on_signal(signum, _frame) -> None:
+    global _terminating
+    if _terminating:  # a second signal must not cut short the teardown the first started
+        return
+    _terminating = True
+    raise SystemExit(128 + signum)
+
+
+def _unwind_on_termination() -> None:
+    """SIGTERM and SIGHUP end a Python process without running `finally`
+    blocks, `with` exits or atexit handlers, which would leave a lab's
+    namespaces behind (its relays die with it, the namespaces do not). Turn
+    them into SystemExit, as Ctrl-C is turned into KeyboardInterrupt, so the
+    lab is torn down. Only where the signal still has its default action
+    (a program's own handler is left alone) and only from the main thread
+    (the only one Python lets set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in _TERMINATING_SIGNALS:
+        if signal.getsignal(s) == signal.SIG_DFL:
+            signal.signal(s, _exit_on_signal)
+
+
+def _down_live_labs() -> None:
+    """At interpreter exit: labs brought up without `with` and still up."""
+    for lab in list(_live_labs):
+        lab.down()
+
+
+atexit.register(_down_live_labs)
+
+
 # ---------------------------------------------------------------- the lab
 
 class Lab:
@@ -617,6 +660,9 @@ class Lab:
         relay_bin = find_binary(RELAY_NAME) if any(x.uses_relay for x in self.links) else None
         udpgen_bin = (find_binary(UDPGEN_NAME)
                       if any(x.cross_ab or x.cross_ba for x in self.links) else None)
+        if not self.persistent:
+            _unwind_on_termination()
+            _live_labs.add(self)
         os.makedirs(self.state_dir, exist_ok=True)
         self._save_state()  # before creating anything, so cleanup can find it
         self._up = True
@@ -773,6 +819,7 @@ class Lab:
         if not self._up and not os.path.exists(self.state_dir):
             return
         self._up = False
+        _live_labs.discard(self)
         pids = [p.pid for p in self._procs]
         _teardown(self.id, [self.netns(h) for h in self.hosts], pids)
         for p in self._procs:

@@ -12,9 +12,18 @@
 //   normal:  jitter ~ N(0, J) clamped to [-D, 4J]
 // and the sum is clamped at 0.
 //
+// Arrival: by default the hold runs from the kernel's stamp of the moment the
+// packet entered the TUN device (a packet socket on each device sees every
+// packet the stack transmits there, stamped with SO_TIMESTAMPNS before it is
+// queued for the relay), not from the relay's read. The relay's wake-up and
+// read (tens to hundreds of microseconds in a VM, varying from minute to
+// minute) are then part of the delay instead of added to it, so a link of
+// delay D adds D, not D plus the relay's own latency. --arrival read holds
+// from the read instead.
+//
 // Timing: CLOCK_MONOTONIC absolute deadlines on a timerfd armed `spin` early,
 // then a busy-wait until the deadline (the TUN fds are still drained while
-// spinning, so arrival stamps stay fresh). Timer slack is set to 1 ns. By
+// spinning). Timer slack is set to 1 ns. By
 // default the spin margin adapts: it follows the ~95th percentile of the last
 // 64 observed timerfd wake-up latencies plus 10 us, within [20 us, 1 ms], so
 // a machine with slow wake-ups (VMs) spins longer and a quiet one barely.
@@ -25,13 +34,19 @@
 //
 // Ground truth per packet (--truth FILE): for every ICMP echo request or reply
 // it releases, the relay appends "DIR TYPE ID SEQ HELD_NS" (DIR ab or ba,
-// HELD_NS = write time - read time: the delay it really applied, jitter and
+// HELD_NS = write time - arrival time: the delay it really applied, jitter and
 // its own lateness included). A benchmark pairs a request with its reply and
 // gets the emulated part of each probe's RTT exactly, free of the jitter's
 // sampling noise.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
+// net/if.h before linux/if.h: the kernel header then leaves out what libc defines.
+#include <linux/filter.h>
 #include <linux/if.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <sched.h>
 #include <signal.h>
@@ -39,6 +54,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,6 +68,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -98,12 +115,15 @@ struct Config {
   size_t queue_packets = 4096;
   size_t slot_bytes = 2048;  // >= MTU of the TUN devices
   bool die_with_parent = false;
-  int rt_priority = 0;     // SCHED_FIFO priority, 0 = normal scheduling
-  std::string truth_path;  // per-packet log of ICMP echo hold times, "" = none
+  int rt_priority = 0;         // SCHED_FIFO priority, 0 = normal scheduling
+  std::string truth_path;      // per-packet log of ICMP echo hold times, "" = none
+  bool kernel_arrival = true;  // hold from the kernel's transmit stamp, not the read
 };
 
-// Opens /dev/net/tun attached to device `dev` in network namespace `ns`.
-int OpenTun(const std::string& ns, const std::string& dev) {
+// Runs `open_fd` inside network namespace `ns` ("" = the current one) and
+// returns to the relay's own namespace afterwards.
+template <typename OpenFd>
+int InNamespace(const std::string& ns, OpenFd open_fd) {
   int self_ns = -1;
   if (!ns.empty()) {
     self_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -114,22 +134,166 @@ int OpenTun(const std::string& ns, const std::string& dev) {
     if (setns(target, CLONE_NEWNET) != 0) Die("setns " + path);
     close(target);
   }
-  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) Die("open /dev/net/tun");
-  ifreq ifr{};
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
-  if (dev.size() >= IFNAMSIZ) {
-    errno = ENAMETOOLONG;
-    Die("device " + dev);
-  }
-  std::memcpy(ifr.ifr_name, dev.data(), dev.size());
-  if (ioctl(fd, TUNSETIFF, &ifr) != 0) Die("TUNSETIFF " + dev + " in netns '" + ns + "'");
+  int fd = open_fd();
   if (self_ns >= 0) {
     if (setns(self_ns, CLONE_NEWNET) != 0) Die("setns back");
     close(self_ns);
   }
   return fd;
 }
+
+// Opens /dev/net/tun attached to device `dev` in network namespace `ns`.
+int OpenTun(const std::string& ns, const std::string& dev) {
+  return InNamespace(ns, [&] {
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) Die("open /dev/net/tun");
+    ifreq ifr{};
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    if (dev.size() >= IFNAMSIZ) {
+      errno = ENAMETOOLONG;
+      Die("device " + dev);
+    }
+    std::memcpy(ifr.ifr_name, dev.data(), dev.size());
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) Die("TUNSETIFF " + dev + " in netns '" + ns + "'");
+    return fd;
+  });
+}
+
+// Opens a packet socket that sees every packet the stack of namespace `ns`
+// transmits on `dev`, stamped by the kernel (SO_TIMESTAMPNS) as it enters the
+// device, before the TUN queue. Returns -1 (errno set) when the kernel refuses.
+int OpenArrivalTap(const std::string& ns, const std::string& dev) {
+  return InNamespace(ns, [&] {
+    // Protocol 0 until bound: the socket sees nothing before its filter is on.
+    int fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    // Outgoing packets only (the relay's own writes come in on the same device).
+    sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<uint32_t>(SKF_AD_OFF + SKF_AD_PKTTYPE)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OUTGOING, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 0xFFFF),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    sock_fprog prog{static_cast<unsigned short>(std::size(code)), code};
+    int on = 1, rcvbuf = 4 << 20;
+    unsigned index = if_nametoindex(dev.c_str());
+    sockaddr_ll addr{};
+    addr.sll_family = AF_PACKET;
+    addr.sll_protocol = htons(ETH_P_ALL);
+    addr.sll_ifindex = static_cast<int>(index);
+    if (index == 0 || setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0 ||
+        bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      int saved = errno;
+      close(fd);
+      errno = saved;
+      return -1;
+    }
+    // Room for a burst while the relay sleeps; best effort (falls back to rmem_max).
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0)
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    return fd;
+  });
+}
+
+// The kernel's transmit time of each packet the relay reads from a TUN
+// device, from the device's arrival tap (OpenArrivalTap). The tap sees the
+// same packets in the same order as the TUN queue, plus any the TUN queue
+// dropped, so each packet read is matched to the first stamp whose packet has
+// the same length and leading bytes; stamps skipped over belong to dropped
+// packets. Without a match (the tap's own buffer overflowed) the read time
+// stands in and the packet is counted as unstamped.
+class ArrivalTap {
+ public:
+  explicit ArrivalTap(int fd) : fd_(fd) {}
+
+  // Kernel arrival on CLOCK_MONOTONIC of the packet just read, if known.
+  std::optional<int64_t> Arrival(const uint8_t* packet, size_t len) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      for (size_t i = 0; i < count_; ++i) {
+        const Entry& e = ring_[(head_ + i) % kRing];
+        if (e.len == len && std::memcmp(e.head, packet, std::min(len, kHeadBytes)) == 0) {
+          skipped_ += i;
+          head_ = (head_ + i + 1) % kRing;
+          count_ -= i + 1;
+          ++stamped_;
+          return e.mono_ns;
+        }
+      }
+      Fill();  // the stamp is queued before the packet reaches the TUN queue
+    }
+    ++unstamped_;
+    return std::nullopt;
+  }
+
+  void Print(const char* name) const {
+    std::fprintf(stderr,
+                 "flexmon-netlab-relay: %s arrival=kernel stamped=%" PRIu64 " unstamped=%" PRIu64
+                 " tap_skipped=%" PRIu64 "\n",
+                 name, stamped_, unstamped_, skipped_);
+  }
+
+ private:
+  static constexpr size_t kRing = 4096;
+  static constexpr size_t kHeadBytes = 64;  // IPv4 + ICMP/UDP/TCP headers and some payload
+  static constexpr unsigned kBatch = 64;
+  struct Entry {
+    int64_t mono_ns;
+    size_t len;
+    uint8_t head[kHeadBytes];
+  };
+
+  // Reads every stamp waiting on the tap (bounded), oldest first.
+  void Fill() {
+    timespec real{}, mono{};
+    clock_gettime(CLOCK_REALTIME, &real);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    const int64_t real_minus_mono =
+        (int64_t{real.tv_sec} - mono.tv_sec) * 1'000'000'000 + (real.tv_nsec - mono.tv_nsec);
+    for (int round = 0; round < 16; ++round) {
+      std::array<mmsghdr, kBatch> msgs{};
+      std::array<iovec, kBatch> iovs{};
+      for (unsigned i = 0; i < kBatch; ++i) {
+        iovs[i] = {bufs_[i].data(), kHeadBytes};
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_control = controls_[i].data();
+        msgs[i].msg_hdr.msg_controllen = controls_[i].size();
+      }
+      // MSG_TRUNC: each msg_len is the packet's real length, not the copied part.
+      int n = recvmmsg(fd_, msgs.data(), kBatch, MSG_DONTWAIT | MSG_TRUNC, nullptr);
+      if (n <= 0) return;
+      for (int i = 0; i < n; ++i) {
+        int64_t stamp = 0;
+        for (cmsghdr* c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c;
+             c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            timespec ts;
+            std::memcpy(&ts, CMSG_DATA(c), sizeof ts);
+            stamp = int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec - real_minus_mono;
+          }
+        }
+        if (stamp == 0) continue;
+        if (count_ == kRing) {  // oldest stamp lost: its packet will not match
+          head_ = (head_ + 1) % kRing;
+          --count_;
+        }
+        Entry& e = ring_[(head_ + count_++) % kRing];
+        e.mono_ns = stamp;
+        e.len = msgs[i].msg_len;
+        std::memcpy(e.head, bufs_[i].data(), std::min<size_t>(e.len, kHeadBytes));
+      }
+      if (static_cast<unsigned>(n) < kBatch) return;
+    }
+  }
+
+  int fd_;
+  std::array<Entry, kRing> ring_{};
+  size_t head_ = 0, count_ = 0;
+  std::array<std::array<uint8_t, kHeadBytes>, kBatch> bufs_{};
+  std::array<std::array<char, CMSG_SPACE(sizeof(timespec))>, kBatch> controls_{};
+  uint64_t stamped_ = 0, unstamped_ = 0, skipped_ = 0;
+};
 
 // Fixed-capacity FIFO of packets with their release deadlines.
 class PacketQueue {
@@ -183,10 +347,11 @@ struct Stats {
 // One direction: read from `in`, delay, write to `out`.
 class Direction {
  public:
-  Direction(const char* name, int in, int out, const DirConfig& cfg, const Config& all,
-            std::mt19937_64* rng, FILE* truth)
+  Direction(const char* name, int in, int out, ArrivalTap* tap, const DirConfig& cfg,
+            const Config& all, std::mt19937_64* rng, FILE* truth)
       : name_(name),
         in_(in),
+        tap_(tap),
         out_(out),
         cfg_(cfg),
         normal_(all.normal),
@@ -209,7 +374,7 @@ class Direction {
         return false;  // EBADFD / EIO: device removed
       }
       if (n == 0) return true;
-      int64_t now = NowNs();
+      const int64_t now = NowNs();
       if (queue_.Full()) {
         ++stats_.queue_drops;
         continue;
@@ -218,11 +383,17 @@ class Direction {
         ++stats_.oversize_drops;
         continue;
       }
-      int64_t due = now + cfg_.delay_ns + Jitter();
-      if (due < now) due = now;
+      // The hold runs from when the packet entered the device, so the time
+      // the relay took to wake up and read it is part of the delay, not added.
+      int64_t arrived = now;
+      if (tap_) {
+        std::optional<int64_t> stamp = tap_->Arrival(buf, static_cast<size_t>(n));
+        if (stamp && *stamp <= now && now - *stamp < kMaxArrivalAge) arrived = *stamp;
+      }
+      int64_t due = std::max(arrived, arrived + cfg_.delay_ns + Jitter());
       if (!queue_.Empty() || have_last_) due = std::max(due, queue_.LastDue());
       have_last_ = true;
-      queue_.Push(static_cast<size_t>(n), now, due);
+      queue_.Push(static_cast<size_t>(n), arrived, due);
     }
     return true;
   }
@@ -262,6 +433,7 @@ class Direction {
   int64_t NextDue() const { return queue_.HeadDue(); }
 
   void Print() {
+    if (tap_) tap_->Print(name_);
     auto& v = stats_.late_ns;
     int64_t p50 = 0, p99 = 0, mx = 0;
     if (!v.empty()) {
@@ -281,6 +453,8 @@ class Direction {
 
  private:
   static constexpr size_t kMaxSamples = 100000;
+  // A stamp older than this belongs to another packet (a mismatch): use the read time.
+  static constexpr int64_t kMaxArrivalAge = 1'000'000'000;
 
   int64_t Jitter() {
     if (cfg_.jitter_ns == 0) return 0;
@@ -306,7 +480,9 @@ class Direction {
   }
 
   const char* name_;
-  int in_, out_;
+  int in_;
+  ArrivalTap* tap_;  // nullptr: arrival = read time
+  int out_;
   DirConfig cfg_;
   bool normal_;
   std::mt19937_64* rng_;
@@ -366,6 +542,8 @@ void Usage() {
                "  --queue N         packets queued per direction before tail drop (4096)\n"
                "  --slot N          max packet size in bytes (2048; must exceed MTU)\n"
                "  --rt N            SCHED_FIFO priority N (best effort)\n"
+               "  --arrival kernel|read  hold from the kernel's transmit stamp of each packet\n"
+               "                    (default) or from the relay's read (wake-up time added)\n"
                "  --truth FILE      log each ICMP echo's applied delay (DIR TYPE ID SEQ NS)\n"
                "  --die-with-parent exit when the parent process exits\n"
                "  --lab NAME        label only (lets 'netlab cleanup' find the process)\n");
@@ -413,6 +591,10 @@ Config ParseArgs(int argc, char** argv) {
       c.rt_priority = std::stoi(next());
     } else if (a == "--die-with-parent") {
       c.die_with_parent = true;
+    } else if (a == "--arrival") {
+      std::string v = next();
+      if (v != "kernel" && v != "read") throw std::invalid_argument("bad --arrival " + v);
+      c.kernel_arrival = v == "kernel";
     } else if (a == "--truth") {
       c.truth_path = next();
     } else if (a == "--lab") {
@@ -492,6 +674,19 @@ int main(int argc, char** argv) {
 
   int fa = OpenTun(cfg.a_ns, cfg.a_dev);
   int fb = OpenTun(cfg.b_ns, cfg.b_dev);
+  std::optional<ArrivalTap> tap_a, tap_b;  // packets a sends, packets b sends
+  if (cfg.kernel_arrival) {
+    int ta = OpenArrivalTap(cfg.a_ns, cfg.a_dev);
+    int tb = ta < 0 ? -1 : OpenArrivalTap(cfg.b_ns, cfg.b_dev);
+    if (ta < 0 || tb < 0) {
+      std::fprintf(stderr, "flexmon-netlab-relay: no arrival tap (%s): holding from read times\n",
+                   std::strerror(errno));
+      if (ta >= 0) close(ta);
+    } else {
+      tap_a.emplace(ta);
+      tap_b.emplace(tb);
+    }
+  }
 
   if (cfg.rt_priority > 0) {
     // Best effort: without it the relay still works, only with the wake-up
@@ -510,8 +705,8 @@ int main(int argc, char** argv) {
     if (!truth) Die("open " + cfg.truth_path);
   }
   std::mt19937_64 rng(cfg.seed);
-  Direction ab("a->b", fa, fb, cfg.ab, cfg, &rng, truth);
-  Direction ba("b->a", fb, fa, cfg.ba, cfg, &rng, truth);
+  Direction ab("a->b", fa, fb, tap_a ? &*tap_a : nullptr, cfg.ab, cfg, &rng, truth);
+  Direction ba("b->a", fb, fa, tap_b ? &*tap_b : nullptr, cfg.ba, cfg, &rng, truth);
 
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
