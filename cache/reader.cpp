@@ -60,6 +60,35 @@ std::optional<Select::After> decode_cursor(const std::string& cursor) {
   return after;
 }
 
+// Appends the first *select.limit rows of `select` (newest first, ties in
+// key order) from one database, sorted with `newer`. The database is asked
+// to order by time only, which its (src, dst, start_ns) and start_ns indexes
+// give without a sort; a full ORDER BY made SQLite copy every row through a
+// temporary b-tree. The rows that share the oldest time read may have been
+// cut anywhere by the LIMIT, so they are read again, in key order.
+template <typename Open>
+void read_newest(const Select& select, Open&& open, std::vector<ResultRow>& rows) {
+  const std::size_t first = rows.size();
+  const std::uint32_t wanted = *select.limit;
+  Select by_time = select;
+  by_time.order = Select::Order::newest_by_time;
+  {
+    auto cursor = open(by_time);
+    while (cursor->next()) storage::read_row(*cursor, rows.emplace_back());
+  }
+  if (rows.size() - first == wanted) {
+    const UtcNs oldest = rows.back().start_ns;
+    while (rows.size() > first && rows.back().start_ns == oldest) rows.pop_back();
+    Select ties = select;
+    ties.filter.from = oldest;
+    ties.filter.to = oldest + 1;
+    ties.limit = static_cast<std::uint32_t>(first + wanted - rows.size());
+    auto cursor = open(ties);
+    while (cursor->next()) storage::read_row(*cursor, rows.emplace_back());
+  }
+  std::sort(rows.begin() + static_cast<std::ptrdiff_t>(first), rows.end(), newer);
+}
+
 }  // namespace
 
 bool is_valid_cursor(const std::string& cursor) { return decode_cursor(cursor).has_value(); }
@@ -194,21 +223,13 @@ Result<ResultPage> ResultReader::results(const PageQuery& query) {
     Select from_cache = select;
     from_cache.above_id = w;
     rows.reserve(std::min<std::size_t>(2 * select.limit.value_or(0), 4096));
-    auto cache_rows = impl_->cache_select(from_cache);
-    while (cache_rows->next()) storage::read_row(*cache_rows, rows.emplace_back());
+    read_newest(from_cache, [&](const Select& s) { return impl_->cache_select(s); }, rows);
     from_cache_rows = rows.size();
-    auto archive_rows = archive.select(select);
-    while (archive_rows->next()) storage::read_row(*archive_rows, rows.emplace_back());
+    read_newest(select, [&](const Select& s) { return archive.select(s); }, rows);
   });
   if (!status) return status.error();
-  // Each database returns its rows in this order already (bytewise text in
-  // both): merge them. A database that sorts otherwise (an archive created
-  // before COLLATE "C") still gets the right page, through a full sort.
   auto middle = rows.begin() + static_cast<std::ptrdiff_t>(from_cache_rows);
-  if (std::is_sorted(rows.begin(), middle, newer) && std::is_sorted(middle, rows.end(), newer))
-    std::inplace_merge(rows.begin(), middle, rows.end(), newer);
-  else
-    std::sort(rows.begin(), rows.end(), newer);
+  std::inplace_merge(rows.begin(), middle, rows.end(), newer);
   if (rows.size() > query.limit) {
     rows.resize(query.limit);
     page.next_cursor = encode_cursor(rows.back());

@@ -118,6 +118,8 @@ std::string render(const Select& s, Dialect dialect, std::vector<Param>& params)
   if (s.group_by_path) sql += " GROUP BY tool, src, dst";
   if (s.order == Select::Order::newest_first)
     sql += " ORDER BY start_ns DESC, node, boot_epoch, seq";
+  else if (s.order == Select::Order::newest_by_time)
+    sql += " ORDER BY start_ns DESC";
   else if (s.order == Select::Order::oldest_first)
     sql += " ORDER BY start_ns, node, boot_epoch, seq";
   // A parameter, so that one prepared statement serves every page size.

@@ -62,7 +62,9 @@ struct Select {
     std::int64_t boot_epoch = 0, seq = 0;
   };
   std::optional<After> after;  // keyset cursor (newest first only)
-  enum class Order { none, newest_first, oldest_first } order = Order::none;
+  // newest_first and oldest_first order by (start_ns, node, boot_epoch,
+  // seq); newest_by_time by start_ns alone, ties in no given order.
+  enum class Order { none, newest_first, oldest_first, newest_by_time } order = Order::none;
   std::optional<std::uint32_t> limit;
   std::string columns = kColumns;
   bool group_by_path = false;  // GROUP BY tool, src, dst
