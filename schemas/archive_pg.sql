@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS results (
   committed_ns   bigint  NOT NULL
 ) PARTITION BY RANGE (start_ns);
 
+-- results_by_time stays a btree although it costs a third of the server's
+-- COPY work (0.21 of 0.65 CPU s per 100,000 rows flushed): the flush sorts
+-- each chunk by path, so every BRIN block range spans the chunk's whole hour,
+-- and with BRIN instead a newest-first page without a path read whole hours
+-- or days (10 M-row week, 101 rows: 116 ms -> 3.6 s; a day from `from`:
+-- 0.4 ms -> 2.1 s; an hour's range: 10 ms -> 300 ms; a week's dump sorted
+-- the whole partition before its first row). Measured 2026-11-30.
 CREATE INDEX IF NOT EXISTS results_by_path ON results (src, dst, start_ns);
 CREATE INDEX IF NOT EXISTS results_by_time ON results (start_ns);
 
