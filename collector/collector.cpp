@@ -38,8 +38,8 @@ namespace {
 
 using Mono = std::chrono::steady_clock;
 
-// A group commit takes every datagram that is waiting, up to this many.
-constexpr std::size_t kMaxBatchDatagrams = 4096;
+// Datagrams the receiver reads before it hands them to the writer.
+constexpr std::size_t kMaxReceiveDatagrams = 4096;
 // Decoded datagrams waiting for the writer; beyond this the receiver stops
 // reading and the socket's buffer holds the rest.
 constexpr std::size_t kMaxQueuedDatagrams = 8192;
@@ -48,6 +48,14 @@ constexpr std::size_t kReceiveBurst = 32;
 constexpr std::size_t kMaxDatagramBytes = 65536;
 // Ack datagrams stay small: at most this many ranges each.
 constexpr int kMaxRangesPerAck = 64;
+// The RESTART waits for PASSIVE rounds (at most kCatchUpRounds) to leave at
+// most this many frames for it to copy while the writer waits.
+constexpr int kRestartLeftoverFrames = 256;
+constexpr int kCatchUpRounds = 8;
+// How long a RESTART checkpoint waits for readers still using the WAL (the
+// writer waits meanwhile); when they do not let go, the WAL grows until a
+// later try.
+constexpr int kWalRestartBusyMs = 10;
 
 // At most `burst` messages per `window`; the rest are counted and summarised,
 // so a flood of bad datagrams cannot flood the log. Shared by the threads.
@@ -142,11 +150,15 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> to_ranges(std::vector<std::
 //   commits the fresh results with their windows in one transaction
 //   (synchronous=NORMAL: the commit does not wait for the disk);
 // - syncer: fdatasyncs the cache's WAL file, then sends the acks of every
-//   batch committed before that sync began.
+//   batch committed before that sync began;
+// - checkpointer: copies the WAL into the database file on a connection of
+//   its own, so that the writer's commits never wait for a checkpoint.
 class CollectorDaemon : public Collector {
  public:
-  explicit CollectorDaemon(const Config& config)
-      : cache_(config.collector.cache_db),
+  CollectorDaemon(const Config& config, const CollectorTuning& tuning)
+      : tuning_(tuning),
+        cache_(config.collector.cache_db),
+        cache_file_(config.collector.cache_db),
         log_(logger("collector")),
         rejects_(log_, 20, std::chrono::seconds(10)),
         window_table_(cache_.database()) {
@@ -156,8 +168,12 @@ class CollectorDaemon : public Collector {
     cache_.database().exec("PRAGMA synchronous=NORMAL");
     // The indexes of `results` stay in memory while a batch is inserted.
     cache_.database().exec("PRAGMA cache_size=-65536");
+    // Replaces SQLite's autocheckpoint on the writer's connection: the hook
+    // only tells the checkpointer how large the WAL has grown.
+    sqlite3_wal_hook(cache_.database().handle(), &CollectorDaemon::on_wal_commit, this);
     windows_ = window_table_.load();
     open_wal();
+    open_checkpointer();
     bind(config.collector.listen);
     stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (stop_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -166,6 +182,7 @@ class CollectorDaemon : public Collector {
     receiver_ = std::thread([this] { receive_loop(); });
     writer_ = std::thread([this] { write_loop(); });
     syncer_ = std::thread([this] { sync_loop(); });
+    checkpointer_ = std::thread([this] { checkpoint_loop(); });
   }
 
   ~CollectorDaemon() override {
@@ -183,11 +200,17 @@ class CollectorDaemon : public Collector {
   }
 
   // The receiver ends first; the writer commits what was queued, the syncer
-  // acks it, then they end.
+  // acks it, then they end, and the checkpointer last.
   void wait() override {
     if (receiver_.joinable()) receiver_.join();
     if (writer_.joinable()) writer_.join();
     if (syncer_.joinable()) syncer_.join();
+    {
+      std::lock_guard lock(checkpoint_mutex_);
+      checkpoint_stop_ = true;
+      checkpoint_due_.notify_all();
+    }
+    if (checkpointer_.joinable()) checkpointer_.join();
   }
 
   Endpoint local_endpoint() const override { return local_; }
@@ -232,6 +255,14 @@ class CollectorDaemon : public Collector {
                                            wal ? wal : "?", std::strerror(errno)));
   }
 
+  void open_checkpointer() {
+    checkpoint_db_ = std::make_unique<sqlite::Database>(cache_file_);
+    sqlite3_busy_timeout(checkpoint_db_->handle(), kWalRestartBusyMs);
+    auto page_size = checkpoint_db_->prepare("PRAGMA page_size");
+    page_size.step();
+    max_wal_frames_ = tuning_.max_wal_bytes / page_size.int64(0);
+  }
+
   void receive_loop() {
     std::vector<std::array<char, kMaxDatagramBytes>> buffers(kReceiveBurst);
     std::array<iovec, kReceiveBurst> iovecs{};
@@ -248,7 +279,7 @@ class CollectorDaemon : public Collector {
       if (n > 0 && fds[1].revents) break;
       if (n > 0 && fds[0].revents) {
         std::vector<Accepted> accepted;
-        for (std::size_t round = 0; round < kMaxBatchDatagrams / kReceiveBurst; ++round) {
+        for (std::size_t round = 0; round < kMaxReceiveDatagrams / kReceiveBurst; ++round) {
           for (std::size_t i = 0; i < kReceiveBurst; ++i) {
             iovecs[i] = {buffers[i].data(), buffers[i].size()};
             from[i].length = sizeof from[i].address;
@@ -303,7 +334,11 @@ class CollectorDaemon : public Collector {
         std::unique_lock lock(queue_mutex_);
         queue_ready_.wait(lock, [&] { return !queue_.empty() || receiving_done_; });
         if (queue_.empty()) break;
-        std::size_t take = std::min(queue_.size(), kMaxBatchDatagrams);
+        // Whole datagrams up to tuning_.max_batch_results results (at least one).
+        std::size_t take = 0;
+        for (std::size_t results = 0; take < queue_.size() && results < tuning_.max_batch_results;
+             ++take)
+          results += static_cast<std::size_t>(queue_[take].message.results().results_size());
         batch.assign(std::make_move_iterator(queue_.begin()),
                      std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(take)));
         queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take));
@@ -395,6 +430,8 @@ class CollectorDaemon : public Collector {
     if (!groups.empty()) {
       std::vector<StoreOutcome> outcomes;
       try {
+        // Held for the commit: a RESTART checkpoint runs between two commits.
+        std::lock_guard between_commits(commit_mutex_);
         outcomes = cache_.store_many(groups, [&](sqlite::Database&) {
           for (const auto& g : groups) {
             WindowKey key{g.node, g.boot_epoch};
@@ -478,6 +515,72 @@ class CollectorDaemon : public Collector {
     }
   }
 
+  // SQLite's WAL hook on the writer's connection, after every commit: `frames`
+  // is the WAL's length in frames.
+  static int on_wal_commit(void* self, sqlite3*, const char*, int frames) {
+    auto* daemon = static_cast<CollectorDaemon*>(self);
+    std::lock_guard lock(daemon->checkpoint_mutex_);
+    // Fewer frames than already checkpointed: the writer began the WAL anew.
+    if (frames < daemon->checkpointed_frames_) daemon->checkpointed_frames_ = 0;
+    daemon->wal_frames_ = frames;
+    if (frames - daemon->checkpointed_frames_ >= daemon->tuning_.checkpoint_every_frames)
+      daemon->checkpoint_due_.notify_one();
+    return SQLITE_OK;
+  }
+
+  // PASSIVE checkpoints do not block the writer, but under a steady load
+  // they never catch up with it exactly, and SQLite begins the WAL anew only
+  // when a commit finds it wholly checkpointed. So once the WAL exceeds
+  // tuning_.max_wal_bytes the writer is held between two commits
+  // (commit_mutex_) for a RESTART checkpoint, which has only the frames since
+  // the last PASSIVE one left to copy.
+  void checkpoint_loop() {
+    sqlite3* db = checkpoint_db_->handle();
+    for (;;) {
+      {
+        std::unique_lock lock(checkpoint_mutex_);
+        checkpoint_due_.wait(lock, [&] {
+          return checkpoint_stop_ ||
+                 wal_frames_ - checkpointed_frames_ >= tuning_.checkpoint_every_frames;
+        });
+        if (checkpoint_stop_) break;
+      }
+      int wal = 0, copied = 0;
+      int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
+      if (rc == SQLITE_OK) ++counters_.checkpoints;
+      // Before holding the writer, more PASSIVE rounds while each still has
+      // much to copy: what is left for the RESTART is then about one commit.
+      for (int round = 0; rc == SQLITE_OK && wal > max_wal_frames_ &&
+                          wal - copied > kRestartLeftoverFrames && round < kCatchUpRounds;
+           ++round)
+        rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
+      if (rc == SQLITE_OK && wal > max_wal_frames_) {
+        std::lock_guard between_commits(commit_mutex_);
+        rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_RESTART, &wal, &copied);
+        if (rc == SQLITE_OK) {
+          ++counters_.wal_restarts;
+          // The writer's next commit begins the WAL anew.
+          std::lock_guard lock(checkpoint_mutex_);
+          wal_frames_ = checkpointed_frames_ = 0;
+          continue;
+        }
+      }
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        ++counters_.checkpoint_failures;
+        rejects_.warn("collector: checkpoint of the cache's WAL failed: {}", sqlite3_errmsg(db));
+      }
+      std::lock_guard lock(checkpoint_mutex_);
+      if (rc != SQLITE_OK)
+        // Busy (readers, another connection's checkpoint) or failed: again
+        // once the WAL has grown by another round.
+        checkpointed_frames_ = wal_frames_;
+      else if (copied <= wal_frames_)
+        checkpointed_frames_ = copied;
+      else
+        checkpointed_frames_ = 0;  // the writer began the WAL anew meanwhile
+    }
+  }
+
   void send_acks(AckList& list) {
     const Sealer* key = keys_.find(list.node);
     auto ranges = to_ranges(std::move(list.seqs));
@@ -506,15 +609,19 @@ class CollectorDaemon : public Collector {
     const auto& c = counters_;
     log_->info(
         "collector: {} datagrams, {} results stored, {} duplicates, {} refused, {} acks, {} "
-        "commits ({} failed), {} syncs ({} failed); rejected: {} malformed, {} unknown node, {} "
+        "commits ({} failed), {} syncs ({} failed), {} checkpoints ({} failed, {} WAL restarts); "
+        "rejected: {} malformed, {} unknown node, {} "
         "bad seal, {} not results, {} bad results, {} outside the window",
         c.datagrams.load(), c.stored.load(), c.duplicates.load(), c.refused.load(), c.acks.load(),
         c.commits.load(), c.commit_failures.load(), c.syncs.load(), c.sync_failures.load(),
+        c.checkpoints.load(), c.checkpoint_failures.load(), c.wal_restarts.load(),
         c.malformed.load(), c.unknown_node.load(), c.bad_seal.load(), c.not_results.load(),
         c.bad_results.load(), c.outside_window.load());
   }
 
+  const CollectorTuning tuning_;
   Cache cache_;  // the writer's, once started
+  std::filesystem::path cache_file_;
   KeyRing keys_;
   std::shared_ptr<spdlog::logger> log_;
   RateLimitedLog rejects_;
@@ -538,13 +645,23 @@ class CollectorDaemon : public Collector {
   std::vector<PendingAcks> acks_;
   bool writing_done_ = false;
 
-  std::thread receiver_, writer_, syncer_;
+  std::mutex commit_mutex_;  // held by the writer's commit and the RESTART checkpoint
+
+  std::unique_ptr<sqlite::Database> checkpoint_db_;  // the checkpointer's connection
+  std::int64_t max_wal_frames_ = 0;                  // tuning_.max_wal_bytes in frames
+  std::mutex checkpoint_mutex_;                      // writer's WAL hook -> checkpointer
+  std::condition_variable checkpoint_due_;
+  int wal_frames_ = 0;           // after the writer's last commit
+  int checkpointed_frames_ = 0;  // of those, copied to the database file
+  bool checkpoint_stop_ = false;
+
+  std::thread receiver_, writer_, syncer_, checkpointer_;
 };
 
 }  // namespace
 
-std::unique_ptr<Collector> start_collector(const Config& config) {
-  return std::make_unique<CollectorDaemon>(config);
+std::unique_ptr<Collector> start_collector(const Config& config, const CollectorTuning& tuning) {
+  return std::make_unique<CollectorDaemon>(config, tuning);
 }
 
 }  // namespace flexmon

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -23,6 +24,9 @@ struct CollectorCounters {
   std::atomic<std::uint64_t> commit_failures{0};
   std::atomic<std::uint64_t> syncs{0};  // fdatasyncs of the cache's WAL before acks
   std::atomic<std::uint64_t> sync_failures{0};
+  std::atomic<std::uint64_t> checkpoints{0};   // PASSIVE, by the checkpointer thread
+  std::atomic<std::uint64_t> wal_restarts{0};  // RESTART: the WAL grew past its bound
+  std::atomic<std::uint64_t> checkpoint_failures{0};
   // Results refused by the cache (StoreOutcome::rejected), acked anyway.
   std::atomic<std::uint64_t> refused{0};
   // Rejected datagrams, by reason.
@@ -42,8 +46,24 @@ class Collector : public Daemon {
   virtual const CollectorCounters& counters() const = 0;
 };
 
-// Opens the cache, binds config.collector.listen and starts the receiver
-// thread. Throws on a start-up failure.
-std::unique_ptr<Collector> start_collector(const Config& config);
+// How the collector trades commit size and WAL size against ack latency.
+// The defaults are what flexmon-collector runs with; tests make them small.
+struct CollectorTuning {
+  // A group commit takes the datagrams waiting, whole, until it holds this
+  // many results: a commit's duration, and so the ack latency of what waits
+  // behind it, stays bounded when a burst arrives.
+  std::size_t max_batch_results = 512;
+  // The checkpointer thread runs a PASSIVE checkpoint whenever the WAL has
+  // grown by this many frames (pages) since the last one (SQLite's default).
+  int checkpoint_every_frames = 1000;
+  // Once the WAL is larger than this, the writer waits between two commits
+  // while the checkpointer runs a RESTART checkpoint (schemas/wire.md).
+  std::int64_t max_wal_bytes = 64LL << 20;
+};
+
+// Opens the cache, binds config.collector.listen and starts the receiver,
+// writer, syncer and checkpointer threads. Throws on a start-up failure.
+std::unique_ptr<Collector> start_collector(const Config& config,
+                                           const CollectorTuning& tuning = {});
 
 }  // namespace flexmon

@@ -8,6 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
+
 #include "cache/cache.h"
 #include "collector/window.h"
 #include "common/seal.h"
@@ -30,12 +33,12 @@ struct Fixture {
   int fd = -1;
   sockaddr_in to{};
 
-  Fixture() {
+  explicit Fixture(const CollectorTuning& tuning = {}) {
     config.collector.listen = Endpoint{"127.0.0.1", 0};
     config.collector.cache_db = dir.path / "cache.db";
     config.nodes.push_back(NodeConfig{"n1", "utah", "127.0.0.1", 0, kKey1});
     config.nodes.push_back(NodeConfig{"n2", "utah", "127.0.0.2", 0, kKey2});
-    collector = start_collector(config);
+    collector = start_collector(config, tuning);
     fd = socket(AF_INET, SOCK_DGRAM, 0);
     to.sin_family = AF_INET;
     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -245,6 +248,78 @@ TEST(Collector, ManyDatagramsAreGroupCommitted) {
   }
   EXPECT_EQ(f.stored_rows(), 200);
   EXPECT_LE(f.collector->counters().commits.load(), 50u);
+}
+
+// A burst waiting behind a long commit is committed in batches of at most
+// max_batch_results results (whole datagrams), not in one long transaction
+// that every ack of the burst would wait for.
+TEST(Collector, ABurstIsCommittedInBoundedBatches) {
+  CollectorTuning tuning;
+  tuning.max_batch_results = 50;
+  Fixture f(tuning);
+  {
+    // Holds the cache's write lock, so that the writer's first commit waits
+    // while the receiver queues the rest of the burst.
+    sqlite::Database other(f.config.collector.cache_db);
+    other.exec("BEGIN IMMEDIATE");
+    for (std::uint64_t i = 0; i < 100; ++i)
+      f.send(seal(batch("n1", 1, i * 10 + 1, i * 10 + 10, "n1"), Sealer(kKey1)));
+    ASSERT_TRUE(f.processed(100));
+    other.exec("COMMIT");
+  }
+  ASSERT_TRUE(test::eventually([&] { return f.collector->counters().stored.load() == 1000; }));
+  // 1000 results, at most 50 (5 datagrams) per commit.
+  EXPECT_GE(f.collector->counters().commits.load(), 20u);
+}
+
+// Sends results 1..count of node n1, epoch 1, ten per datagram, a hundred
+// datagrams at a time, each time waiting until they are stored.
+bool store_results(Fixture& f, std::uint64_t count) {
+  Sealer sealer(kKey1);
+  for (std::uint64_t first = 1; first <= count; first += 1000) {
+    std::uint64_t last = std::min(count, first + 999);
+    for (auto seq = first; seq <= last; seq += 10)
+      f.send(seal(batch("n1", 1, seq, std::min(last, seq + 9), "n1"), sealer));
+    if (!test::eventually([&] { return f.collector->counters().stored.load() >= last; }))
+      return false;
+  }
+  return true;
+}
+
+std::uintmax_t wal_bytes(const Fixture& f) {
+  return std::filesystem::file_size(f.config.collector.cache_db.string() + "-wal");
+}
+
+// The writer's connection never checkpoints (SQLite's autocheckpoint would,
+// inside a commit, at 1000 WAL frames): with the checkpointer told never to
+// run, the WAL holds every commit and the database file stays empty.
+TEST(Collector, TheWriterNeverCheckpoints) {
+  CollectorTuning tuning;
+  tuning.checkpoint_every_frames = 1 << 30;
+  tuning.max_wal_bytes = 1LL << 40;
+  Fixture f(tuning);
+  ASSERT_TRUE(store_results(f, 30'000));
+  EXPECT_GT(wal_bytes(f), 2000u * 4096u);
+  EXPECT_LT(std::filesystem::file_size(f.config.collector.cache_db), 64u * 1024u);
+  EXPECT_EQ(f.collector->counters().checkpoints.load(), 0u);
+}
+
+// The checkpointer copies the WAL into the database file and, once the WAL
+// is larger than max_wal_bytes, restarts it between two commits: the WAL
+// file stays near its bound while many times that is written.
+TEST(Collector, TheCheckpointerKeepsTheWalBounded) {
+  CollectorTuning tuning;
+  tuning.checkpoint_every_frames = 50;
+  tuning.max_wal_bytes = 1 << 20;
+  Fixture f(tuning);
+  ASSERT_TRUE(store_results(f, 40'000));
+  const auto& c = f.collector->counters();
+  EXPECT_GE(c.checkpoints.load(), 1u);
+  EXPECT_GE(c.wal_restarts.load(), 1u);
+  EXPECT_EQ(c.checkpoint_failures.load(), 0u);
+  EXPECT_LT(wal_bytes(f), 4u << 20);
+  EXPECT_GT(std::filesystem::file_size(f.config.collector.cache_db), 1u << 20);
+  EXPECT_EQ(f.stored_rows(), 40'000);
 }
 
 // The prober's real result sender against the real collector.
