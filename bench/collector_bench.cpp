@@ -7,6 +7,13 @@
 // collector committed, each commit synced (synchronous=FULL). Prints one
 // figure per line.
 //   collector_bench [results=300000] [nodes=8] [window=16 datagrams per node]
+//                   [rate=0 results/s]
+// With rate 0 the probers send whenever their window has room (closed loop):
+// the collector runs flat out, and since the window keeps window x nodes
+// datagrams unacknowledged, the mean ack latency is that many results over
+// the committed rate. With a rate, the probers together send that many
+// results per second (open loop, as a fleet does; the window then only bounds
+// what is unacknowledged): the ack latency at that load.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -57,6 +64,8 @@ wire::Result make_result(const std::string& node, std::uint64_t seq, std::mt1993
   return r;
 }
 
+constexpr std::uint64_t kOpenLoopResultsPerDatagram = 11;
+
 struct Outstanding {
   std::uint64_t first, last;
   Clock::time_point sent;
@@ -101,6 +110,7 @@ int main(int argc, char** argv) {
   std::uint64_t total = argc > 1 ? std::stoull(argv[1]) : 300'000;
   int node_count = argc > 2 ? std::stoi(argv[2]) : 8;
   std::size_t window = argc > 3 ? std::stoul(argv[3]) : 16;
+  double rate = argc > 4 ? std::stod(argv[4]) : 0;
   logger("collector")->set_level(spdlog::level::warn);
   auto dir = std::filesystem::temp_directory_path() /
              ("flexmon-collector-bench-" + std::to_string(getpid()));
@@ -140,16 +150,28 @@ int main(int argc, char** argv) {
   double probers_cpu_start = thread_cpu_seconds();
   auto limit = start + std::chrono::seconds(120);
   char buffer[65536];
+  // Open loop: results each node may have sent by now.
+  auto due = [&](Clock::time_point now) {
+    if (rate <= 0) return per_node;
+    double seconds = std::chrono::duration<double>(now - start).count();
+    return std::min(per_node,
+                    static_cast<std::uint64_t>(seconds * rate / static_cast<double>(node_count)));
+  };
   while (acked < per_node * static_cast<std::uint64_t>(node_count) && Clock::now() < limit) {
     auto now = Clock::now();
+    const std::uint64_t may_send = due(now);
     for (auto& n : nodes) {
-      while (n.outstanding.size() < window && n.next_seq <= per_node) {
+      // Open loop: full datagrams only (about 11 results), as a busy prober sends.
+      auto worth_a_datagram = [&] {
+        return may_send == per_node || may_send >= n.next_seq + kOpenLoopResultsPerDatagram - 1;
+      };
+      while (n.outstanding.size() < window && n.next_seq <= may_send && worth_a_datagram()) {
         wire::Message m;
         m.set_node(n.id);
         auto* batch = m.mutable_results();
         batch->set_boot_epoch(1);
         std::uint64_t first = n.next_seq;
-        while (n.next_seq <= per_node) {
+        while (n.next_seq <= may_send) {
           *batch->add_results() = make_result(n.id, n.next_seq, random);
           if (m.ByteSizeLong() + 80 > 1400) {
             batch->mutable_results()->RemoveLast();
@@ -174,7 +196,7 @@ int main(int argc, char** argv) {
     }
     std::vector<pollfd> fds;
     for (auto& n : nodes) fds.push_back({n.fd, POLLIN, 0});
-    if (poll(fds.data(), fds.size(), 5) <= 0) continue;
+    if (poll(fds.data(), fds.size(), rate > 0 ? 1 : 5) <= 0) continue;
     for (std::size_t i = 0; i < nodes.size(); ++i) {
       if (!(fds[i].revents & POLLIN)) continue;
       auto& n = nodes[i];
@@ -204,8 +226,9 @@ int main(int argc, char** argv) {
   const auto& counters = collector->counters();
   // Copied before the collector (which owns the counters) goes away.
   struct {
-    std::uint64_t stored, commits, syncs;
-  } c{counters.stored.load(), counters.commits.load(), counters.syncs.load()};
+    std::uint64_t stored, commits, syncs, checkpoints, wal_restarts;
+  } c{counters.stored.load(), counters.commits.load(), counters.syncs.load(),
+      counters.checkpoints.load(), counters.wal_restarts.load()};
   double per_commit =
       c.commits ? static_cast<double>(c.stored) / static_cast<double>(c.commits) : 1;
   collector->stop();
@@ -213,7 +236,9 @@ int main(int argc, char** argv) {
   collector.reset();
 
   // SQLite's ceiling: the same rows, same settings, batches of the size the
-  // collector committed, no network, no seal, no window.
+  // collector committed, no network, no seal, no window; one thread, so
+  // SQLite's autocheckpoint runs inside its commits (the collector's
+  // checkpointer thread can take the collector past this ceiling).
   std::vector<wire::Result> parsed(rows_bytes.size());
   for (std::size_t i = 0; i < rows_bytes.size(); ++i) parsed[i].ParseFromString(rows_bytes[i]);
   std::size_t batch_rows = std::max<std::size_t>(1, static_cast<std::size_t>(per_commit));
@@ -224,7 +249,6 @@ int main(int argc, char** argv) {
     cache.database().exec("PRAGMA cache_size=-65536");  // as the collector sets it
     auto t0 = Clock::now();
     double cpu0 = cpu_seconds();
-    std::size_t per_node_rows = parsed.size() / nodes.size();
     for (std::size_t begin = 0; begin < parsed.size(); begin += batch_rows) {
       std::size_t end = std::min(parsed.size(), begin + batch_rows);
       std::map<std::string, Cache::StoreGroup> groups;
@@ -238,25 +262,30 @@ int main(int argc, char** argv) {
       for (auto& [k, g] : groups) list.push_back(std::move(g));
       cache.store_many(list);
     }
-    (void)per_node_rows;
     ceiling_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     ceiling_cpu = cpu_seconds() - cpu0;
   }
-  double rate = static_cast<double>(c.stored) / seconds;
+  double committed_rate = static_cast<double>(c.stored) / seconds;
   double ceiling = static_cast<double>(parsed.size()) / ceiling_seconds;
-  std::printf("collector_committed_results_per_s %.0f\n", rate);
+  std::printf("offered_results_per_s %.0f\n", rate);
+  std::printf("collector_committed_results_per_s %.0f\n", committed_rate);
   std::printf("collector_ack_latency_p50_ms %.2f\n", percentile(ack_ms, 0.50));
+  std::printf("collector_ack_latency_p90_ms %.2f\n", percentile(ack_ms, 0.90));
   std::printf("collector_ack_latency_p99_ms %.2f\n", percentile(ack_ms, 0.99));
+  std::printf("collector_ack_latency_p999_ms %.2f\n", percentile(ack_ms, 0.999));
+  std::printf("collector_ack_latency_max_ms %.2f\n", percentile(ack_ms, 1.0));
   std::printf("collector_results_stored %llu\n", static_cast<unsigned long long>(c.stored));
   std::printf("collector_results_per_commit %.0f\n", per_commit);
   std::printf("collector_datagrams_resent %llu\n", static_cast<unsigned long long>(resent));
   std::printf("sqlite_ceiling_results_per_s %.0f\n", ceiling);
-  std::printf("collector_over_sqlite_ratio %.2f\n", rate / ceiling);
+  std::printf("collector_over_sqlite_ratio %.2f\n", committed_rate / ceiling);
   // Per CPU-second: of the collector's own threads, and of the whole process
   // (the simulated probers seal and send on the main thread).
   std::printf("collector_results_per_cpu_s %.0f\n", static_cast<double>(c.stored) / collector_cpu);
   std::printf("process_results_per_cpu_s %.0f\n", static_cast<double>(c.stored) / process_cpu);
   std::printf("collector_syncs %llu\n", static_cast<unsigned long long>(c.syncs));
+  std::printf("collector_checkpoints %llu\n", static_cast<unsigned long long>(c.checkpoints));
+  std::printf("collector_wal_restarts %llu\n", static_cast<unsigned long long>(c.wal_restarts));
   std::printf("sqlite_ceiling_results_per_cpu_s %.0f\n",
               static_cast<double>(parsed.size()) / ceiling_cpu);
   std::printf("wall_s_collector_phase %.1f\n", seconds);
