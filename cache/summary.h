@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "cache/reader.h"
+#include "cache/rtts.h"
 #include "cache/storage.h"
 
 namespace flexmon::storage {
@@ -102,20 +103,11 @@ class SummaryAccumulator {
   }
 
  private:
-  // "[123,null,456]": the received packets' RTTs.
+  // The received packets' RTTs.
   void add_rtts(std::string_view json) {
-    std::int64_t value = 0;
-    bool in_number = false;
-    for (char ch : json) {
-      if (ch >= '0' && ch <= '9') {
-        value = value * 10 + (ch - '0');
-        in_number = true;
-      } else {
-        if (in_number) rtts_.add(static_cast<double>(value));
-        value = 0;
-        in_number = false;
-      }
-    }
+    visit_rtts(json, [&](std::optional<std::int64_t> rtt_ns) {
+      if (rtt_ns) rtts_.add(static_cast<double>(*rtt_ns));
+    });
   }
 
   std::int64_t count_ = 0, ok_ = 0, sent_ = 0, received_ = 0;

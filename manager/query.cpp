@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "cache/rtts.h"
 #include "manager/api_types.h"
 #include "manager/spec.h"
 
@@ -64,23 +65,15 @@ bool pages(QueryKind kind) {
   return kind == QueryKind::latency || kind == QueryKind::abw || kind == QueryKind::throughput;
 }
 
-// JSON array of ns ("[123,null,456]") as ms, -1 for a lost packet.
+// The stored per-packet RTTs as ms, -1 for a lost packet.
 void write_rtts(XmlValueWriter& w, std::string_view json) {
   w.begin_array();
-  std::int64_t value = 0;
-  bool in_number = false;
-  for (char ch : json) {
-    if (ch >= '0' && ch <= '9') {
-      value = value * 10 + (ch - '0');
-      in_number = true;
-    } else if (ch == 'n') {  // null
+  visit_rtts(json, [&](std::optional<std::int64_t> rtt_ns) {
+    if (rtt_ns)
+      w.scaled(*rtt_ns, 1'000'000);
+    else
       w.real(-1);
-    } else if (in_number) {
-      w.scaled(value, 1'000'000);
-      value = 0;
-      in_number = false;
-    }
-  }
+  });
   w.end_array();
 }
 
