@@ -77,6 +77,13 @@ void write_rtts(XmlValueWriter& w, std::string_view json) {
   w.end_array();
 }
 
+// A member in ms from a value in ns; none when the value is absent.
+void member_ms(XmlValueWriter& w, const char* name, const std::optional<std::int64_t>& ns) {
+  if (!ns) return;
+  w.member(name);
+  w.scaled(*ns, 1'000'000);
+}
+
 void write_row(XmlValueWriter& w, const ResultRow& r) {
   w.begin_struct();
   w.member("node");
@@ -108,11 +115,7 @@ void write_row(XmlValueWriter& w, const ResultRow& r) {
     w.member(name);
     w.int32(*v);
   };
-  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) {
-    if (!v) return;
-    w.member(name);
-    w.scaled(*v, 1'000'000);
-  };
+  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) { member_ms(w, name, v); };
   auto bps = [&](const char* name, const std::optional<double>& v) {
     if (!v) return;
     w.member(name);
@@ -167,11 +170,7 @@ void write_summary(XmlValueWriter& w, const PathSummary& s) {
     w.member("loss");
     w.real(*s.loss);
   }
-  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) {
-    if (!v) return;
-    w.member(name);
-    w.scaled(*v, 1'000'000);
-  };
+  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) { member_ms(w, name, v); };
   ms("rtt_min_ms", s.rtt_min_ns);
   ms("rtt_p50_ms", s.rtt_p50_ns);
   ms("rtt_p90_ms", s.rtt_p90_ns);
