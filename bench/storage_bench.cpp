@@ -87,9 +87,10 @@ std::int64_t pg_count(PGconn* conn, const std::string& sql) {
   return n;
 }
 
-// The archive as the flush leaves it: rows in commit (= time) order, sorted
-// by path within each chunk of 65,536 rows (cache/pg_archive.cpp sorts every
-// chunk it copies; an hourly flush at 10 M rows a week is one chunk). Then
+// The archive as the flush leaves it: rows in commit (= time) order, grouped
+// by path and in time order within each chunk of 65,536 rows
+// (cache/pg_archive.cpp groups every chunk it copies; an hourly flush at 10 M
+// rows a week is one chunk). Then
 // VACUUM ANALYZE, as autovacuum does to a table that stopped changing.
 void fill_archive(PGconn* conn, std::int64_t rows, const Config& config) {
   flush_once(config);  // an empty flush applies the archive's schema
