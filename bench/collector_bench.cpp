@@ -7,7 +7,7 @@
 // collector committed, each commit synced (synchronous=FULL). Prints one
 // figure per line.
 //   collector_bench [results=300000] [nodes=8] [window=16 datagrams per node]
-//                   [rate=0 results/s]
+//                   [rate=0 results/s] [max_batch_results=CollectorTuning's]
 // With rate 0 the probers send whenever their window has room (closed loop):
 // the collector runs flat out, and since the window keeps window x nodes
 // datagrams unacknowledged, the mean ack latency is that many results over
@@ -111,6 +111,8 @@ int main(int argc, char** argv) {
   int node_count = argc > 2 ? std::stoi(argv[2]) : 8;
   std::size_t window = argc > 3 ? std::stoul(argv[3]) : 16;
   double rate = argc > 4 ? std::stod(argv[4]) : 0;
+  CollectorTuning tuning;
+  if (argc > 5) tuning.max_batch_results = std::stoul(argv[5]);
   logger("collector")->set_level(spdlog::level::warn);
   auto dir = std::filesystem::temp_directory_path() /
              ("flexmon-collector-bench-" + std::to_string(getpid()));
@@ -127,7 +129,7 @@ int main(int argc, char** argv) {
     n.sealer = std::make_unique<Sealer>(n.key);
     config.nodes.push_back(NodeConfig{n.id, "bench", "127.0.0.1", 0, n.key});
   }
-  auto collector = start_collector(config);
+  auto collector = start_collector(config, tuning);
   sockaddr_in to{};
   to.sin_family = AF_INET;
   to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
