@@ -39,6 +39,9 @@ auto log() { return logger("manager"); }
 // The request line and headers of one call; Basic credentials fit easily.
 constexpr std::size_t kMaxHeaderBytes = 4096;
 
+// Answer buffer a connection keeps between calls: a 100-row page fits.
+constexpr std::size_t kKeptAnswerBytes = 1 << 20;
+
 // What a call carries from its HTTP request to the method: the
 // Authorization header (empty when absent).
 class HttpCallInfo : public xmlrpc_c::callInfo {
@@ -298,6 +301,9 @@ struct XmlRpcServer::Impl {
                      "Connection: {}\r\n\r\n",
                      response.size(), last ? "close" : "keep-alive");
       if (!send_both(conn, head, response) || last) return;
+      // A 10,000-row page is ~16 MB of XML: an idle connection does not keep
+      // that much, only what a usual page needs.
+      if (response.capacity() > kKeptAnswerBytes) std::string().swap(response);
     }
   }
 
