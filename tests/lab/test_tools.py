@@ -74,10 +74,17 @@ class LatencyMethods(unittest.TestCase):
     DELAY_MS = 5.0
     LOSS = 5.0
     COUNT = 200
-    # RTTs never fall below 2 x delay (0.05 ms slack for clock reads); above
-    # it the relay adds its own cost: ~80 us on a quiet host, but ms-long
+    # RTTs do not fall below 2 x delay by more than BELOW_TOL_MS: the relay
+    # holds each packet from the kernel's stamp of it entering the TUN device
+    # (its arrival tap), and the prober's send stamp is taken a little later
+    # in the same transmit path, so an echo can look shorter than 2 x delay
+    # by that gap: under a microsecond, but once 53 us in a CI-like full test
+    # run (a vCPU stalled between the two stamps). A prober stamping the
+    # wrong packet would be off by the 5 ms spacing. Above 2 x delay the relay
+    # and kernel add their own cost: tens of us on a quiet host, but ms-long
     # stalls when the 2-core CI VM is loaded. Tolerances: the minimum within
     # 1 ms, the 10th percentile within 1.5 ms, the median within 5 ms.
+    BELOW_TOL_MS = 0.2
     MIN_TOL_MS = 1.0
     P10_TOL_MS = 1.5
     MEDIAN_TOL_MS = 5.0
@@ -104,7 +111,7 @@ class LatencyMethods(unittest.TestCase):
         self.assertEqual(len(lat["rtt_ns"]), self.COUNT)
         truth = 2 * self.DELAY_MS
         rtts = sorted(x / 1e6 for x in lat["rtt_ns"] if x > 0)
-        self.assertGreaterEqual(rtts[0], truth - 0.05, r)
+        self.assertGreaterEqual(rtts[0], truth - self.BELOW_TOL_MS, r)
         self.assertLessEqual(rtts[0], truth + self.MIN_TOL_MS, r)
         self.assertLessEqual(rtts[len(rtts) // 10], truth + self.P10_TOL_MS, r)
         self.assertLessEqual(lat["median_ns"] / 1e6, truth + self.MEDIAN_TOL_MS, r)

@@ -145,8 +145,11 @@ class LabTest(unittest.TestCase):
     def test_truth_log_gives_each_echo_its_applied_delay(self):
         # 5 ms +- 1 ms each way: every echo's applied RTT is at least 8 ms
         # (the relay never writes early), and the RTT measured with kernel
-        # stamps is never below it and exceeds it by only the kernel's path
-        # (well under a millisecond, even loaded). The log records when the
+        # stamps is not below it (by more than the gap between the arrival
+        # tap's stamp and the pinger's send stamp in the same transmit path:
+        # under a microsecond, 53 us seen once with a stalled vCPU; 0.2 ms
+        # allowed) and exceeds it by only the kernel's path (well under a
+        # millisecond, even loaded). The log records when the
         # relay really wrote, counted from the kernel's arrival stamp, so a
         # relay that could not run (seen: one echo of 50 at 16 ms with both
         # vCPUs busy with other builds) shows there as the longer delay the
@@ -161,7 +164,7 @@ class LabTest(unittest.TestCase):
             self.assertTrue(all(v >= 8.0 for v in by_seq.values()), by_seq)
             self.assertGreaterEqual(sum(v <= 12.5 for v in by_seq.values()), 45, by_seq)
             extra = sorted(rtts[seq] - v for seq, v in by_seq.items() if rtts[seq] is not None)
-            self.assertGreaterEqual(extra[0], 0.0, extra)
+            self.assertGreaterEqual(extra[0], -0.2, extra)
             self.assertLess(extra[len(extra) // 2], 1.0, extra)
             self.assertEqual(lab.echo_truth("a", "b", offset), ({}, offset))
 
