@@ -86,7 +86,6 @@ class Cursor {
 // Reads a row of kColumns.
 void read_row(const Cursor& cursor, ResultRow& row);
 
-// A SQLite statement as a Cursor.
 // Prepared statements of one connection, kept by SQL text: the readers run
 // the same few queries again and again, and preparing one costs as much as
 // reading a 100-row page.

@@ -115,7 +115,6 @@ void write_row(XmlValueWriter& w, const ResultRow& r) {
     w.member(name);
     w.int32(*v);
   };
-  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) { member_ms(w, name, v); };
   auto bps = [&](const char* name, const std::optional<double>& v) {
     if (!v) return;
     w.member(name);
@@ -124,11 +123,11 @@ void write_row(XmlValueWriter& w, const ResultRow& r) {
   count("sent", r.sent);
   count("received", r.received);
   count("duplicates", r.duplicates);
-  ms("rtt_min_ms", r.rtt_min_ns);
-  ms("rtt_avg_ms", r.rtt_avg_ns);
-  ms("rtt_median_ms", r.rtt_median_ns);
-  ms("rtt_max_ms", r.rtt_max_ns);
-  ms("rtt_stddev_ms", r.rtt_stddev_ns);
+  member_ms(w, "rtt_min_ms", r.rtt_min_ns);
+  member_ms(w, "rtt_avg_ms", r.rtt_avg_ns);
+  member_ms(w, "rtt_median_ms", r.rtt_median_ns);
+  member_ms(w, "rtt_max_ms", r.rtt_max_ns);
+  member_ms(w, "rtt_stddev_ms", r.rtt_stddev_ns);
   if (r.rtts_ns) {
     w.member("rtts_ms");
     write_rtts(w, *r.rtts_ns);
@@ -140,7 +139,7 @@ void write_row(XmlValueWriter& w, const ResultRow& r) {
     w.member("bytes_sent");
     w.int64(*r.bytes_sent);
   }
-  ms("duration_ms", r.duration_ns);
+  member_ms(w, "duration_ms", r.duration_ns);
   bps("throughput_bps", r.throughput_bps);
   w.end_struct();
 }
@@ -170,11 +169,10 @@ void write_summary(XmlValueWriter& w, const PathSummary& s) {
     w.member("loss");
     w.real(*s.loss);
   }
-  auto ms = [&](const char* name, const std::optional<std::int64_t>& v) { member_ms(w, name, v); };
-  ms("rtt_min_ms", s.rtt_min_ns);
-  ms("rtt_p50_ms", s.rtt_p50_ns);
-  ms("rtt_p90_ms", s.rtt_p90_ns);
-  ms("rtt_p99_ms", s.rtt_p99_ns);
+  member_ms(w, "rtt_min_ms", s.rtt_min_ns);
+  member_ms(w, "rtt_p50_ms", s.rtt_p50_ns);
+  member_ms(w, "rtt_p90_ms", s.rtt_p90_ns);
+  member_ms(w, "rtt_p99_ms", s.rtt_p99_ns);
   if (s.bandwidth_median_bps) {
     w.member("bandwidth_median_bps");
     w.real(*s.bandwidth_median_bps);
