@@ -81,35 +81,77 @@ void keep_freed_memory_for_reuse() {
   });
 }
 
-// Appends the first *select.limit rows of `select` (newest first, ties in
-// key order) from one database, sorted with `newer`. The database is asked
-// to order by time only, which its (src, dst, start_ns) and start_ns indexes
-// give without a sort; a full ORDER BY made SQLite copy every row through a
-// temporary b-tree. The rows that share the oldest time read may have been
-// cut anywhere by the LIMIT, so they are read again, in key order.
-template <typename Open>
-void read_newest(const Select& select, Open&& open, std::vector<ResultRow>& rows) {
-  const std::size_t first = rows.size();
-  const std::uint32_t wanted = *select.limit;
-  Select by_time = select;
-  by_time.order = Select::Order::newest_by_time;
-  {
-    auto cursor = open(by_time);
-    while (cursor->next()) storage::read_row(*cursor, rows.emplace_back());
+// One database's rows for a page, newest first by time alone, read one at a
+// time so that a page stops reading a database as soon as the other one's
+// rows are newer.
+class NewestRows {
+ public:
+  explicit NewestRows(std::unique_ptr<storage::Cursor> cursor) : cursor_(std::move(cursor)) {
+    advance();
   }
-  if (rows.size() - first == wanted) {
+  bool empty() const { return !has_row_; }
+  const ResultRow& front() const { return row_; }
+  ResultRow take() {
+    ResultRow taken = std::move(row_);
+    advance();
+    return taken;
+  }
+
+ private:
+  void advance() {
+    has_row_ = cursor_->next();
+    if (has_row_) storage::read_row(*cursor_, row_);
+  }
+
+  std::unique_ptr<storage::Cursor> cursor_;
+  ResultRow row_;
+  bool has_row_ = false;
+};
+
+// The first *select.limit rows of `select` over both databases, newest first
+// with ties in key order. Each database is asked to order by time only,
+// which its (src, dst, start_ns) and start_ns indexes give without a sort (a
+// full ORDER BY made SQLite copy every row through a temporary b-tree), and
+// the two are merged by time as they are read: a page whose rows are all in
+// the cache reads no more than one archived row, and the usual page, the
+// cache's recent rows over older archived ones, reads limit rows in all
+// rather than limit from each database. The rows that share the oldest time
+// taken may have been cut anywhere by the limit, in either database, so they
+// are read again, in key order.
+template <typename OpenCache, typename OpenArchive>
+std::vector<ResultRow> read_newest(const Select& select, OpenCache&& open_cache,
+                                   OpenArchive&& open_archive) {
+  const std::uint32_t wanted = *select.limit;
+  std::vector<ResultRow> rows;
+  rows.reserve(wanted);
+  {
+    Select by_time = select;
+    by_time.order = Select::Order::newest_by_time;
+    NewestRows cache(open_cache(by_time)), archive(open_archive(by_time));
+    while (rows.size() < wanted && !(cache.empty() && archive.empty())) {
+      const bool from_cache =
+          archive.empty() || (!cache.empty() && cache.front().start_ns >= archive.front().start_ns);
+      rows.push_back((from_cache ? cache : archive).take());
+    }
+  }
+  if (rows.size() == wanted) {
     const UtcNs oldest = rows.back().start_ns;
-    while (rows.size() > first && rows.back().start_ns == oldest) rows.pop_back();
+    while (!rows.empty() && rows.back().start_ns == oldest) rows.pop_back();
+    const std::size_t newer_rows = rows.size();
     Select ties = select;
     ties.filter.from = oldest;
     ties.filter.to = oldest + 1;
-    ties.limit = static_cast<std::uint32_t>(first + wanted - rows.size());
-    auto cursor = open(ties);
-    while (cursor->next()) storage::read_row(*cursor, rows.emplace_back());
+    ties.limit = static_cast<std::uint32_t>(wanted - newer_rows);
+    std::unique_ptr<storage::Cursor> tied_rows[] = {open_cache(ties), open_archive(ties)};
+    for (auto& cursor : tied_rows)
+      while (cursor->next()) storage::read_row(*cursor, rows.emplace_back());
+    auto tied = rows.begin() + static_cast<std::ptrdiff_t>(newer_rows);
+    std::sort(tied, rows.end(), newer);
+    if (rows.size() > wanted) rows.resize(wanted);
   }
-  std::sort(rows.begin() + static_cast<std::ptrdiff_t>(first), rows.end(), newer);
+  std::sort(rows.begin(), rows.end(), newer);
+  return rows;
 }
-
 }  // namespace
 
 bool is_valid_cursor(const std::string& cursor) { return decode_cursor(cursor).has_value(); }
@@ -240,22 +282,16 @@ Result<ResultPage> ResultReader::results(const PageQuery& query) {
   select.limit = query.limit + 1;
   ResultPage page;
   std::vector<ResultRow> rows;
-  std::size_t from_cache_rows = 0;
   Status status = impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
-    Select from_cache = select;
-    from_cache.above_id = w;
-    read_newest(
-        from_cache, [&](const Select& s) { return impl_->cache_select(s); }, rows);
-    from_cache_rows = rows.size();
-    // Room for the archive's rows too: they are never moved once read (pages
-    // of memory reserved but not reached are never touched).
-    rows.reserve(from_cache_rows + *select.limit);
-    read_newest(
-        select, [&](const Select& s) { return archive.select(s); }, rows);
+    rows = read_newest(
+        select,
+        [&](Select s) {
+          s.above_id = w;
+          return impl_->cache_select(s);
+        },
+        [&](const Select& s) { return archive.select(s); });
   });
   if (!status) return status.error();
-  auto middle = rows.begin() + static_cast<std::ptrdiff_t>(from_cache_rows);
-  std::inplace_merge(rows.begin(), middle, rows.end(), newer);
   if (rows.size() > query.limit) {
     rows.resize(query.limit);
     page.next_cursor = encode_cursor(rows.back());

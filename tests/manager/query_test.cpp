@@ -420,6 +420,40 @@ TEST_F(QueryTest, PagesCutThroughResultsThatShareAStartTime) {
   EXPECT_EQ(seen, stored);
 }
 
+// The archive's rows are not all older than the cache's: a prober that was
+// cut off sends old results late. Rows of the two databases alternate in
+// time here (even seconds archived, odd ones in the cache, with runs of
+// each), and every page size still gives every row once, newest first.
+TEST_F(QueryTest, PagesMergeDatabasesWhoseRowsInterleaveInTime) {
+  std::vector<int> archived, cached;
+  for (int second = 0; second < 90; ++second)
+    (second % 3 == 0 || (second > 40 && second < 60) ? archived : cached).push_back(second);
+  auto store_seconds = [&](const std::vector<int>& seconds, std::uint64_t epoch) {
+    Cache cache(config_.collector.cache_db);
+    for (std::size_t i = 0; i < seconds.size(); ++i)
+      store_latency(cache, epoch, "n1", "n2", 1, seconds[i], i + 1);
+  };
+  store_seconds(archived, 1);
+  flush_all();
+  store_seconds(cached, 2);
+  QueryService service(config_);
+  for (int limit : {1, 2, 5, 13, 89, 90, 91}) {
+    std::vector<std::int64_t> seen;
+    std::string cursor;
+    do {
+      S f{{"limit", num(limit)}};
+      if (!cursor.empty()) f.emplace("cursor", str(cursor));
+      auto page = as_struct(ask(service, QueryKind::latency, filter(f)));
+      for (const auto& row : as_array(page.at("rows")))
+        seen.push_back((i8(as_struct(row), "start_ns") - kT0) / 1'000'000'000);
+      cursor = text(page, "next_cursor");
+    } while (!cursor.empty() && seen.size() <= 90);
+    std::vector<std::int64_t> expected(90);
+    for (int i = 0; i < 90; ++i) expected[static_cast<std::size_t>(i)] = 89 - i;
+    EXPECT_EQ(seen, expected) << "limit " << limit;
+  }
+}
+
 TEST_F(QueryTest, SummaryPathsAndLatestSpanBothDatabases) {
   {
     Cache cache(config_.collector.cache_db);
