@@ -244,6 +244,21 @@ TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
   w.begin_array();
   w.int32(-4);
   w.end_array();
+  w.member("lowest");
+  w.int64(INT64_MIN);
+  w.member("earliest");
+  w.scaled(INT64_MIN, 1'000'000'000);
+  w.member("rows");
+  w.begin_array();
+  w.begin_struct();
+  w.member("inner");
+  w.int32(1);
+  w.end_struct();
+  w.begin_struct();
+  w.end_struct();
+  w.end_array();
+  w.member("after_rows");
+  w.string("");
   w.end_struct();
   EXPECT_NE(xml.find("&lt;b &amp; c&gt;&#13;?\tz"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<double>0.000000149999"), std::string::npos) << xml;
@@ -252,6 +267,7 @@ TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
   EXPECT_NE(xml.find("<double>94000000.25</double>"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<double>1000000</double>"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<double>3</double>"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<double>-9223372036.854775808</double>"), std::string::npos) << xml;
   xmlrpc_c::value v;
   xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml), &v);
   S s = as_struct(v);
@@ -269,6 +285,12 @@ TEST(XmlValueWriter, WritesWhatXmlrpcReadsBack) {
   EXPECT_EQ(i8(s, "exact"), kT0 + 1);
   EXPECT_TRUE(as_struct(s.at("empty")).empty());
   EXPECT_EQ(xmlrpc_c::value_int(as_array(s.at("list")).at(0)), -4);
+  EXPECT_EQ(i8(s, "lowest"), INT64_MIN);
+  auto rows = as_array(s.at("rows"));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(i4(as_struct(rows.at(0)), "inner"), 1);
+  EXPECT_TRUE(as_struct(rows.at(1)).empty());
+  EXPECT_EQ(text(s, "after_rows"), "");
 }
 
 TEST_F(QueryTest, RowsCarryEveryFieldFromBothDatabases) {
