@@ -188,7 +188,12 @@ struct Cache::Impl {
 };
 
 Cache::Cache(const std::filesystem::path& file, bool read_only)
-    : impl_(std::make_unique<Impl>(file, read_only)) {}
+    : impl_(std::make_unique<Impl>(file, read_only)) {
+  // Version-1 files written before 2026-11-30 carry an index on committed_ns
+  // that nothing reads any more and every stored row paid for
+  // (schemas/cache.sql).
+  if (!read_only) impl_->db.exec("DROP INDEX IF EXISTS results_by_commit");
+}
 
 Cache::~Cache() = default;
 

@@ -43,6 +43,37 @@ FlushLag lag_of(sqlite::Database& cache) {
   return lag;
 }
 
+// The id up to which the flush copies: the last row committed at or before
+// `cutoff`, found by a binary search over id above `lower` (the archive's
+// watermark), or `lower` if none; the last row itself when it qualifies. Ids grow in commit order
+// (one writer, AUTOINCREMENT), so committed_ns grows with id unless the realtime clock stepped
+// back; then the search still ends on some row committed by the cutoff (a flush may take rows
+// younger than the horizon, which costs nothing: they are archived early, and retention deletes
+// only archived rows), and once the clock passes every committed_ns it reaches the last row, so
+// nothing stays unflushed for longer than the step. Every id below a committed one is committed or
+// never will be: the flush copies only rows that are final.
+std::int64_t last_committed_by(sqlite::Database& cache, std::int64_t lower, UtcNs cutoff) {
+  // The first row at or after an id: retention leaves gaps anywhere.
+  auto at_or_after =
+      cache.prepare("SELECT id, committed_ns FROM results WHERE id >= ?1 ORDER BY id LIMIT 1");
+  auto last = cache.prepare("SELECT id, committed_ns FROM results ORDER BY id DESC LIMIT 1");
+  if (!last.step() || last.int64(0) <= lower) return lower;
+  if (last.int64(1) <= cutoff) return last.int64(0);
+  // Invariant: `found` is `lower` or a row committed by the cutoff; no row
+  // at or after `beyond` is known to be.
+  std::int64_t found = lower, beyond = last.int64(0);
+  while (beyond - found > 1) {
+    std::int64_t middle = found + (beyond - found) / 2;
+    at_or_after.reset();
+    at_or_after.bind(1, middle);
+    if (at_or_after.step() && at_or_after.int64(0) < beyond && at_or_after.int64(1) <= cutoff)
+      found = at_or_after.int64(0);
+    else
+      beyond = middle;
+  }
+  return found;
+}
+
 // Deletes, in short transactions (the collector writes meanwhile), archived
 // rows that started before the retention.
 std::int64_t apply_retention(sqlite::Database& cache, double retention_s, std::stop_token stop) {
@@ -129,14 +160,7 @@ FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_to
     mark_archived(*cache, lower);
 
     UtcNs cutoff = utc_now_ns() - static_cast<std::int64_t>(config.archive.horizon_s * kNsPerS);
-    // Ids grow in commit order (one writer, AUTOINCREMENT): every id up to
-    // the newest row committed before the cutoff is committed.
-    auto newest = cache->prepare(
-        "SELECT id FROM results WHERE committed_ns <= ?1 ORDER BY committed_ns DESC, id DESC "
-        "LIMIT 1");
-    newest.bind(1, cutoff);
-    std::int64_t upper = newest.step() ? newest.int64(0) : 0;
-    newest.reset();
+    std::int64_t upper = last_committed_by(*cache, lower, cutoff);
 
     while (lower < upper) {
       std::int64_t batch_upper =

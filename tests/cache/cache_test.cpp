@@ -3,7 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 
+#include <fmt/format.h>
+
+#include "cache/flusher.h"
+#include "common/config.h"
+#include "common/sqlite.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -48,6 +54,48 @@ class CacheTest : public ::testing::Test {
     return r;
   }
 
+  // Stores results 1..count of node n1, then stamps each as committed at
+  // stamp(id): the clock as the collector would have read it.
+  void store_committed(int count, const std::function<UtcNs(std::int64_t id)>& stamp) {
+    {
+      Cache cache(dir_ / "cache.db");
+      std::vector<wire::Result> results;
+      for (int seq = 1; seq <= count; ++seq)
+        results.push_back(latency(static_cast<std::uint64_t>(seq), "n1", "n2", seq, {100}));
+      std::vector<const wire::Result*> batch;
+      for (const auto& r : results) batch.push_back(&r);
+      ASSERT_EQ(cache.store("n1", 1, batch).stored, static_cast<std::size_t>(count));
+    }
+    sqlite::Database db(dir_ / "cache.db");
+    auto update = db.prepare("UPDATE results SET committed_ns = ?2 WHERE id = ?1");
+    for (std::int64_t id = 1; id <= count; ++id) update.bind(1, id).bind(2, stamp(id)).run();
+  }
+
+  // Results of the cache that are in the archive, by their cache id.
+  std::vector<std::int64_t> archived_ids() {
+    sqlite::Database archive(dir_ / "archive.db");
+    auto select = archive.prepare("SELECT id FROM results ORDER BY id");
+    std::vector<std::int64_t> ids;
+    while (select.step()) ids.push_back(select.int64(0));
+    return ids;
+  }
+
+  Config flush_config(double horizon_s) {
+    Config config;
+    config.collector.cache_db = dir_ / "cache.db";
+    config.archive.sqlite_db = dir_ / "archive.db";
+    config.archive.horizon_s = horizon_s;
+    config.archive.retention_s = 0;  // every archived row may go at once
+    return config;
+  }
+
+  static std::vector<std::int64_t> ids(std::int64_t first, std::int64_t last) {
+    std::vector<std::int64_t> out;
+    for (std::int64_t id = first; id <= last; ++id) out.push_back(id);
+    return out;
+  }
+
+  static constexpr std::int64_t kMinute = 60'000'000'000;
   std::filesystem::path dir_;
 };
 
@@ -151,6 +199,75 @@ TEST_F(CacheTest, SurvivesReopen) {
   EXPECT_EQ(reopened.count_results(), 1);
   Cache reader(dir_ / "cache.db", /*read_only=*/true);
   EXPECT_EQ(reader.query_latency({}).at(0).rtts_ns, std::vector<std::int64_t>{42});
+}
+
+// Caches written before 2026-11-30 (schema version 1 all the same) have an
+// index on committed_ns; opening one for writing drops it and keeps the rows.
+TEST_F(CacheTest, OpeningAnOldCacheDropsTheCommitIndex) {
+  {
+    Cache cache(dir_ / "cache.db");
+    auto r = latency(1, "n1", "n2", 5, {42});
+    cache.store("n1", 1, {&r});
+    cache.database().exec("CREATE INDEX results_by_commit ON results (committed_ns)");
+  }
+  Cache reopened(dir_ / "cache.db");
+  auto index = reopened.database().prepare(
+      "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'results_by_commit'");
+  index.step();
+  EXPECT_EQ(index.int64(0), 0);
+  auto version = reopened.database().prepare("PRAGMA user_version");
+  version.step();
+  EXPECT_EQ(version.int64(0), 1);
+  auto r = latency(2, "n1", "n2", 6, {43});
+  EXPECT_EQ(reopened.store("n1", 1, {&r}).stored, 1u);
+  EXPECT_EQ(reopened.count_results(), 2);
+}
+
+// The flush takes every row committed before the horizon and none after,
+// found by id: retention's gaps anywhere in the ids do not mislead it.
+TEST_F(CacheTest, FlushHorizonFindsTheLastRowCommittedBeforeItAcrossGaps) {
+  UtcNs now = utc_now_ns();
+  // Row id committed (100 - id) minutes ago: rows 1..49 are older than 50.5.
+  store_committed(100, [&](std::int64_t id) { return now - (100 - id) * kMinute; });
+  {
+    sqlite::Database db(dir_ / "cache.db");
+    db.exec("DELETE FROM results WHERE id BETWEEN 40 AND 55 OR id IN (1, 2, 3, 38)");
+  }
+  auto report = flush_once(flush_config(50.5 * 60));
+  ASSERT_TRUE(report.archive_ok) << report.error;
+  std::vector<std::int64_t> expected = ids(4, 37);
+  expected.push_back(39);
+  EXPECT_EQ(archived_ids(), expected);
+  EXPECT_EQ(report.lag.archived_id, 39);
+  EXPECT_EQ(report.lag.rows, 45);  // 56..100
+}
+
+// A realtime clock that ran an hour ahead and was stepped back leaves ids
+// whose committed_ns is not in order. The flush never takes a row that is
+// not committed, retention never deletes a row that is not archived, and
+// once the clock has passed the stamps of the step, every row is flushed.
+TEST_F(CacheTest, FlushAfterTheClockSteppedBackFlushesEveryRowOnceItPassed) {
+  UtcNs now = utc_now_ns();
+  store_committed(100, [&](std::int64_t id) {
+    if (id <= 30) return now - 3 * 60 * kMinute;  // before the clock ran ahead
+    if (id <= 60) return now + 60 * kMinute;      // while it was an hour ahead
+    return now - 30 * kMinute;                    // after it was stepped back
+  });
+  auto early = flush_once(flush_config(3600));
+  ASSERT_TRUE(early.archive_ok) << early.error;
+  EXPECT_EQ(archived_ids(), ids(1, 30));
+  EXPECT_EQ(early.deleted, 30);
+  EXPECT_EQ(early.lag.rows, 70);
+  // Three hours later (the stamps moved back instead of the clock forward).
+  {
+    sqlite::Database db(dir_ / "cache.db");
+    db.exec(fmt::format("UPDATE results SET committed_ns = committed_ns - {}", 180 * kMinute));
+  }
+  auto later = flush_once(flush_config(3600));
+  ASSERT_TRUE(later.archive_ok) << later.error;
+  EXPECT_EQ(archived_ids(), ids(1, 100));
+  EXPECT_EQ(later.lag.rows, 0);
+  EXPECT_EQ(Cache(dir_ / "cache.db").count_results(), 0);
 }
 
 }  // namespace
