@@ -12,6 +12,7 @@
 #include "prober/measurements.h"
 #include "prober/responder.h"
 #include "prober/tools.h"
+#include "prober/tools_internal.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -94,6 +95,23 @@ TEST(Tools, IcmpToLoopback) {
   if (r.status() == wire::ERROR) GTEST_SKIP() << "no ICMP socket here: " << r.error();
   EXPECT_EQ(r.status(), wire::OK) << r.error();
   EXPECT_EQ(r.latency().received(), 3U);
+}
+
+// Every echo's RTT runs from the kernel's send stamp (taken in the device's
+// transmit path, after the send call's own work), so it is the inner part of
+// what a pinger that stamps before sendto measures for the same echo.
+TEST(Tools, IcmpRttsRunFromTheKernelSendStamp) {
+  std::string error;
+  auto dst = tools::resolve("127.0.0.1", 0, error);
+  ASSERT_TRUE(dst) << error;
+  tools::PingPlan plan;
+  plan.method = "icmp";
+  plan.count = 5;
+  plan.spacing_ns = 2'000'000;
+  auto out = tools::ping(*dst, plan, context(), "");
+  if (!out.error.empty()) GTEST_SKIP() << "no ICMP socket here: " << out.error;
+  EXPECT_EQ(out.received, 5U);
+  EXPECT_EQ(out.kernel_tx_stamps, out.sent);
 }
 
 TEST(Tools, Statuses) {
