@@ -230,9 +230,16 @@ int main(int argc, char** argv) {
   const auto& counters = collector->counters();
   // Copied before the collector (which owns the counters) goes away.
   struct {
-    std::uint64_t stored, commits, syncs, checkpoints, wal_restarts;
-  } c{counters.stored.load(), counters.commits.load(), counters.syncs.load(),
-      counters.checkpoints.load(), counters.wal_restarts.load()};
+    std::uint64_t stored, commits, syncs, checkpoints, wal_restarts, hold_ns, hold_max_ns,
+        writer_cpu_ns;
+  } c{counters.stored.load(),
+      counters.commits.load(),
+      counters.syncs.load(),
+      counters.checkpoints.load(),
+      counters.wal_restarts.load(),
+      counters.wal_restart_hold_ns.load(),
+      counters.wal_restart_hold_max_ns.load(),
+      counters.writer_cpu_ns.load()};
   double per_commit =
       c.commits ? static_cast<double>(c.stored) / static_cast<double>(c.commits) : 1;
   collector->stop();
@@ -290,6 +297,11 @@ int main(int argc, char** argv) {
   std::printf("collector_syncs %llu\n", static_cast<unsigned long long>(c.syncs));
   std::printf("collector_checkpoints %llu\n", static_cast<unsigned long long>(c.checkpoints));
   std::printf("collector_wal_restarts %llu\n", static_cast<unsigned long long>(c.wal_restarts));
+  std::printf("collector_wal_restart_hold_ms_total %.1f\n", static_cast<double>(c.hold_ns) / 1e6);
+  std::printf("collector_wal_restart_hold_ms_max %.1f\n", static_cast<double>(c.hold_max_ns) / 1e6);
+  // The writer thread alone: its work per result bounds the committed rate.
+  std::printf("collector_writer_results_per_cpu_s %.0f\n",
+              static_cast<double>(c.stored) / (static_cast<double>(c.writer_cpu_ns) / 1e9));
   std::printf("sqlite_ceiling_results_per_cpu_s %.0f\n",
               static_cast<double>(parsed.size()) / ceiling_cpu);
   std::printf("wall_s_collector_phase %.1f\n", seconds);

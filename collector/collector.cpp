@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -129,6 +130,14 @@ struct PendingAcks {
   // disk: freeing them is ~7 % of the writer's work otherwise.
   std::vector<Accepted> spent;
 };
+
+// CPU time the calling thread has used.
+std::uint64_t thread_cpu_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000 +
+         static_cast<std::uint64_t>(t.tv_nsec);
+}
 
 // Seqs as inclusive ranges, sorted and merged.
 std::vector<std::pair<std::uint64_t, std::uint64_t>> to_ranges(std::vector<std::uint64_t> seqs) {
@@ -349,6 +358,7 @@ class CollectorDaemon : public Collector {
       } catch (const std::exception& e) {
         rejects_.warn("collector: unexpected failure handling a batch: {}", e.what());
       }
+      counters_.writer_cpu_ns = thread_cpu_ns();
     }
     std::lock_guard lock(ack_mutex_);
     writing_done_ = true;
@@ -555,8 +565,14 @@ class CollectorDaemon : public Collector {
            ++round)
         rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
       if (rc == SQLITE_OK && wal > max_wal_frames_) {
-        std::lock_guard between_commits(commit_mutex_);
+        std::unique_lock between_commits(commit_mutex_);
+        auto held_since = Mono::now();
         rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_RESTART, &wal, &copied);
+        between_commits.unlock();
+        auto held = static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Mono::now() - held_since).count());
+        counters_.wal_restart_hold_ns += held;
+        if (held > counters_.wal_restart_hold_max_ns) counters_.wal_restart_hold_max_ns = held;
         if (rc == SQLITE_OK) {
           ++counters_.wal_restarts;
           // The writer's next commit begins the WAL anew.

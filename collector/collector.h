@@ -27,6 +27,13 @@ struct CollectorCounters {
   std::atomic<std::uint64_t> checkpoints{0};   // PASSIVE, by the checkpointer thread
   std::atomic<std::uint64_t> wal_restarts{0};  // RESTART: the WAL grew past its bound
   std::atomic<std::uint64_t> checkpoint_failures{0};
+  // How long RESTART checkpoints held the writer between two commits, in
+  // all and at most (ns of wall time).
+  std::atomic<std::uint64_t> wal_restart_hold_ns{0};
+  std::atomic<std::uint64_t> wal_restart_hold_max_ns{0};
+  // CPU time of the writer thread (ns), the one whose work per result bounds
+  // the committed rate: results stored per CPU-second of it.
+  std::atomic<std::uint64_t> writer_cpu_ns{0};
   // Results refused by the cache (StoreOutcome::rejected), acked anyway.
   std::atomic<std::uint64_t> refused{0};
   // Rejected datagrams, by reason.
