@@ -3,6 +3,10 @@
 // archive), with HTTP keep-alive and with one call per connection; p50 and
 // p99 latency. The real manager in-process on loopback; clients speak raw
 // HTTP/1.1 and read every byte of each response. Figures one per line.
+// The manager keeps rows it sent as XML (manager.rendered_rows_mb), so from
+// the second call on, every call reads the page's keys only: the same call
+// is also measured on a manager with that off (query_latency_100_unrendered_*),
+// where every call reads and writes out all 100 rows.
 // The peer in the same run: a server that does no work, sending the same
 // query answer's bytes to the same clients (the loopback ceiling of calls of
 // that size on this machine).
@@ -281,6 +285,8 @@ int main(int argc, char** argv) {
   config.manager.max_connections = 64;
   fill_results(config);
   auto manager = start_manager_daemon(config);
+  Config unrendered = config;  // outlives the manager started with it
+  unrendered.manager.rendered_rows_mb = 0;
   const auto port = manager->xmlrpc_port();
   std::string buffer;
   int fd = dial(port);
@@ -338,6 +344,17 @@ int main(int argc, char** argv) {
       if (std::string_view(name) == "query_latency_100" && keepalive)
         query_keepalive_calls_per_s = f.calls_per_s;
     }
+  if (query_keepalive_calls_per_s > 0) {
+    manager->stop();
+    manager = start_manager_daemon(unrendered);
+    Figures f = run(manager->xmlrpc_port(), query, true, clients, seconds);
+    fmt::print("query_latency_100_unrendered_keepalive_calls_per_s {:.0f}\n", f.calls_per_s);
+    fmt::print("query_latency_100_unrendered_keepalive_p50_ms {:.3f}\n", f.p50_ms);
+    fmt::print("query_latency_100_unrendered_keepalive_p99_ms {:.3f}\n", f.p99_ms);
+    fmt::print("query_latency_100_unrendered_keepalive_errors {}\n", f.errors);
+    fmt::print("query_latency_100_unrendered_keepalive_cpu_us_per_call {:.0f}\n",
+               f.cpu_us_per_call);
+  }
   if (query_keepalive_calls_per_s > 0) {
     CannedServer canned(query_answer);
     Figures f = run(canned.port(), query, true, clients, seconds);

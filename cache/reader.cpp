@@ -81,12 +81,16 @@ void keep_freed_memory_for_reuse() {
   });
 }
 
+// Fills a row from a cursor over the Select's columns.
+using ReadRow = void (*)(const storage::Cursor&, ResultRow&);
+
 // One database's rows for a page, newest first by time alone, read one at a
 // time so that a page stops reading a database as soon as the other one's
 // rows are newer.
 class NewestRows {
  public:
-  explicit NewestRows(std::unique_ptr<storage::Cursor> cursor) : cursor_(std::move(cursor)) {
+  NewestRows(std::unique_ptr<storage::Cursor> cursor, ReadRow read)
+      : cursor_(std::move(cursor)), read_(read) {
     advance();
   }
   bool empty() const { return !has_row_; }
@@ -100,10 +104,11 @@ class NewestRows {
  private:
   void advance() {
     has_row_ = cursor_->next();
-    if (has_row_) storage::read_row(*cursor_, row_);
+    if (has_row_) read_(*cursor_, row_);
   }
 
   std::unique_ptr<storage::Cursor> cursor_;
+  ReadRow read_;
   ResultRow row_;
   bool has_row_ = false;
 };
@@ -117,9 +122,9 @@ class NewestRows {
 // cache's recent rows over older archived ones, reads limit rows in all
 // rather than limit from each database. The rows that share the oldest time
 // taken may have been cut anywhere by the limit, in either database, so they
-// are read again, in key order.
+// are read again, in key order. `read` fills rows from select.columns.
 template <typename OpenCache, typename OpenArchive>
-std::vector<ResultRow> read_newest(const Select& select, OpenCache&& open_cache,
+std::vector<ResultRow> read_newest(const Select& select, ReadRow read, OpenCache&& open_cache,
                                    OpenArchive&& open_archive) {
   const std::uint32_t wanted = *select.limit;
   std::vector<ResultRow> rows;
@@ -127,7 +132,7 @@ std::vector<ResultRow> read_newest(const Select& select, OpenCache&& open_cache,
   {
     Select by_time = select;
     by_time.order = Select::Order::newest_by_time;
-    NewestRows cache(open_cache(by_time)), archive(open_archive(by_time));
+    NewestRows cache(open_cache(by_time), read), archive(open_archive(by_time), read);
     while (rows.size() < wanted && !(cache.empty() && archive.empty())) {
       const bool from_cache =
           archive.empty() || (!cache.empty() && cache.front().start_ns >= archive.front().start_ns);
@@ -144,7 +149,7 @@ std::vector<ResultRow> read_newest(const Select& select, OpenCache&& open_cache,
     ties.limit = static_cast<std::uint32_t>(wanted - newer_rows);
     std::unique_ptr<storage::Cursor> tied_rows[] = {open_cache(ties), open_archive(ties)};
     for (auto& cursor : tied_rows)
-      while (cursor->next()) storage::read_row(*cursor, rows.emplace_back());
+      while (cursor->next()) read(*cursor, rows.emplace_back());
     auto tied = rows.begin() + static_cast<std::ptrdiff_t>(newer_rows);
     std::sort(tied, rows.end(), newer);
     if (rows.size() > wanted) rows.resize(wanted);
@@ -266,7 +271,7 @@ ResultReader::ResultReader(const Config& config) : impl_(std::make_unique<Impl>(
 
 ResultReader::~ResultReader() = default;
 
-Result<ResultPage> ResultReader::results(const PageQuery& query) {
+Result<ResultPage> ResultReader::results(const PageQuery& query, const HeldRow& held) {
   if (query.limit < 1 || query.limit > 10000) return fail("limit must be 1 to 10000");
   if (query.latest_per_path) {
     if (!query.cursor.empty()) return fail("a cursor cannot go with latest_per_path");
@@ -283,13 +288,23 @@ Result<ResultPage> ResultReader::results(const PageQuery& query) {
   ResultPage page;
   std::vector<ResultRow> rows;
   Status status = impl_->with_snapshot([&](storage::ArchiveSnapshot& archive, std::int64_t w) {
-    rows = read_newest(
-        select,
-        [&](Select s) {
-          s.above_id = w;
-          return impl_->cache_select(s);
-        },
-        [&](const Select& s) { return archive.select(s); });
+    auto open_cache = [&](Select s) {
+      s.above_id = w;
+      return impl_->cache_select(s);
+    };
+    auto open_archive = [&](const Select& s) { return archive.select(s); };
+    if (held) {
+      Select keys = select;
+      keys.columns = storage::kKeyColumns;
+      rows = read_newest(keys, storage::read_key, open_cache, open_archive);
+      const auto shown = rows.begin() + static_cast<std::ptrdiff_t>(
+                                            std::min<std::size_t>(rows.size(), query.limit));
+      if (std::all_of(rows.begin(), shown, held)) {
+        page.keys_only = true;
+        return;
+      }
+    }
+    rows = read_newest(select, storage::read_row, open_cache, open_archive);
   });
   if (!status) return status.error();
   if (rows.size() > query.limit) {

@@ -63,7 +63,15 @@ struct PageQuery {
 struct ResultPage {
   std::vector<ResultRow> rows;
   std::string next_cursor;  // empty when this is the last page
+  // The rows carry only their key and time (node, boot_epoch, seq,
+  // start_ns): the caller said it holds every one of them (results' `held`).
+  bool keys_only = false;
 };
+
+// Whether the caller already holds what it needs of a result, given its key
+// and time. A stored result never changes, so what was made of it once (its
+// XML, say) can serve every later page that shows it.
+using HeldRow = std::function<bool(const ResultRow& key_and_time)>;
 
 // Per path (tool, src, dst) over the filter's range. Percentiles come from a
 // log histogram with 1 % relative resolution (memory per path is bounded).
@@ -98,7 +106,12 @@ class ResultReader {
   ResultReader(const ResultReader&) = delete;
   ResultReader& operator=(const ResultReader&) = delete;
 
-  Result<ResultPage> results(const PageQuery& query);
+  // With `held`, the page's keys are read first, and when `held` is true for
+  // every row of the page, the page comes back keys_only, which skips reading
+  // and decoding the rows' other 23 columns. `held` is asked about the page's
+  // rows in page order and stops at the first it does not hold; then the
+  // full rows are read, in the same snapshot.
+  Result<ResultPage> results(const PageQuery& query, const HeldRow& held = nullptr);
   Result<std::vector<PathSummary>> summary(const ResultFilter& filter);
   Result<std::vector<PathInfo>> paths(const ResultFilter& filter);
 

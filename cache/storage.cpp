@@ -169,6 +169,13 @@ void read_row(const Cursor& c, ResultRow& row) {
   row.committed_ns = c.int64(26);
 }
 
+void read_key(const Cursor& c, ResultRow& row) {
+  row.node = c.text(0);
+  row.boot_epoch = c.int64(1);
+  row.seq = c.int64(2);
+  row.start_ns = c.int64(3);
+}
+
 sqlite::Statement& StatementCache::get(const std::string& sql) {
   if (auto it = statements_.find(sql); it != statements_.end()) return it->second;
   if (statements_.size() >= kMaxStatements) statements_.clear();

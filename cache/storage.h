@@ -29,6 +29,8 @@ inline constexpr const char* kColumns =
     "duplicates, rtt_min_ns, rtt_avg_ns, rtt_median_ns, rtt_max_ns, rtt_stddev_ns, rtts_ns, "
     "estimate_bps, lower_bps, upper_bps, bytes_sent, duration_ns, throughput_bps, committed_ns";
 inline constexpr int kColumnCount = 27;
+// A result's key and time, which place it in a page.
+inline constexpr const char* kKeyColumns = "node, boot_epoch, seq, start_ns";
 
 // The archive failed or cannot be reached; the cache keeps the rows.
 class ArchiveError : public std::runtime_error {
@@ -85,6 +87,8 @@ class Cursor {
 
 // Reads a row of kColumns.
 void read_row(const Cursor& cursor, ResultRow& row);
+// Reads a row of kKeyColumns into those fields of `row`.
+void read_key(const Cursor& cursor, ResultRow& row);
 
 // Prepared statements of one connection, kept by SQL text: the readers run
 // the same few queries again and again, and preparing one costs as much as

@@ -17,6 +17,9 @@
 namespace flexmon {
 namespace {
 
+// A manager that asks for more memory than this for rendered rows has a typo.
+constexpr std::uint32_t kMaxRenderedRowsMb = 65536;
+
 // A YAML mapping being read: every key must be consumed, so whatever is left
 // at the end is an unknown key and an error. Messages: "FILE:LINE: KEY: why".
 class Section {
@@ -385,6 +388,9 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("max_request_bytes", m.max_request_bytes);
     s.optional("max_nesting", m.max_nesting);
     s.optional("dead_after_s", m.dead_after_s);
+    s.optional("rendered_rows_mb", m.rendered_rows_mb);
+    if (m.rendered_rows_mb > kMaxRenderedRowsMb)
+      s.fail("rendered_rows_mb", fmt::format("must be at most {}", kMaxRenderedRowsMb));
     if (m.max_connections == 0) s.fail("max_connections", "must be at least 1");
     if (m.max_request_bytes < 1024) s.fail("max_request_bytes", "must be at least 1024");
     if (!(m.dead_after_s > 0)) s.fail("dead_after_s", "must be positive");

@@ -118,12 +118,15 @@ struct ManagerConfig {
   Endpoint xmlrpc{"127.0.0.1", 8470};
   Endpoint control{"127.0.0.1", 8471};
   std::filesystem::path state_db = "manager.db";
-  std::uint32_t max_connections = 32;  // concurrent HTTP connections
-  std::uint32_t http_timeout_s = 15;   // per request, and keep-alive idle
+  std::uint32_t max_connections = 32;           // concurrent HTTP connections
+  std::uint32_t http_timeout_s = 15;            // per request, and keep-alive idle
   std::uint32_t keepalive_max_requests = 1000;  // calls per HTTP connection (1: no keep-alive)
   std::uint32_t max_request_bytes = 1 << 20;
   std::uint32_t max_nesting = 16;
   double dead_after_s = 30.0;  // no contact for this long: dead
+  // Memory for query answers' rows kept as XML, shown again without reading
+  // them whole (0: off). Stored results never change.
+  std::uint32_t rendered_rows_mb = 64;
 };
 
 struct CollectorConfig {

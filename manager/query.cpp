@@ -10,6 +10,7 @@
 
 #include "cache/rtts.h"
 #include "manager/api_types.h"
+#include "manager/rendered_rows.h"
 #include "manager/spec.h"
 
 namespace flexmon::manager {
@@ -389,7 +390,10 @@ std::string method_response(std::string_view value_xml) {
   return out;
 }
 
-QueryService::QueryService(const Config& config) : config_(config) {}
+QueryService::QueryService(const Config& config) : config_(config) {
+  if (config.manager.rendered_rows_mb > 0)
+    rendered_ = std::make_unique<RenderedRows>(std::size_t{config.manager.rendered_rows_mb} << 20);
+}
 
 QueryService::~QueryService() = default;
 
@@ -410,21 +414,52 @@ void QueryService::give_back(std::unique_ptr<ResultReader> reader) {
   idle_.push_back(std::move(reader));
 }
 
+void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader,
+                              std::string& out) {
+  std::vector<std::shared_ptr<const std::string>> held;
+  HeldRow holds;
+  if (rendered_ && !query.latest_per_path)
+    holds = [&](const ResultRow& key_and_time) {
+      auto xml = rendered_->find(key_and_time);
+      if (!xml) {
+        held.clear();
+        return false;
+      }
+      held.push_back(std::move(xml));
+      return true;
+    };
+  auto page = reader->results(query, holds);
+  give_back(std::move(reader));
+  if (!page) unavailable(page.error());
+  XmlValueWriter w(out);
+  w.begin_struct();
+  w.member("rows");
+  w.begin_array();
+  if (page->keys_only) {
+    for (const auto& xml : held) out += *xml;
+  } else if (rendered_ && !query.latest_per_path) {
+    std::string xml;
+    for (const auto& row : page->rows) {
+      xml.clear();
+      XmlValueWriter row_writer(xml);
+      write_row(row_writer, row);
+      out += xml;
+      rendered_->keep(row, xml);
+    }
+  } else {
+    for (const auto& row : page->rows) write_row(w, row);
+  }
+  w.end_array();
+  w.member("next_cursor");
+  w.string(page->next_cursor);
+  w.end_struct();
+}
+
 void QueryService::run(QueryKind kind, const QueryArgs& args, std::string& out) {
   auto reader = borrow();
   XmlValueWriter w(out);
   if (pages(kind)) {
-    auto page = reader->results(args.page);
-    give_back(std::move(reader));
-    if (!page) unavailable(page.error());
-    w.begin_struct();
-    w.member("rows");
-    w.begin_array();
-    for (const auto& row : page->rows) write_row(w, row);
-    w.end_array();
-    w.member("next_cursor");
-    w.string(page->next_cursor);
-    w.end_struct();
+    write_page(args.page, std::move(reader), out);
   } else if (kind == QueryKind::summary) {
     auto summaries = reader->summary(args.page.filter);
     give_back(std::move(reader));

@@ -62,7 +62,11 @@ inline constexpr std::string_view kResponseTail = "</param>\r\n</params>\r\n</me
 // A whole methodResponse around one <value> element.
 std::string method_response(std::string_view value_xml);
 
-// Read access to results through ResultReaders lent one call at a time.
+class RenderedRows;
+
+// Read access to results through ResultReaders lent one call at a time. Rows
+// of pages are kept as XML (config.manager.rendered_rows_mb) and sent again
+// when a later page shows them.
 class QueryService {
  public:
   explicit QueryService(const Config& config);
@@ -78,7 +82,11 @@ class QueryService {
   std::unique_ptr<ResultReader> borrow();
   void give_back(std::unique_ptr<ResultReader> reader);
 
+  // Appends a page's answer: rows from `rendered_` where it holds them all.
+  void write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader, std::string& out);
+
   const Config& config_;
+  std::unique_ptr<RenderedRows> rendered_;  // null when off
   std::mutex mu_;
   std::vector<std::unique_ptr<ResultReader>> idle_;  // guarded by mu_
 };

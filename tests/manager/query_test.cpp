@@ -21,6 +21,7 @@
 #include "manager/api_types.h"
 #include "manager/manager.h"
 #include "manager/query.h"
+#include "manager/rendered_rows.h"
 #include "tests/manager/test_config.h"
 #include "wire.pb.h"
 
@@ -98,6 +99,10 @@ class QueryTest : public ::testing::Test {
   void SetUp() override {
     dir_ = testing::temp_dir();
     config_ = testing::test_config(dir_);
+    // A server started by an earlier test of this process set xmlrpc-c's
+    // process-wide XML size limit to its max_request_bytes; the answers
+    // parsed here are larger.
+    xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, XMLRPC_XML_SIZE_LIMIT_DEFAULT);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
@@ -474,6 +479,88 @@ TEST_F(QueryTest, PagesMergeDatabasesWhoseRowsInterleaveInTime) {
     for (int i = 0; i < 90; ++i) expected[static_cast<std::size_t>(i)] = 89 - i;
     EXPECT_EQ(seen, expected) << "limit " << limit;
   }
+}
+
+// Pages sent from rows kept as XML are the same bytes as pages read whole,
+// and still show every result committed before the call (the rows a page
+// holds are read from the databases each time; only their text is kept).
+TEST_F(QueryTest, PagesFromRenderedRowsAreThePagesReadWhole) {
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", 120, 0, 1);
+    store_abw(cache, 1, 30, 1000);
+  }
+  flush_all();
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 2, "n1", "n2", 60, 200, 1);
+  }
+  Config unrendered = config_;
+  unrendered.manager.rendered_rows_mb = 0;
+  ASSERT_GT(config_.manager.rendered_rows_mb, 0u);
+  QueryService rendering(config_), reading(unrendered);
+  auto answer = [&](QueryService& service, QueryKind kind, const S& f) {
+    std::string xml;
+    service.run(kind, parse_query_args(kind, filter(f), config_), xml);
+    return xml;
+  };
+  auto same_pages = [&](QueryKind kind, int limit, std::uint64_t* rows_newest = nullptr) {
+    std::string cursor;
+    for (int page = 0; page < 4; ++page) {
+      S f{{"limit", num(limit)}};
+      if (!cursor.empty()) f.emplace("cursor", str(cursor));
+      const std::string whole = answer(reading, kind, f);
+      for (int again = 0; again < 3; ++again)
+        ASSERT_EQ(answer(rendering, kind, f), whole) << "limit " << limit << " page " << page;
+      xmlrpc_c::value v;
+      xmlrpc_c::xml::parseSuccessfulResponse(method_response(whole), &v);
+      auto rows = as_array(as_struct(v).at("rows"));
+      if (page == 0 && rows_newest && !rows.empty())
+        *rows_newest = static_cast<std::uint64_t>(i8(as_struct(rows.front()), "start_ns"));
+      cursor = text(as_struct(v), "next_cursor");
+      if (cursor.empty()) break;
+    }
+  };
+  for (int limit : {1, 7, 100}) same_pages(QueryKind::latency, limit);
+  same_pages(QueryKind::abw, 10);
+  // Results committed after the rows were kept: the next page has them.
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 3, "n1", "n2", 5, 400, 1);
+  }
+  std::uint64_t newest = 0;
+  same_pages(QueryKind::latency, 7, &newest);
+  EXPECT_EQ(newest, static_cast<std::uint64_t>(kT0 + 404LL * 1'000'000'000));
+}
+
+TEST(RenderedRows, KeepsTheRowsLastShownWithinItsBudget) {
+  constexpr std::size_t kBudget = 1 << 20, kRowBytes = 1000;
+  RenderedRows rendered(kBudget);
+  auto row = [](std::int64_t seq) {
+    ResultRow r;
+    r.node = "n1";
+    r.boot_epoch = 1;
+    r.seq = seq;
+    r.start_ns = kT0 + seq;
+    return r;
+  };
+  for (std::int64_t seq = 0; seq < 10'000; ++seq)
+    rendered.keep(row(seq), std::string(kRowBytes, static_cast<char>('a' + seq % 26)));
+  for (std::int64_t seq = 9'900; seq < 10'000; ++seq) EXPECT_TRUE(rendered.find(row(seq))) << seq;
+  std::size_t found = 0;
+  for (std::int64_t seq = 0; seq < 10'000; ++seq) {
+    auto xml = rendered.find(row(seq));
+    if (!xml) continue;
+    ++found;
+    EXPECT_EQ(*xml, std::string(kRowBytes, static_cast<char>('a' + seq % 26)));
+  }
+  EXPECT_LE(found * kRowBytes, kBudget);
+  EXPECT_GT(found, 100u);
+  // The same key at another time is another result (a prober that lost its
+  // disk counts from the same epoch again).
+  ResultRow reused = row(9'999);
+  reused.start_ns += 1;
+  EXPECT_FALSE(rendered.find(reused));
 }
 
 TEST_F(QueryTest, SummaryPathsAndLatestSpanBothDatabases) {
