@@ -8,7 +8,8 @@
 // figure per line.
 //   collector_bench [results=300000] [nodes=8] [window=16 datagrams per node]
 //                   [rate=0 results/s] [max_batch_results=CollectorTuning's]
-//                   [max_wal_mib=CollectorTuning's]
+//                   [max_wal_mib=CollectorTuning's] [gather_results=CollectorTuning's]
+//                   [gather_us=CollectorTuning's]
 // With rate 0 the probers send whenever their window has room (closed loop):
 // the collector runs flat out, and since the window keeps window x nodes
 // datagrams unacknowledged, the mean ack latency is that many results over
@@ -115,6 +116,8 @@ int main(int argc, char** argv) {
   CollectorTuning tuning;
   if (argc > 5) tuning.max_batch_results = std::stoul(argv[5]);
   if (argc > 6) tuning.max_wal_bytes = std::stoll(argv[6]) << 20;
+  if (argc > 7) tuning.gather_results = std::stoul(argv[7]);
+  if (argc > 8) tuning.gather_wait = std::chrono::microseconds(std::stoll(argv[8]));
   logger("collector")->set_level(spdlog::level::warn);
   auto dir = std::filesystem::temp_directory_path() /
              ("flexmon-collector-bench-" + std::to_string(getpid()));

@@ -110,6 +110,7 @@ struct Peer {
 struct Accepted {
   Peer from;
   wire::Message message;
+  Mono::time_point queued{};  // when the receiver handed it to the writer
 };
 
 // The seqs of one (node, epoch) to acknowledge to one sender.
@@ -331,7 +332,12 @@ class CollectorDaemon : public Collector {
       // A bounded wait: stop() does not take this lock to wake us.
       queue_space_.wait_for(lock, std::chrono::milliseconds(100));
     }
-    for (auto& a : accepted) queue_.push_back(std::move(a));
+    auto now = Mono::now();
+    for (auto& a : accepted) {
+      queued_results_ += static_cast<std::size_t>(a.message.results().results_size());
+      a.queued = now;
+      queue_.push_back(std::move(a));
+    }
     queue_ready_.notify_one();
     return true;
   }
@@ -343,11 +349,16 @@ class CollectorDaemon : public Collector {
         std::unique_lock lock(queue_mutex_);
         queue_ready_.wait(lock, [&] { return !queue_.empty() || receiving_done_; });
         if (queue_.empty()) break;
+        // A small batch waits a little for company (CollectorTuning::gather_results).
+        auto gathered_by = queue_.front().queued + tuning_.gather_wait;
+        while (!receiving_done_ && queued_results_ < tuning_.gather_results &&
+               queue_ready_.wait_until(lock, gathered_by) == std::cv_status::no_timeout) {
+        }
         // Whole datagrams up to tuning_.max_batch_results results (at least one).
-        std::size_t take = 0;
-        for (std::size_t results = 0; take < queue_.size() && results < tuning_.max_batch_results;
-             ++take)
+        std::size_t take = 0, results = 0;
+        for (; take < queue_.size() && results < tuning_.max_batch_results; ++take)
           results += static_cast<std::size_t>(queue_[take].message.results().results_size());
+        queued_results_ -= results;
         batch.assign(std::make_move_iterator(queue_.begin()),
                      std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(take)));
         queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take));
@@ -654,6 +665,7 @@ class CollectorDaemon : public Collector {
   std::mutex queue_mutex_;  // receiver -> writer
   std::condition_variable queue_ready_, queue_space_;
   std::deque<Accepted> queue_;
+  std::size_t queued_results_ = 0;  // in queue_
   bool receiving_done_ = false;
 
   std::mutex ack_mutex_;  // writer -> syncer

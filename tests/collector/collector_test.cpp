@@ -272,6 +272,34 @@ TEST(Collector, ABurstIsCommittedInBoundedBatches) {
   EXPECT_GE(f.collector->counters().commits.load(), 20u);
 }
 
+// Small datagrams wait for company (CollectorTuning::gather_results): forty
+// one-result datagrams, each sent once the previous one was read, go into a
+// single commit (without the wait, each could be one).
+TEST(Collector, SmallDatagramsWaitForCompanyBeforeACommit) {
+  CollectorTuning tuning;
+  tuning.gather_results = 40;
+  tuning.gather_wait = std::chrono::seconds(60);
+  Fixture f(tuning);
+  for (std::uint64_t seq = 1; seq <= 40; ++seq) {
+    f.send(seal(batch("n1", 1, seq, seq, "n1"), Sealer(kKey1)));
+    ASSERT_TRUE(f.processed(seq));
+  }
+  ASSERT_TRUE(test::eventually([&] { return f.collector->counters().stored.load() == 40; }));
+  EXPECT_EQ(f.collector->counters().commits.load(), 1u);
+}
+
+// The wait is bounded: a datagram alone is committed and acked once it has
+// waited gather_wait.
+TEST(Collector, ALoneDatagramIsCommittedAfterTheGatherWait) {
+  CollectorTuning tuning;
+  tuning.gather_results = 1000;
+  tuning.gather_wait = std::chrono::milliseconds(50);
+  Fixture f(tuning);
+  f.send(seal(batch("n1", 1, 1, 3, "n1"), Sealer(kKey1)));
+  expect_ack(f.receive(), 1, 1, 3);
+  EXPECT_EQ(f.stored_rows(), 3);
+}
+
 // Sends results 1..count of node n1, epoch 1, ten per datagram, a hundred
 // datagrams at a time, each time waiting until they are stored.
 bool store_results(Fixture& f, std::uint64_t count) {
@@ -299,7 +327,7 @@ TEST(Collector, TheWriterNeverCheckpoints) {
   tuning.max_wal_bytes = 1LL << 40;
   Fixture f(tuning);
   ASSERT_TRUE(store_results(f, 30'000));
-  EXPECT_GT(wal_bytes(f), 2000u * 4096u);
+  EXPECT_GT(wal_bytes(f), 1500u * 4096u);  // well past the autocheckpoint's 1000 frames
   EXPECT_LT(std::filesystem::file_size(f.config.collector.cache_db), 64u * 1024u);
   EXPECT_EQ(f.collector->counters().checkpoints.load(), 0u);
 }
@@ -311,6 +339,10 @@ TEST(Collector, TheCheckpointerKeepsTheWalBounded) {
   CollectorTuning tuning;
   tuning.checkpoint_every_frames = 50;
   tuning.max_wal_bytes = 1 << 20;
+  // A commit per datagram or few: the WAL outgrows its bound within each
+  // wave of store_results (gathered commits write less, and the PASSIVE
+  // checkpoints catch up between waves, so no RESTART would be needed).
+  tuning.gather_results = 0;
   Fixture f(tuning);
   ASSERT_TRUE(store_results(f, 40'000));
   const auto& c = f.collector->counters();
