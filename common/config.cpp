@@ -383,6 +383,7 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("state_db", m.state_db);
     s.optional("max_connections", m.max_connections);
     s.optional("http_timeout_s", m.http_timeout_s);
+    if (m.http_timeout_s == 0) s.fail("http_timeout_s", "must be at least 1");
     s.optional("keepalive_max_requests", m.keepalive_max_requests);
     if (m.keepalive_max_requests == 0) s.fail("keepalive_max_requests", "must be at least 1");
     s.optional("max_request_bytes", m.max_request_bytes);

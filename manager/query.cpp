@@ -417,6 +417,7 @@ void QueryService::give_back(std::unique_ptr<ResultReader> reader) {
 void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader,
                               std::string& out) {
   std::vector<std::shared_ptr<const std::string>> held;
+  held.reserve(query.limit);
   HeldRow holds;
   if (rendered_ && !query.latest_per_path)
     holds = [&](const ResultRow& key_and_time) {

@@ -38,7 +38,13 @@ RenderedRows::Shard& RenderedRows::shard_of(const Key& key) {
 std::shared_ptr<const std::string> RenderedRows::find(const ResultRow& key_and_time) {
   Key key = key_of(key_and_time);
   Shard& shard = shard_of(key);
-  std::lock_guard lock(shard.mu);
+  {
+    std::shared_lock lock(shard.mu);
+    if (auto it = shard.current.find(key); it != shard.current.end()) return it->second;
+    if (!shard.previous.contains(key)) return nullptr;
+  }
+  // Kept before the last rotation and shown again: keep it in `current`.
+  std::unique_lock lock(shard.mu);
   if (auto it = shard.current.find(key); it != shard.current.end()) return it->second;
   auto it = shard.previous.find(key);
   if (it == shard.previous.end()) return nullptr;
@@ -52,7 +58,7 @@ void RenderedRows::keep(const ResultRow& row, std::string xml) {
   Key key = key_of(row);
   Shard& shard = shard_of(key);
   auto kept = std::make_shared<const std::string>(std::move(xml));
-  std::lock_guard lock(shard.mu);
+  std::unique_lock lock(shard.mu);
   add(shard, std::move(key), std::move(kept));
 }
 

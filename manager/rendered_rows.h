@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 
@@ -20,7 +21,8 @@ namespace flexmon::manager {
 class RenderedRows {
  public:
   // Keeps at most about `budget_bytes` of XML (and the keys), in shards
-  // locked separately so that connection threads rarely wait for each other.
+  // locked separately; finding takes a shared lock, so connection threads
+  // showing the same rows do not wait for each other.
   explicit RenderedRows(std::size_t budget_bytes);
 
   // The kept XML of the result with this key and time, or null.
@@ -43,7 +45,8 @@ class RenderedRows {
   // `previous` and the one before is dropped. A row found in `previous` is
   // kept in `current` again, so rows still shown survive.
   struct Shard {
-    std::mutex mu;
+    // Shared for finding (every row of every page), exclusive for keeping.
+    std::shared_mutex mu;
     Rows current, previous;
     std::size_t current_bytes = 0;
   };

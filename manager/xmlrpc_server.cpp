@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -204,17 +205,16 @@ struct XmlRpcServer::Impl {
   }
 
   // Appends what the connection sends next to `buffer`; false on EOF, error,
-  // timeout (config.manager.http_timeout_s) or stop.
+  // timeout (SO_RCVTIMEO: config.manager.http_timeout_s) or stop (stop()
+  // shuts the socket down, which ends a wait at once). One system call per
+  // read rather than a poll and then a read: every call of a keep-alive
+  // connection waits here for its request.
   bool receive_some(int conn, std::string& buffer) {
     char chunk[16384];
     for (;;) {
-      pollfd p{conn, POLLIN, 0};
-      int ready = poll(&p, 1, static_cast<int>(config.manager.http_timeout_s) * 1000);
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0 || stopping) return false;
       ssize_t n = recv(conn, chunk, sizeof chunk, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
+      if (n < 0 && errno == EINTR && !stopping) continue;
+      if (n <= 0 || stopping) return false;
       buffer.append(chunk, static_cast<std::size_t>(n));
       return true;
     }
@@ -309,7 +309,12 @@ struct XmlRpcServer::Impl {
 
   void serve(int conn) {
     try {
-      serve_calls(conn);
+      const timeval wait{.tv_sec = static_cast<time_t>(config.manager.http_timeout_s),
+                         .tv_usec = 0};
+      if (setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait) != 0)
+        log()->warn("XML-RPC: cannot set the connection's read timeout: {}", std::strerror(errno));
+      else
+        serve_calls(conn);
     } catch (const std::exception& e) {
       log()->error("XML-RPC connection: {}", e.what());
     } catch (...) {

@@ -92,6 +92,11 @@ TEST(Config, BadValues) {
             "test.yaml:11: limits.latency.min_size: above max_size");
   EXPECT_EQ(error_of(minimal("prober:\n  heartbeat_s: 0\n")),
             "test.yaml:10: prober.heartbeat_s: must be positive");
+  // 0 would be a read timeout of "never" on the sockets.
+  EXPECT_EQ(error_of(minimal("manager:\n  http_timeout_s: 0\n")),
+            "test.yaml:10: manager.http_timeout_s: must be at least 1");
+  EXPECT_EQ(error_of(minimal("manager:\n  rendered_rows_mb: 70000\n")),
+            "test.yaml:10: manager.rendered_rows_mb: must be at most 65536");
 }
 
 TEST(Config, DuplicateNode) {

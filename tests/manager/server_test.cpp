@@ -3,9 +3,13 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "common/framing.h"
 #include "common/seal.h"
@@ -124,6 +128,33 @@ TEST(Server, KeepAliveServesSeveralCallsOnOneConnectionAndStopsPromptly) {
   manager->stop();
   EXPECT_EQ(read_all(fd), "");
   close(fd);
+}
+
+// A client that opens a connection and sends half a request, or nothing,
+// does not hold a connection thread past manager.http_timeout_s: the server
+// closes it (the read below gives 0, end of stream), and keeps serving.
+TEST(Server, ClosesConnectionsThatSendNothingForHttpTimeout) {
+  auto dir = testing::temp_dir();
+  Config config = testing::test_config(dir);
+  config.manager.http_timeout_s = 1;
+  auto manager = start_manager_daemon(config);
+  const auto port = manager->xmlrpc_port();
+  int silent = dial(port), half = dial(port);
+  const std::string partial = "POST /RPC2 HTTP/1.1\r\nHost: test\r\nContent-Length: 500\r\n\r\n<x";
+  ASSERT_EQ(send(half, partial.data(), partial.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(partial.size()));
+  for (int fd : {silent, half}) {
+    // Far longer than the server's timeout: a read that ends by this one
+    // (EAGAIN) means the server never closed the connection.
+    const timeval patience{.tv_sec = 60, .tv_usec = 0};
+    ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience), 0);
+    char byte;
+    EXPECT_EQ(recv(fd, &byte, 1, 0), 0) << std::strerror(errno);
+    close(fd);
+  }
+  auto list = call(port, kAlice, method_call("probe.list"));
+  EXPECT_NE(list.find("200 OK"), std::string::npos) << list;
+  manager->stop();
 }
 
 // Reads one length-prefixed frame.
