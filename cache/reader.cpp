@@ -95,10 +95,10 @@ class NewestRows {
   }
   bool empty() const { return !has_row_; }
   const ResultRow& front() const { return row_; }
-  ResultRow take() {
-    ResultRow taken = std::move(row_);
+  // Moves the front row to the end of `rows` and reads the next one.
+  void take_into(std::vector<ResultRow>& rows) {
+    rows.push_back(std::move(row_));
     advance();
-    return taken;
   }
 
  private:
@@ -136,7 +136,7 @@ std::vector<ResultRow> read_newest(const Select& select, ReadRow read, OpenCache
     while (rows.size() < wanted && !(cache.empty() && archive.empty())) {
       const bool from_cache =
           archive.empty() || (!cache.empty() && cache.front().start_ns >= archive.front().start_ns);
-      rows.push_back((from_cache ? cache : archive).take());
+      (from_cache ? cache : archive).take_into(rows);
     }
   }
   if (rows.size() == wanted) {
@@ -154,7 +154,8 @@ std::vector<ResultRow> read_newest(const Select& select, ReadRow read, OpenCache
     std::sort(tied, rows.end(), newer);
     if (rows.size() > wanted) rows.resize(wanted);
   }
-  std::sort(rows.begin(), rows.end(), newer);
+  // Already in order unless rows share a time.
+  if (!std::is_sorted(rows.begin(), rows.end(), newer)) std::sort(rows.begin(), rows.end(), newer);
   return rows;
 }
 }  // namespace
@@ -188,16 +189,16 @@ struct ResultReader::Impl {
   // (taken first) and one of the archive.
   template <typename Read>
   Status with_snapshot(Read&& read) {
-    cache->exec("BEGIN");
+    statements->run("BEGIN");
     struct End {
-      sqlite::Database& db;
+      storage::StatementCache& statements;
       ~End() {
         try {
-          db.exec("ROLLBACK");
+          statements.run("ROLLBACK");
         } catch (const sqlite::SqliteError&) {
         }
       }
-    } end{*cache};
+    } end{*statements};
     storage::SqliteCursor start(statements->get("SELECT COUNT(*) FROM cache_meta"), {});
     start.next();  // the cache's snapshot starts here
     try {

@@ -209,14 +209,14 @@ class SqliteSnapshot : public ArchiveSnapshot {
  public:
   SqliteSnapshot(sqlite::Database& db, StatementCache& statements, const std::string& uuid)
       : db_(db), statements_(statements) {
-    db_.exec("BEGIN");  // deferred: the first read below fixes the snapshot
+    statements_.run("BEGIN");  // deferred: the first read below fixes the snapshot
     SqliteCursor select(statements_.get("SELECT flushed_id FROM flush_state WHERE cache_uuid = ?1"),
                         {uuid});
     watermark_ = select.next() ? select.int64(0) : 0;
   }
   ~SqliteSnapshot() override {
     try {
-      db_.exec("ROLLBACK");
+      statements_.run("ROLLBACK");
     } catch (const sqlite::SqliteError&) {
     }
   }

@@ -99,6 +99,9 @@ class StatementCache {
   // The statement for `sql`, prepared on first use. It must be reset before
   // it is asked for again (SqliteCursor does that).
   sqlite::Statement& get(const std::string& sql);
+  // Runs a statement that returns no rows ("BEGIN", "ROLLBACK"), prepared
+  // once: sqlite3_exec parses its text again on every call.
+  void run(const std::string& sql) { get(sql).run(); }
 
  private:
   static constexpr std::size_t kMaxStatements = 64;  // filter combinations are few
