@@ -95,6 +95,12 @@ class NewestRows {
   }
   bool empty() const { return !has_row_; }
   const ResultRow& front() const { return row_; }
+  // Whether every row of this database at `time` or newer has been taken,
+  // for a query whose LIMIT is `limit`: the next row is older, or there is
+  // none and the LIMIT did not cut the rows short.
+  bool taken_down_to(UtcNs time, std::uint32_t limit) const {
+    return has_row_ ? row_.start_ns < time : rows_read_ < limit;
+  }
   // Moves the front row to the end of `rows` and reads the next one.
   void take_into(std::vector<ResultRow>& rows) {
     rows.push_back(std::move(row_));
@@ -104,13 +110,17 @@ class NewestRows {
  private:
   void advance() {
     has_row_ = cursor_->next();
-    if (has_row_) read_(*cursor_, row_);
+    if (has_row_) {
+      read_(*cursor_, row_);
+      ++rows_read_;
+    }
   }
 
   std::unique_ptr<storage::Cursor> cursor_;
   ReadRow read_;
   ResultRow row_;
   bool has_row_ = false;
+  std::size_t rows_read_ = 0;
 };
 
 // The first *select.limit rows of `select` over both databases, newest first
@@ -122,14 +132,18 @@ class NewestRows {
 // cache's recent rows over older archived ones, reads limit rows in all
 // rather than limit from each database. The rows that share the oldest time
 // taken may have been cut anywhere by the limit, in either database, so they
-// are read again, in key order. `read` fills rows from select.columns.
+// are read again, in key order, unless both databases' next rows are older
+// (then the page holds all of them). `read` fills rows from select.columns.
 template <typename OpenCache, typename OpenArchive>
 std::vector<ResultRow> read_newest(const Select& select, ReadRow read, OpenCache&& open_cache,
                                    OpenArchive&& open_archive) {
   const std::uint32_t wanted = *select.limit;
   std::vector<ResultRow> rows;
   rows.reserve(wanted);
+  bool oldest_time_complete = true;
   {
+    // Closed before the ties are read: a StatementCache that is full drops
+    // its statements, which must not be in use then.
     Select by_time = select;
     by_time.order = Select::Order::newest_by_time;
     NewestRows cache(open_cache(by_time), read), archive(open_archive(by_time), read);
@@ -138,8 +152,11 @@ std::vector<ResultRow> read_newest(const Select& select, ReadRow read, OpenCache
           archive.empty() || (!cache.empty() && cache.front().start_ns >= archive.front().start_ns);
       (from_cache ? cache : archive).take_into(rows);
     }
+    if (rows.size() == wanted)
+      oldest_time_complete = cache.taken_down_to(rows.back().start_ns, wanted) &&
+                             archive.taken_down_to(rows.back().start_ns, wanted);
   }
-  if (rows.size() == wanted) {
+  if (!oldest_time_complete) {
     const UtcNs oldest = rows.back().start_ns;
     while (!rows.empty() && rows.back().start_ns == oldest) rows.pop_back();
     const std::size_t newer_rows = rows.size();
