@@ -314,14 +314,14 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
     m.signature = kind == QueryKind::summary || kind == QueryKind::paths ? "A:S,A:" : "S:S,S:";
     m.help = query_help(kind);
     m.write = [&config, &queries, kind](const UserConfig&, const xmlrpc_c::paramList& p,
-                                        std::string& out) {
+                                        XmlAnswer& out) {
       queries.run(kind, parse_query_args(kind, p, config), out);
     };
     m.run = [write = m.write](const UserConfig& caller, const xmlrpc_c::paramList& p) {
-      std::string xml;
+      XmlAnswer xml;
       write(caller, p, xml);
       value answer;
-      xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml), &answer);
+      xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml.flattened()), &answer);
       return answer;
     };
     methods.push_back(std::move(m));

@@ -23,7 +23,7 @@ struct ApiMethod {
   // When set: appends the answer as one XML-RPC <value> element, which the
   // server sends as it is (no xmlrpc-c values built); `run` then parses that
   // text back, for callers that go through the registry. Throws ApiFault.
-  std::function<void(const UserConfig& caller, const xmlrpc_c::paramList& params, std::string& out)>
+  std::function<void(const UserConfig& caller, const xmlrpc_c::paramList& params, XmlAnswer& out)>
       write;
 };
 

@@ -382,6 +382,25 @@ void XmlValueWriter::scaled(std::int64_t ns, std::int64_t unit_ns) {
   out_ += "</double></value>";
 }
 
+std::size_t XmlAnswer::size() const {
+  std::size_t total = text.size();
+  for (const auto& s : splices) total += s.piece->size();
+  return total;
+}
+
+std::string XmlAnswer::flattened() const {
+  std::string out;
+  out.reserve(size());
+  std::size_t from = 0;
+  for (const auto& s : splices) {
+    out.append(text, from, s.at - from);
+    out += *s.piece;
+    from = s.at;
+  }
+  out.append(text, from);
+  return out;
+}
+
 std::string method_response(std::string_view value_xml) {
   std::string out =
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<methodResponse>\r\n<params>\r\n<param>";
@@ -415,7 +434,7 @@ void QueryService::give_back(std::unique_ptr<ResultReader> reader) {
 }
 
 void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader,
-                              std::string& out) {
+                              XmlAnswer& out) {
   std::vector<std::shared_ptr<const std::string>> held;
   held.reserve(query.limit);
   HeldRow holds;
@@ -432,19 +451,19 @@ void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultRead
   auto page = reader->results(query, holds);
   give_back(std::move(reader));
   if (!page) unavailable(page.error());
-  XmlValueWriter w(out);
+  XmlValueWriter w(out.text);
   w.begin_struct();
   w.member("rows");
   w.begin_array();
   if (page->keys_only) {
-    for (const auto& xml : held) out += *xml;
+    for (auto& xml : held) out.splice(std::move(xml));
   } else if (rendered_ && !query.latest_per_path) {
     std::string xml;
     for (const auto& row : page->rows) {
       xml.clear();
       XmlValueWriter row_writer(xml);
       write_row(row_writer, row);
-      out += xml;
+      out.text += xml;
       rendered_->keep(row, xml);
     }
   } else {
@@ -457,8 +476,14 @@ void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultRead
 }
 
 void QueryService::run(QueryKind kind, const QueryArgs& args, std::string& out) {
+  XmlAnswer answer;
+  run(kind, args, answer);
+  out += answer.flattened();
+}
+
+void QueryService::run(QueryKind kind, const QueryArgs& args, XmlAnswer& out) {
   auto reader = borrow();
-  XmlValueWriter w(out);
+  XmlValueWriter w(out.text);
   if (pages(kind)) {
     write_page(args.page, std::move(reader), out);
   } else if (kind == QueryKind::summary) {

@@ -54,6 +54,30 @@ class XmlValueWriter {
   std::string& out_;
 };
 
+// An answer's XML as text with pieces kept elsewhere spliced in: the query
+// methods send rows kept as XML (manager.rendered_rows_mb) without copying
+// them into the answer; the server hands text and pieces to one sendmsg.
+struct XmlAnswer {
+  struct Splice {
+    std::size_t at = 0;  // offset in `text` where `piece` goes
+    std::shared_ptr<const std::string> piece;
+  };
+  std::string text;
+  std::vector<Splice> splices;  // in order of `at`
+
+  void clear() {
+    text.clear();
+    splices.clear();
+  }
+  // Appends `piece` after what is written so far, without copying it.
+  void splice(std::shared_ptr<const std::string> piece) {
+    splices.push_back({text.size(), std::move(piece)});
+  }
+  std::size_t size() const;
+  // The whole answer as one string.
+  std::string flattened() const;
+};
+
 // What goes before and after the answer's <value> in a methodResponse.
 inline constexpr std::string_view kResponseHead =
     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<methodResponse>\r\n<params>\r\n<param>";
@@ -74,8 +98,11 @@ class QueryService {
   QueryService(const QueryService&) = delete;
   QueryService& operator=(const QueryService&) = delete;
 
-  // Appends the answer (one <value>) to `out`. Throws ApiFault: 4001 for a
-  // bad cursor, 5030 when the archive cannot be read.
+  // Appends the answer (one <value>) to `out`, with rows kept as XML
+  // spliced in. Throws ApiFault: 4001 for a bad cursor, 5030 when the
+  // archive cannot be read.
+  void run(QueryKind kind, const QueryArgs& args, XmlAnswer& out);
+  // The same, flattened into one string.
   void run(QueryKind kind, const QueryArgs& args, std::string& out);
 
  private:
@@ -83,7 +110,7 @@ class QueryService {
   void give_back(std::unique_ptr<ResultReader> reader);
 
   // Appends a page's answer: rows from `rendered_` where it holds them all.
-  void write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader, std::string& out);
+  void write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader, XmlAnswer& out);
 
   const Config& config_;
   std::unique_ptr<RenderedRows> rendered_;  // null when off

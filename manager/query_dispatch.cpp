@@ -42,7 +42,7 @@ DirectCalls::DirectCalls(const std::vector<ApiMethod>& methods, const Authentica
 }
 
 bool DirectCalls::answer(const std::string& body, std::string_view authorization,
-                         std::string& response) const {
+                         XmlAnswer& response) const {
   auto found = methods_.find(method_name_of(body));
   if (found == methods_.end()) return false;
   const ApiMethod& method = found->second;
@@ -61,15 +61,17 @@ bool DirectCalls::answer(const std::string& body, std::string_view authorization
                      "not authenticated: send HTTP Basic credentials user:token that are "
                      "valid for this manager");
     response.clear();
-    response.reserve(64 * 1024);
-    response += kResponseHead;
+    response.text.reserve(64 * 1024);
+    response.text += kResponseHead;
     method.write(*caller, params, response);
-    response += kResponseTail;
+    response.text += kResponseTail;
   } catch (const ApiFault& f) {
-    fault_response(f.code(), f.what(), response);
+    response.clear();
+    fault_response(f.code(), f.what(), response.text);
   } catch (const std::exception& e) {
     logger("manager")->error("{}: internal error: {}", method.name, e.what());
-    fault_response(kInternal, "internal error (logged by the manager)", response);
+    response.clear();
+    fault_response(kInternal, "internal error (logged by the manager)", response.text);
   }
   return true;
 }

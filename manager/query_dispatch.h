@@ -22,7 +22,7 @@ class DirectCalls {
 
   // When `body` calls one of these methods: writes the whole methodResponse
   // (the answer or a fault) to `response` and returns true. Otherwise false.
-  bool answer(const std::string& body, std::string_view authorization, std::string& response) const;
+  bool answer(const std::string& body, std::string_view authorization, XmlAnswer& response) const;
 
  private:
   std::map<std::string, ApiMethod, std::less<>> methods_;

@@ -10,8 +10,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -230,27 +232,40 @@ struct XmlRpcServer::Impl {
     return true;
   }
 
-  // Sends `head` then `body` with as few system calls as the socket allows,
-  // without first copying them into one buffer (a query answer is ~160 KB).
-  static bool send_both(int conn, std::string_view head, std::string_view body) {
-    while (!head.empty()) {
-      iovec parts[2] = {{const_cast<char*>(head.data()), head.size()},
-                        {const_cast<char*>(body.data()), body.size()}};
+  // Sends `head` and then the answer (its text with the kept pieces spliced
+  // in) with as few system calls as the socket allows, without copying them
+  // into one buffer first: a query answer is ~160 KB, mostly kept rows.
+  static bool send_answer(int conn, std::string_view head, const XmlAnswer& answer,
+                          std::vector<iovec>& parts) {
+    auto add = [&parts](std::string_view bytes) {
+      if (!bytes.empty()) parts.push_back({const_cast<char*>(bytes.data()), bytes.size()});
+    };
+    parts.clear();
+    add(head);
+    std::string_view text(answer.text);
+    std::size_t from = 0;
+    for (const auto& s : answer.splices) {
+      add(text.substr(from, s.at - from));
+      add(*s.piece);
+      from = s.at;
+    }
+    add(text.substr(from));
+    for (std::size_t first = 0; first < parts.size();) {
       msghdr message{};
-      message.msg_iov = parts;
-      message.msg_iovlen = body.empty() ? 1 : 2;
+      message.msg_iov = parts.data() + first;
+      message.msg_iovlen = std::min<std::size_t>(parts.size() - first, IOV_MAX);
       ssize_t n = sendmsg(conn, &message, MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return false;
+      // Skip what was sent: whole parts, then the front of a partly sent one.
       auto sent = static_cast<std::size_t>(n);
-      if (sent < head.size()) {
-        head.remove_prefix(sent);
-        continue;
+      while (sent > 0 && sent >= parts[first].iov_len) sent -= parts[first++].iov_len;
+      if (sent > 0) {
+        parts[first].iov_base = static_cast<char*>(parts[first].iov_base) + sent;
+        parts[first].iov_len -= sent;
       }
-      body.remove_prefix(sent - head.size());
-      head = {};
     }
-    return send_all(conn, body);
+    return true;
   }
 
   static void refuse(int conn, int status, std::string_view reason) {
@@ -266,7 +281,9 @@ struct XmlRpcServer::Impl {
     std::string buffer;
     // Kept across the connection's calls: their capacity is reused, so a
     // large answer is not allocated (and unmapped) again on every call.
-    std::string response, head;
+    XmlAnswer response;
+    std::string head;
+    std::vector<iovec> parts;
     for (std::uint32_t served = 0; served < config.manager.keepalive_max_requests;) {
       std::string_view unread(buffer);
       auto step = reader.read(unread);
@@ -287,7 +304,7 @@ struct XmlRpcServer::Impl {
       response.clear();
       try {
         if (!direct.answer(request.body, info.authorization, response))
-          registry.processCall(request.body, &info, &response);
+          registry.processCall(request.body, &info, &response.text);
       } catch (const std::exception& e) {
         log()->warn("XML-RPC: call refused: {}", e.what());
         return refuse(conn, 400, "Bad Request");
@@ -300,10 +317,11 @@ struct XmlRpcServer::Impl {
                      "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n"
                      "Connection: {}\r\n\r\n",
                      response.size(), last ? "close" : "keep-alive");
-      if (!send_both(conn, head, response) || last) return;
+      if (!send_answer(conn, head, response, parts) || last) return;
       // A 10,000-row page is ~16 MB of XML: an idle connection does not keep
-      // that much, only what a usual page needs.
-      if (response.capacity() > kKeptAnswerBytes) std::string().swap(response);
+      // that much, only what a usual page needs. Nor the kept rows it sent.
+      if (response.text.capacity() > kKeptAnswerBytes) std::string().swap(response.text);
+      response.splices.clear();
     }
   }
 

@@ -690,5 +690,31 @@ TEST_F(QueryTest, ServerAnswersDirectlyAndThroughTheRegistryAlike) {
   manager->stop();
 }
 
+// Rows kept as XML are sent spliced into the answer (one sendmsg of many
+// parts): asked again, a page is the same bytes, also when the answer is far
+// larger than the socket's buffer and goes out in many partial sends.
+TEST_F(QueryTest, ServerSendsKeptRowsAsTheSameBytes) {
+  {
+    Cache cache(config_.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", 3000, 0, 1);
+  }
+  auto manager = start_manager_daemon(config_);
+  const auto port = manager->xmlrpc_port();
+  const std::string bob = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5";  // bob:bob-token-0123456789
+  for (int limit : {10, 3000}) {
+    std::string page_call;
+    xmlrpc_c::xml::generateCall("query.latency", filter({{"limit", num(limit)}}), &page_call);
+    const std::string first = call(port, bob, page_call);
+    std::size_t rows = 0;
+    for (auto at = first.find("<name>node</name>"); at != std::string::npos;
+         at = first.find("<name>node</name>", at + 1))
+      ++rows;
+    EXPECT_EQ(rows, static_cast<std::size_t>(limit));
+    for (int again = 0; again < 2; ++again)
+      EXPECT_TRUE(call(port, bob, page_call) == first) << "limit " << limit;
+  }
+  manager->stop();
+}
+
 }  // namespace
 }  // namespace flexmon::manager

@@ -40,7 +40,10 @@ std::string read_all(int fd) {
 // One XML-RPC call over HTTP; returns the whole response.
 std::string call(std::uint16_t port, const std::string& auth, const std::string& body) {
   int fd = dial(port);
-  std::string request = "POST /RPC2 HTTP/1.1\r\nHost: test\r\nContent-Type: text/xml\r\n";
+  // One call per connection: without "Connection: close" the server keeps
+  // it open for the next call until http_timeout_s.
+  std::string request =
+      "POST /RPC2 HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: text/xml\r\n";
   if (!auth.empty()) request += "Authorization: " + auth + "\r\n";
   request += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
