@@ -207,8 +207,7 @@ namespace {
 
 class SqliteSnapshot : public ArchiveSnapshot {
  public:
-  SqliteSnapshot(sqlite::Database& db, StatementCache& statements, const std::string& uuid)
-      : db_(db), statements_(statements) {
+  SqliteSnapshot(StatementCache& statements, const std::string& uuid) : statements_(statements) {
     statements_.run("BEGIN");  // deferred: the first read below fixes the snapshot
     SqliteCursor select(statements_.get("SELECT flushed_id FROM flush_state WHERE cache_uuid = ?1"),
                         {uuid});
@@ -228,7 +227,6 @@ class SqliteSnapshot : public ArchiveSnapshot {
   }
 
  private:
-  sqlite::Database& db_;
   StatementCache& statements_;
   std::int64_t watermark_ = 0;
 };
@@ -293,7 +291,7 @@ class SqliteArchive : public Archive {
   }
 
   std::unique_ptr<ArchiveSnapshot> snapshot(const std::string& uuid) override {
-    return std::make_unique<SqliteSnapshot>(db_, statements_, uuid);
+    return std::make_unique<SqliteSnapshot>(statements_, uuid);
   }
 
  private:

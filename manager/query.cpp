@@ -435,10 +435,12 @@ void QueryService::give_back(std::unique_ptr<ResultReader> reader) {
 
 void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultReader> reader,
                               XmlAnswer& out) {
+  // Latest-per-path pages read each path apart and never by keys first.
+  const bool rendered = rendered_ && !query.latest_per_path;
   std::vector<std::shared_ptr<const std::string>> held;
-  held.reserve(query.limit);
   HeldRow holds;
-  if (rendered_ && !query.latest_per_path)
+  if (rendered) {
+    held.reserve(query.limit);
     holds = [&](const ResultRow& key_and_time) {
       auto xml = rendered_->find(key_and_time);
       if (!xml) {
@@ -448,6 +450,7 @@ void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultRead
       held.push_back(std::move(xml));
       return true;
     };
+  }
   auto page = reader->results(query, holds);
   give_back(std::move(reader));
   if (!page) unavailable(page.error());
@@ -457,7 +460,7 @@ void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultRead
   w.begin_array();
   if (page->keys_only) {
     for (auto& xml : held) out.splice(std::move(xml));
-  } else if (rendered_ && !query.latest_per_path) {
+  } else if (rendered) {
     std::string xml;
     for (const auto& row : page->rows) {
       xml.clear();
