@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -109,7 +110,8 @@ struct Peer {
 
 struct Accepted {
   Peer from;
-  wire::Message message;
+  std::unique_ptr<google::protobuf::Arena> arena;  // owns *message
+  const wire::Message* message = nullptr;
   Mono::time_point queued{};  // when the receiver handed it to the writer
 };
 
@@ -167,6 +169,7 @@ class CollectorDaemon : public Collector {
  public:
   CollectorDaemon(const Config& config, const CollectorTuning& tuning)
       : tuning_(tuning),
+        max_wal_bytes_(static_cast<std::int64_t>(config.collector.max_wal_mb) << 20),
         cache_(config.collector.cache_db),
         cache_file_(config.collector.cache_db),
         log_(logger("collector")),
@@ -259,10 +262,41 @@ class CollectorDaemon : public Collector {
   // naming the same file when SQLite truncates or rewinds it.
   void open_wal() {
     const char* wal = sqlite3_filename_wal(sqlite3_db_filename(cache_.database().handle(), "main"));
-    wal_fd_ = wal ? ::open(wal, O_RDONLY | O_CLOEXEC) : -1;
+    wal_fd_ = wal ? ::open(wal, O_RDWR | O_CLOEXEC) : -1;
     if (wal_fd_ < 0)
       throw std::runtime_error(fmt::format("collector: cannot open the cache's WAL file {}: {}",
                                            wal ? wal : "?", std::strerror(errno)));
+    fill_wal(wal);
+  }
+
+  // Writes zeros from the end of the WAL file up to its bound plus a margin.
+  // While SQLite appends past the end of the file, the fdatasync behind every
+  // ack must also journal the file's new size and blocks (ext4), and while a
+  // fresh cache's WAL grew, acks waited up to ~100 ms (collector_bench); over
+  // written blocks only the frames themselves are synced. SQLite tells valid
+  // frames by their salts and checksums, never by the file's size, so what
+  // lies past the last frame is what a rewound WAL always has: stale bytes.
+  // Runs before the writer starts, and never overwrites a byte of the file.
+  void fill_wal(const char* wal) {
+    if (!tuning_.fill_wal) return;
+    const std::int64_t size = max_wal_bytes_ + kWalFillMarginBytes;
+    struct stat file {};
+    if (::fstat(wal_fd_, &file) != 0)
+      throw std::runtime_error(fmt::format("collector: cannot stat the cache's WAL file {}: {}",
+                                           wal, std::strerror(errno)));
+    static const std::vector<char> zeros(1 << 20, 0);
+    for (off_t at = file.st_size; at < size;) {
+      auto length = std::min<off_t>(static_cast<off_t>(zeros.size()), size - at);
+      ssize_t wrote = ::pwrite(wal_fd_, zeros.data(), static_cast<std::size_t>(length), at);
+      if (wrote <= 0)
+        throw std::runtime_error(
+            fmt::format("collector: cannot extend the cache's WAL file {} to {} bytes: {}", wal,
+                        size, std::strerror(errno)));
+      at += wrote;
+    }
+    if (file.st_size < size && ::fdatasync(wal_fd_) != 0)
+      throw std::runtime_error(fmt::format("collector: cannot sync the cache's WAL file {}: {}",
+                                           wal, std::strerror(errno)));
   }
 
   void open_checkpointer() {
@@ -270,7 +304,7 @@ class CollectorDaemon : public Collector {
     sqlite3_busy_timeout(checkpoint_db_->handle(), kWalRestartBusyMs);
     auto page_size = checkpoint_db_->prepare("PRAGMA page_size");
     page_size.step();
-    max_wal_frames_ = tuning_.max_wal_bytes / page_size.int64(0);
+    max_wal_frames_ = max_wal_bytes_ / page_size.int64(0);
   }
 
   void receive_loop() {
@@ -305,8 +339,9 @@ class CollectorDaemon : public Collector {
             ++counters_.datagrams;
             from[i].length = headers[i].msg_hdr.msg_namelen;
             std::string_view datagram(buffers[i].data(), headers[i].msg_len);
-            if (auto message = check(datagram, from[i]))
-              accepted.push_back(Accepted{from[i], std::move(*message)});
+            if (auto decoded = check(datagram, from[i]); decoded.message)
+              accepted.push_back(
+                  Accepted{from[i], std::move(decoded.arena), decoded.message, Mono::time_point{}});
           }
           if (static_cast<std::size_t>(got) < kReceiveBurst) break;
         }
@@ -334,7 +369,7 @@ class CollectorDaemon : public Collector {
     }
     auto now = Mono::now();
     for (auto& a : accepted) {
-      queued_results_ += static_cast<std::size_t>(a.message.results().results_size());
+      queued_results_ += static_cast<std::size_t>(a.message->results().results_size());
       a.queued = now;
       queue_.push_back(std::move(a));
     }
@@ -357,7 +392,7 @@ class CollectorDaemon : public Collector {
         // Whole datagrams up to tuning_.max_batch_results results (at least one).
         std::size_t take = 0, results = 0;
         for (; take < queue_.size() && results < tuning_.max_batch_results; ++take)
-          results += static_cast<std::size_t>(queue_[take].message.results().results_size());
+          results += static_cast<std::size_t>(queue_[take].message->results().results_size());
         queued_results_ -= results;
         batch.assign(std::make_move_iterator(queue_.begin()),
                      std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(take)));
@@ -376,13 +411,14 @@ class CollectorDaemon : public Collector {
     ack_ready_.notify_all();
   }
 
-  // The message if the datagram is a well-formed, verified result batch in
-  // which the sealing node reports only its own results (collector/datagram.h).
-  std::optional<wire::Message> check(std::string_view datagram, const Peer& from) {
+  // The decoded datagram; its message is set if it is a well-formed, verified
+  // result batch in which the sealing node reports only its own results
+  // (collector/datagram.h), else the reject is counted and logged.
+  DecodedDatagram check(std::string_view datagram, const Peer& from) {
     auto decoded = decode_result_datagram(datagram, keys_);
     switch (decoded.reject) {
       case DatagramReject::none:
-        return std::move(decoded.message);
+        return decoded;
       case DatagramReject::malformed:
         ++counters_.malformed;
         break;
@@ -400,7 +436,7 @@ class CollectorDaemon : public Collector {
         break;
     }
     rejects_.warn("collector: dropped a datagram from {}: {}", from.to_string(), decoded.why);
-    return std::nullopt;
+    return decoded;
   }
 
   // Sorts a batch into fresh (stored now), duplicates (acked again) and
@@ -414,8 +450,8 @@ class CollectorDaemon : public Collector {
     std::map<std::tuple<std::string, std::uint64_t, Peer>, std::vector<std::uint64_t>> acks;
     std::uint64_t duplicates = 0, outside = 0;
     for (const auto& a : accepted) {
-      const auto& batch = a.message.results();
-      WindowKey key{a.message.node(), batch.boot_epoch()};
+      const auto& batch = a.message->results();
+      WindowKey key{a.message->node(), batch.boot_epoch()};
       auto w = touched.find(key);
       if (w == touched.end()) {
         auto committed = windows_.find(key);
@@ -552,7 +588,7 @@ class CollectorDaemon : public Collector {
   // PASSIVE checkpoints do not block the writer, but under a steady load
   // they never catch up with it exactly, and SQLite begins the WAL anew only
   // when a commit finds it wholly checkpointed. So once the WAL exceeds
-  // tuning_.max_wal_bytes the writer is held between two commits
+  // config.collector.max_wal_mb the writer is held between two commits
   // (commit_mutex_) for a RESTART checkpoint, which has only the frames since
   // the last PASSIVE one left to copy.
   void checkpoint_loop() {
@@ -647,7 +683,8 @@ class CollectorDaemon : public Collector {
   }
 
   const CollectorTuning tuning_;
-  Cache cache_;  // the writer's, once started
+  const std::int64_t max_wal_bytes_;  // config.collector.max_wal_mb
+  Cache cache_;                       // the writer's, once started
   std::filesystem::path cache_file_;
   KeyRing keys_;
   std::shared_ptr<spdlog::logger> log_;
@@ -676,7 +713,7 @@ class CollectorDaemon : public Collector {
   std::mutex commit_mutex_;  // held by the writer's commit and the RESTART checkpoint
 
   std::unique_ptr<sqlite::Database> checkpoint_db_;  // the checkpointer's connection
-  std::int64_t max_wal_frames_ = 0;                  // tuning_.max_wal_bytes in frames
+  std::int64_t max_wal_frames_ = 0;                  // max_wal_bytes_ in frames
   std::mutex checkpoint_mutex_;                      // writer's WAL hook -> checkpointer
   std::condition_variable checkpoint_due_;
   int wal_frames_ = 0;           // after the writer's last commit

@@ -77,10 +77,16 @@ struct CollectorTuning {
   // The checkpointer thread runs a PASSIVE checkpoint whenever the WAL has
   // grown by this many frames (pages) since the last one (SQLite's default).
   int checkpoint_every_frames = 1000;
-  // Once the WAL is larger than this, the writer waits between two commits
-  // while the checkpointer runs a RESTART checkpoint (schemas/wire.md).
-  std::int64_t max_wal_bytes = 64LL << 20;
+  // At start, the WAL file is written full with zeros up to
+  // config.collector.max_wal_mb plus kWalFillMarginBytes, so that commits
+  // write over allocated blocks instead of growing the file (fill_wal in
+  // collector.cpp). Tests that never want the WAL restarted turn it off.
+  bool fill_wal = true;
 };
+
+// Room past config.collector.max_wal_mb in the filled WAL file, for the
+// commits that land while a RESTART waits for its turn.
+constexpr std::int64_t kWalFillMarginBytes = 16LL << 20;
 
 // Opens the cache, binds config.collector.listen and starts the receiver,
 // writer, syncer and checkpointer threads. Throws on a start-up failure.

@@ -6,25 +6,34 @@ namespace flexmon {
 
 DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing& keys) {
   DecodedDatagram out;
-  wire::Sealed frame;
-  if (datagram.size() > static_cast<std::size_t>(INT32_MAX) ||
-      !frame.ParseFromArray(datagram.data(), static_cast<int>(datagram.size())) ||
-      frame.version() != kWireVersion) {
+  if (datagram.size() > static_cast<std::size_t>(INT32_MAX)) {
     out.reject = DatagramReject::malformed;
     out.why = fmt::format("malformed datagram ({} bytes)", datagram.size());
     return out;
   }
-  if (!keys.find(frame.node())) {
-    out.reject = DatagramReject::unknown_node;
-    out.why = fmt::format("unknown node '{}'", frame.node().substr(0, 64));
-    return out;
+  google::protobuf::ArenaOptions sizes;
+  // One block holds a full datagram's batch (~1.4 KB on the wire, ~6 KB parsed).
+  sizes.start_block_size = 8192;
+  out.arena = std::make_unique<google::protobuf::Arena>(sizes);
+  auto opened = keys.open_on(datagram, *out.arena);
+  switch (opened.fault) {
+    case OpenFault::none:
+      break;
+    case OpenFault::malformed:
+      out.reject = DatagramReject::malformed;
+      out.why = fmt::format("malformed datagram ({} bytes): {}", datagram.size(),
+                            opened.why.substr(0, 200));
+      return out;
+    case OpenFault::unknown_node:
+      out.reject = DatagramReject::unknown_node;
+      out.why = std::move(opened.why);
+      return out;
+    case OpenFault::bad_seal:
+      out.reject = DatagramReject::bad_seal;
+      out.why = opened.why.substr(0, 200);
+      return out;
   }
-  auto message = keys.open(datagram);
-  if (!message) {
-    out.reject = DatagramReject::bad_seal;
-    out.why = message.error().message.substr(0, 200);
-    return out;
-  }
+  const wire::Message* message = opened.message;
   if (!message->has_results()) {
     out.reject = DatagramReject::not_results;
     out.why = fmt::format("node '{}': not a result batch", message->node());
@@ -47,7 +56,7 @@ DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing&
     out.why = fmt::format("node '{}': {}", message->node(), out.why);
     return out;
   }
-  out.message = std::move(*message);
+  out.message = opened.message;
   return out;
 }
 

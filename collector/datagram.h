@@ -6,7 +6,7 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -27,8 +27,12 @@ enum class DatagramReject {
 
 struct DecodedDatagram {
   DatagramReject reject = DatagramReject::none;
-  std::string why;                       // for the log when rejected
-  std::optional<wire::Message> message;  // set iff reject == none
+  std::string why;  // for the log when rejected
+  // The batch lives on an arena of its own: it is parsed on the receiver and
+  // freed on the syncer, and one arena costs a few allocations where the
+  // batch's strings and submessages cost ~50 (a third of the receiver's work).
+  std::unique_ptr<google::protobuf::Arena> arena;
+  wire::Message* message = nullptr;  // on `arena`; set iff reject == none
 };
 
 // Never throws on any input; `why` is bounded in length.

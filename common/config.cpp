@@ -19,6 +19,7 @@ namespace {
 
 // A manager that asks for more memory than this for rendered rows has a typo.
 constexpr std::uint32_t kMaxRenderedRowsMb = 65536;
+constexpr std::uint32_t kMaxWalMb = 65536;
 
 // A YAML mapping being read: every key must be consumed, so whatever is left
 // at the end is an unknown key and an error. Messages: "FILE:LINE: KEY: why".
@@ -402,6 +403,9 @@ Config parse_config(const std::string& text, const std::string& name,
     Section s = top.section("collector");
     s.optional("listen", config.collector.listen);
     s.optional("cache_db", config.collector.cache_db);
+    s.optional("max_wal_mb", config.collector.max_wal_mb);
+    if (config.collector.max_wal_mb == 0 || config.collector.max_wal_mb > kMaxWalMb)
+      s.fail("max_wal_mb", fmt::format("must be between 1 and {}", kMaxWalMb));
     s.finish();
     config.collector.cache_db = resolve(config.data_dir, config.collector.cache_db);
   }

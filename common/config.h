@@ -132,6 +132,9 @@ struct ManagerConfig {
 struct CollectorConfig {
   Endpoint listen{"127.0.0.1", 8472};
   std::filesystem::path cache_db = "cache.db";
+  // The cache's WAL is restarted once it holds this much; the file is
+  // written full (plus 16 MiB) at start (schemas/config.md).
+  std::uint32_t max_wal_mb = 256;
 };
 
 // Long-term storage: where the collector's cache is flushed, when, and how

@@ -87,13 +87,40 @@ Result<wire::Sealed> parse_outer(std::string_view bytes) {
   return frame;
 }
 
+// Parses the body into `message`; the reason when it is not the message of
+// the frame's node, else empty.
+std::string parse_body_into(const wire::Sealed& frame, wire::Message& message) {
+  if (!message.ParseFromString(frame.body())) return "malformed message body";
+  if (message.node() != frame.node())
+    return fmt::format("body names node '{}' but the frame is sealed for '{}'", message.node(),
+                       frame.node());
+  return {};
+}
+
 Result<wire::Message> parse_body(const wire::Sealed& frame) {
   wire::Message message;
-  if (!message.ParseFromString(frame.body())) return fail("malformed message body");
-  if (message.node() != frame.node())
-    return fail(fmt::format("body names node '{}' but the frame is sealed for '{}'", message.node(),
-                            frame.node()));
+  if (auto why = parse_body_into(frame, message); !why.empty()) return fail(std::move(why));
   return message;
+}
+
+// Parses the outer frame and verifies its seal under its node's key.
+OpenFault check_seal(const KeyRing& keys, std::string_view bytes, Result<wire::Sealed>& frame,
+                     std::string& why) {
+  frame = parse_outer(bytes);
+  if (!frame) {
+    why = frame.error().message;
+    return OpenFault::malformed;
+  }
+  const Sealer* key = keys.find(frame->node());
+  if (!key) {
+    why = fmt::format("unknown node '{}'", frame->node().substr(0, 64));
+    return OpenFault::unknown_node;
+  }
+  if (!key->verify(frame->body(), frame->mac())) {
+    why = fmt::format("seal of node '{}' does not verify", frame->node().substr(0, 64));
+    return OpenFault::bad_seal;
+  }
+  return OpenFault::none;
 }
 
 }  // namespace
@@ -129,13 +156,24 @@ const Sealer* KeyRing::find(const std::string& node) const {
 }
 
 Result<wire::Message> KeyRing::open(std::string_view bytes) const {
-  auto frame = parse_outer(bytes);
-  if (!frame) return frame.error();
-  const Sealer* key = find(frame->node());
-  if (!key) return fail(fmt::format("unknown node '{}'", frame->node().substr(0, 64)));
-  if (!key->verify(frame->body(), frame->mac()))
-    return fail(fmt::format("seal of node '{}' does not verify", frame->node()));
+  Result<wire::Sealed> frame = fail("not parsed");
+  std::string why;
+  if (check_seal(*this, bytes, frame, why) != OpenFault::none) return fail(std::move(why));
   return parse_body(*frame);
+}
+
+OpenedOnArena KeyRing::open_on(std::string_view bytes, google::protobuf::Arena& arena) const {
+  OpenedOnArena out;
+  Result<wire::Sealed> frame = fail("not parsed");
+  out.fault = check_seal(*this, bytes, frame, out.why);
+  if (out.fault != OpenFault::none) return out;
+  auto* message = google::protobuf::Arena::CreateMessage<wire::Message>(&arena);
+  out.why = parse_body_into(*frame, *message);
+  if (!out.why.empty())
+    out.fault = OpenFault::bad_seal;
+  else
+    out.message = message;
+  return out;
 }
 
 }  // namespace flexmon

@@ -12,6 +12,10 @@
 
 #include "common/result.h"
 
+namespace google::protobuf {
+class Arena;
+}
+
 namespace flexmon {
 
 namespace wire {
@@ -44,6 +48,20 @@ std::string seal(const wire::Message& message, const Sealer& key);
 // The unsealed Hello that opens a control session (nothing to seal it with).
 std::string unsealed_frame(const wire::Message& message);
 
+// Why KeyRing::open_on refused a frame.
+enum class OpenFault {
+  none,
+  malformed,     // not a Sealed frame, or another wire version
+  unknown_node,  // no key for the frame's node
+  bad_seal,      // the MAC does not verify, or the sealed body is not its node's message
+};
+
+struct OpenedOnArena {
+  wire::Message* message = nullptr;  // owned by the arena; null iff fault != none
+  OpenFault fault = OpenFault::none;
+  std::string why;  // what was wrong, when refused
+};
+
 // The keys of every node, to open frames from any of them.
 class KeyRing {
  public:
@@ -53,6 +71,12 @@ class KeyRing {
   // Parses, checks the version, finds the node's key, verifies the seal, and
   // parses the body. The error names what was wrong.
   Result<wire::Message> open(std::string_view frame) const;
+
+  // As open(), with the message built on `arena`: for the collector, which
+  // opens ~10,000 frames a second; a result batch's dozens of strings and
+  // submessages then cost the arena's blocks instead of one heap allocation
+  // and free each.
+  OpenedOnArena open_on(std::string_view frame, google::protobuf::Arena& arena) const;
 
  private:
   std::map<std::string, Sealer, std::less<>> keys_;

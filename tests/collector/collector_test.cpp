@@ -33,9 +33,11 @@ struct Fixture {
   int fd = -1;
   sockaddr_in to{};
 
-  explicit Fixture(const CollectorTuning& tuning = {}) {
+  // max_wal_mb: 4 makes a filled WAL file of 20 MiB per test.
+  explicit Fixture(const CollectorTuning& tuning = {}, std::uint32_t max_wal_mb = 4) {
     config.collector.listen = Endpoint{"127.0.0.1", 0};
     config.collector.cache_db = dir.path / "cache.db";
+    config.collector.max_wal_mb = max_wal_mb;
     config.nodes.push_back(NodeConfig{"n1", "utah", "127.0.0.1", 0, kKey1});
     config.nodes.push_back(NodeConfig{"n2", "utah", "127.0.0.2", 0, kKey2});
     collector = start_collector(config, tuning);
@@ -324,8 +326,8 @@ std::uintmax_t wal_bytes(const Fixture& f) {
 TEST(Collector, TheWriterNeverCheckpoints) {
   CollectorTuning tuning;
   tuning.checkpoint_every_frames = 1 << 30;
-  tuning.max_wal_bytes = 1LL << 40;
-  Fixture f(tuning);
+  tuning.fill_wal = false;  // the WAL's size is what this test reads
+  Fixture f(tuning, 65536);
   ASSERT_TRUE(store_results(f, 30'000));
   EXPECT_GT(wal_bytes(f), 1500u * 4096u);  // well past the autocheckpoint's 1000 frames
   EXPECT_LT(std::filesystem::file_size(f.config.collector.cache_db), 64u * 1024u);
@@ -333,25 +335,56 @@ TEST(Collector, TheWriterNeverCheckpoints) {
 }
 
 // The checkpointer copies the WAL into the database file and, once the WAL
-// is larger than max_wal_bytes, restarts it between two commits: the WAL
-// file stays near its bound while many times that is written.
+// is larger than max_wal_mb, restarts it between two commits: the WAL file
+// keeps the size it was filled to while many times that is written.
 TEST(Collector, TheCheckpointerKeepsTheWalBounded) {
   CollectorTuning tuning;
   tuning.checkpoint_every_frames = 50;
-  tuning.max_wal_bytes = 1 << 20;
   // A commit per datagram or few: the WAL outgrows its bound within each
   // wave of store_results (gathered commits write less, and the PASSIVE
   // checkpoints catch up between waves, so no RESTART would be needed).
   tuning.gather_results = 0;
-  Fixture f(tuning);
+  Fixture f(tuning, 1);
+  const std::uintmax_t filled = (1u << 20) + kWalFillMarginBytes;
+  EXPECT_EQ(wal_bytes(f), filled);
   ASSERT_TRUE(store_results(f, 40'000));
   const auto& c = f.collector->counters();
   EXPECT_GE(c.checkpoints.load(), 1u);
   EXPECT_GE(c.wal_restarts.load(), 1u);
   EXPECT_EQ(c.checkpoint_failures.load(), 0u);
-  EXPECT_LT(wal_bytes(f), 4u << 20);
+  EXPECT_EQ(wal_bytes(f), filled);
   EXPECT_GT(std::filesystem::file_size(f.config.collector.cache_db), 1u << 20);
   EXPECT_EQ(f.stored_rows(), 40'000);
+}
+
+// A fresh cache's WAL file is written full at start. A collector that starts
+// on a WAL whose frames are not checkpointed (another connection kept it
+// from being checkpointed and removed) writes no zero over them: every
+// result is still there, and the next collector stores more.
+TEST(Collector, FillingTheWalKeepsTheFramesItHolds) {
+  CollectorTuning tuning;
+  tuning.checkpoint_every_frames = 1 << 30;
+  tuning.gather_results = 0;  // small commits: the WAL outgrows its fill soon
+  Fixture f(tuning, 1);
+  const std::uintmax_t filled = (1u << 20) + kWalFillMarginBytes;
+  EXPECT_EQ(wal_bytes(f), filled);
+  ASSERT_TRUE(store_results(f, 20'000));
+  {
+    // A connection that has read holds the WAL open past the collector's close.
+    sqlite::Database held_open(f.config.collector.cache_db);
+    held_open.exec("SELECT count(*) FROM results");
+    f.collector->stop();
+    f.collector->wait();
+    // Every result is in the WAL only.
+    EXPECT_LT(std::filesystem::file_size(f.config.collector.cache_db), 64u * 1024u);
+    auto size = wal_bytes(f);
+    f.collector = start_collector(f.config, tuning);
+    f.to.sin_port = htons(f.collector->local_endpoint().port);
+    EXPECT_EQ(wal_bytes(f), size);
+    EXPECT_EQ(f.stored_rows(), 20'000);
+  }
+  f.send(seal(batch("n1", 2, 1, 10, "n1"), Sealer(kKey1)));
+  EXPECT_TRUE(test::eventually([&] { return f.stored_rows() == 20'010; }));
 }
 
 // The prober's real result sender against the real collector.

@@ -97,6 +97,11 @@ TEST(Config, BadValues) {
             "test.yaml:10: manager.http_timeout_s: must be at least 1");
   EXPECT_EQ(error_of(minimal("manager:\n  rendered_rows_mb: 70000\n")),
             "test.yaml:10: manager.rendered_rows_mb: must be at most 65536");
+  // The collector writes its WAL file full to this size at start.
+  EXPECT_EQ(error_of(minimal("collector:\n  max_wal_mb: 0\n")),
+            "test.yaml:10: collector.max_wal_mb: must be between 1 and 65536");
+  EXPECT_EQ(error_of(minimal("collector:\n  max_wal_mb: 70000\n")),
+            "test.yaml:10: collector.max_wal_mb: must be between 1 and 65536");
 }
 
 TEST(Config, DuplicateNode) {

@@ -114,5 +114,42 @@ TEST(Seal, HelloIsUnsealedAndOnlyHello) {
   EXPECT_FALSE(open_hello(seal(heartbeat_from("n1"), Sealer(kKeyN1))).ok());
 }
 
+// open_on, the collector's path, opens what open does, on the arena, and
+// names each kind of refusal.
+TEST(Seal, OpenOnAnArenaNamesTheFault) {
+  KeyRing keys = ring();
+  google::protobuf::Arena arena;
+  std::string frame = seal(heartbeat_from("n1"), Sealer(kKeyN1));
+  auto opened = keys.open_on(frame, arena);
+  ASSERT_EQ(opened.fault, OpenFault::none) << opened.why;
+  ASSERT_NE(opened.message, nullptr);
+  EXPECT_EQ(opened.message->GetArena(), &arena);
+  EXPECT_EQ(opened.message->SerializeAsString(), keys.open(frame)->SerializeAsString());
+
+  auto truncated = keys.open_on(frame.substr(0, frame.size() - 1), arena);
+  EXPECT_EQ(truncated.fault, OpenFault::malformed);
+  EXPECT_EQ(truncated.message, nullptr);
+  EXPECT_EQ(keys.open_on("", arena).why, "empty frame");
+
+  auto unknown = keys.open_on(seal(heartbeat_from("n9"), Sealer(kKeyN1)), arena);
+  EXPECT_EQ(unknown.fault, OpenFault::unknown_node);
+  EXPECT_EQ(unknown.why, "unknown node 'n9'");
+
+  auto forged = keys.open_on(seal(heartbeat_from("n1"), Sealer(kKeyN2)), arena);
+  EXPECT_EQ(forged.fault, OpenFault::bad_seal);
+  EXPECT_EQ(forged.why, "seal of node 'n1' does not verify");
+
+  wire::Sealed other_body;
+  other_body.set_version(kWireVersion);
+  other_body.set_node("n2");
+  heartbeat_from("n1").SerializeToString(other_body.mutable_body());
+  auto mac = Sealer(kKeyN2).mac(other_body.body());
+  other_body.set_mac(mac.data(), mac.size());
+  auto misattributed = keys.open_on(other_body.SerializeAsString(), arena);
+  EXPECT_EQ(misattributed.fault, OpenFault::bad_seal);
+  EXPECT_EQ(misattributed.message, nullptr);
+  EXPECT_EQ(misattributed.why, "body names node 'n1' but the frame is sealed for 'n2'");
+}
+
 }  // namespace
 }  // namespace flexmon
