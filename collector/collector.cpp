@@ -19,6 +19,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -726,6 +727,11 @@ class CollectorDaemon : public Collector {
 }  // namespace
 
 std::unique_ptr<Collector> start_collector(const Config& config, const CollectorTuning& tuning) {
+  // 0 would let the writer take no datagram, ever, and spin.
+  if (tuning.max_batch_results == 0)
+    throw std::invalid_argument("collector: max_batch_results must be at least 1");
+  if (tuning.checkpoint_every_frames <= 0)
+    throw std::invalid_argument("collector: checkpoint_every_frames must be at least 1");
   return std::make_unique<CollectorDaemon>(config, tuning);
 }
 

@@ -387,6 +387,21 @@ TEST(Collector, FillingTheWalKeepsTheFramesItHolds) {
   EXPECT_TRUE(test::eventually([&] { return f.stored_rows() == 20'010; }));
 }
 
+// Tuning that would leave the writer spinning without ever committing is
+// refused at start (a batch of at most 0 results took nothing, forever).
+TEST(Collector, RefusesTuningThatWouldNeverCommit) {
+  test::TempDir dir;
+  Config config;
+  config.collector.listen = Endpoint{"127.0.0.1", 0};
+  config.collector.cache_db = dir.path / "cache.db";
+  CollectorTuning tuning;
+  tuning.max_batch_results = 0;
+  EXPECT_THROW(start_collector(config, tuning), std::invalid_argument);
+  tuning = CollectorTuning{};
+  tuning.checkpoint_every_frames = 0;
+  EXPECT_THROW(start_collector(config, tuning), std::invalid_argument);
+}
+
 // The prober's real result sender against the real collector.
 TEST(Collector, ProberResultSenderDeliversAndIsAcked) {
   Fixture f;
