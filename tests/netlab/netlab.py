@@ -491,11 +491,19 @@ class Lab:
       an ordinary process wakes milliseconds late, which would turn delay
       into delay + noise and constant-rate traffic into bursts.
     truth: relays log each ICMP echo's applied delay (echo_truth()).
+    relay_cpu: run every relay of the lab on this one CPU (None = wherever
+      the scheduler puts them; best effort, a refusal is logged). For
+      comparing links with each other: the far host's echo runs inside the
+      relay's write, and its cost follows the state of the relay's CPU (5 us
+      on one vCPU while 50 us on the other on a loaded host), so links whose
+      relays share a CPU see the same. Only for links used one at a time: two
+      busy relays on one CPU at the same SCHED_FIFO priority wait for each
+      other's release busy-wait.
     """
 
     def __init__(self, links: Sequence[Union[str, Link]], name: Optional[str] = None,
                  seed: int = 1, cross_duration: float = 3600.0, relay_args: Sequence[str] = (),
-                 realtime: int = 10, truth: bool = False):
+                 realtime: int = 10, truth: bool = False, relay_cpu: Optional[int] = None):
         global _counter
         self.links = [parse_link(x) for x in links]
         if not self.links:
@@ -520,6 +528,7 @@ class Lab:
         self.relay_args = list(relay_args)
         self.realtime = realtime
         self.truth = truth
+        self.relay_cpu = relay_cpu
         self._procs: list = []  # Popen objects we own
         self._up = False
         self.state_dir = os.path.join(STATE_DIR, self.id)
@@ -797,6 +806,8 @@ class Lab:
                 "--slot", str(max(2048, link.mtu + 64))]
         if self.realtime:
             argv += ["--rt", str(self.realtime)]
+        if self.relay_cpu is not None:
+            argv += ["--cpu", str(self.relay_cpu)]
         if self.truth:
             argv += ["--truth", os.path.join(self.state_dir, f"truth{i}.log")]
         argv += self.relay_args

@@ -191,6 +191,21 @@ class LabTest(unittest.TestCase):
                 rounds.append(extra_us - veth_us)
             self.assertLess(min(rounds), 60.0, rounds)
 
+    def test_relays_run_on_the_cpu_given(self):
+        # relay_cpu puts every relay of the lab on that CPU (bench/run-lab
+        # compares two links whose relays must see the same CPU state); a CPU
+        # the kernel refuses is logged and the relay still carries packets.
+        cpu = max(os.sched_getaffinity(0))
+        with netlab.Lab(["a-b:delay=1ms", "a-c:relay=1"], relay_cpu=cpu) as lab:
+            for p in lab._procs:
+                self.assertEqual(os.sched_getaffinity(p.pid), {cpu}, netlab._pid_cmdline(p.pid))
+            for peer in ("b", "c"):
+                self.assertEqual(self._rtts(lab, "a", peer, count=20)["received"], 20, peer)
+        absent = 1023  # CPU_SETSIZE - 1: no such CPU on this machine
+        with netlab.Lab(["a-b:delay=1ms"], relay_cpu=absent) as lab:
+            self.assertEqual(self._rtts(lab, "a", "b", count=20)["received"], 20)
+            self.assertIn(f"CPU {absent} refused", lab.relay_log("a", "b"))
+
     def test_rate_limit_lets_no_burst_through(self):
         # 30 back-to-back 1000-byte datagrams into a 10 Mbit/s link: a real
         # bottleneck delivers them one frame time (1014 B, 0.81 ms) apart; the
