@@ -285,19 +285,34 @@ class CollectorDaemon : public Collector {
     if (::fstat(wal_fd_, &file) != 0)
       throw std::runtime_error(fmt::format("collector: cannot stat the cache's WAL file {}: {}",
                                            wal, std::strerror(errno)));
+    if (file.st_size >= size) return;
+    const auto started = Mono::now();
+    log_->info(
+        "collector: writing the cache's WAL file {} full: {} MiB more, to {} MiB "
+        "(collector.max_wal_mb + 16)",
+        wal, (size - file.st_size) >> 20, size >> 20);
     static const std::vector<char> zeros(1 << 20, 0);
+    constexpr off_t kReportEvery = 1LL << 30;
+    off_t next_report = file.st_size + kReportEvery;
     for (off_t at = file.st_size; at < size;) {
       auto length = std::min<off_t>(static_cast<off_t>(zeros.size()), size - at);
       ssize_t wrote = ::pwrite(wal_fd_, zeros.data(), static_cast<std::size_t>(length), at);
       if (wrote <= 0)
         throw std::runtime_error(
-            fmt::format("collector: cannot extend the cache's WAL file {} to {} bytes: {}", wal,
-                        size, std::strerror(errno)));
+            fmt::format("collector: cannot extend the cache's WAL file {} to {} bytes: {} (a "
+                        "smaller collector.max_wal_mb needs less disk)",
+                        wal, size, std::strerror(errno)));
       at += wrote;
+      if (at >= next_report) {
+        log_->info("collector: WAL file at {} MiB of {} MiB", at >> 20, size >> 20);
+        next_report += kReportEvery;
+      }
     }
-    if (file.st_size < size && ::fdatasync(wal_fd_) != 0)
+    if (::fdatasync(wal_fd_) != 0)
       throw std::runtime_error(fmt::format("collector: cannot sync the cache's WAL file {}: {}",
                                            wal, std::strerror(errno)));
+    log_->info("collector: WAL file written full in {:.1f} s",
+               std::chrono::duration<double>(Mono::now() - started).count());
   }
 
   void open_checkpointer() {
