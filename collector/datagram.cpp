@@ -21,8 +21,7 @@ DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing&
       break;
     case OpenFault::malformed:
       out.reject = DatagramReject::malformed;
-      out.why = fmt::format("malformed datagram ({} bytes): {}", datagram.size(),
-                            opened.why.substr(0, 200));
+      out.why = opened.why.substr(0, 200);
       return out;
     case OpenFault::unknown_node:
       out.reject = DatagramReject::unknown_node;
