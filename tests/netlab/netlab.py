@@ -494,9 +494,9 @@ class Lab:
     relay_cpu: run every relay of the lab on this one CPU (None = wherever
       the scheduler puts them; best effort, a refusal is logged). For
       comparing links with each other: the far host's echo runs inside the
-      relay's write, and its cost follows the state of the relay's CPU (5 us
-      on one vCPU while 50 us on the other on a loaded host), so links whose
-      relays share a CPU see the same. Only for links used one at a time: two
+      relay's write, and its cost follows the state of the relay's CPU (its
+      median 28 us on one vCPU and 57 us on the other, seen on a loaded
+      host), so links whose relays share a CPU see the same. Only for links used one at a time: two
       busy relays on one CPU at the same SCHED_FIFO priority wait for each
       other's release busy-wait.
     """
