@@ -260,6 +260,10 @@ int main(int argc, char** argv) {
       counters.wal_restart_hold_ns.load(),
       counters.wal_restart_hold_max_ns.load(),
       counters.writer_cpu_ns.load()};
+  // The collector's own share of the ack latency (its ack_delay histogram).
+  const double delay_p50_ms = static_cast<double>(counters.ack_delay.percentile(0.5)) / 1e6,
+               delay_p99_ms = static_cast<double>(counters.ack_delay.percentile(0.99)) / 1e6,
+               delay_max_ms = static_cast<double>(counters.ack_delay.max()) / 1e6;
   double per_commit =
       c.commits ? static_cast<double>(c.stored) / static_cast<double>(c.commits) : 1;
   collector->stop();
@@ -305,6 +309,9 @@ int main(int argc, char** argv) {
   std::printf("collector_ack_latency_p99_ms %.2f\n", percentile(ack_ms, 0.99));
   std::printf("collector_ack_latency_p999_ms %.2f\n", percentile(ack_ms, 0.999));
   std::printf("collector_ack_latency_max_ms %.2f\n", percentile(ack_ms, 1.0));
+  std::printf("collector_internal_ack_delay_p50_ms %.2f\n", delay_p50_ms);
+  std::printf("collector_internal_ack_delay_p99_ms %.2f\n", delay_p99_ms);
+  std::printf("collector_internal_ack_delay_max_ms %.2f\n", delay_max_ms);
   std::printf("collector_results_stored %llu\n", static_cast<unsigned long long>(c.stored));
   std::printf("collector_results_per_commit %.0f\n", per_commit);
   std::printf("collector_datagrams_resent %llu\n", static_cast<unsigned long long>(resent));

@@ -583,8 +583,15 @@ class CollectorDaemon : public Collector {
         synced = needed;
         ++counters_.syncs;
       }
-      for (auto& p : pending)
+      // Recorded before the acks go out, so that a prober holding its ack
+      // finds its datagram counted.
+      auto acked = Mono::now();
+      for (auto& p : pending) {
+        for (const auto& a : p.spent)
+          counters_.ack_delay.record(
+              std::chrono::duration_cast<std::chrono::nanoseconds>(acked - a.queued).count());
         for (auto& list : p.lists) send_acks(list);
+      }
     }
   }
 
@@ -690,12 +697,14 @@ class CollectorDaemon : public Collector {
         "collector: {} datagrams, {} results stored, {} duplicates, {} refused, {} acks, {} "
         "commits ({} failed), {} syncs ({} failed), {} checkpoints ({} failed, {} WAL restarts); "
         "rejected: {} malformed, {} unknown node, {} "
-        "bad seal, {} not results, {} bad results, {} outside the window",
+        "bad seal, {} not results, {} bad results, {} outside the window; ack delay p50 {:.1f} ms, "
+        "p99 {:.1f} ms, max {:.1f} ms since start",
         c.datagrams.load(), c.stored.load(), c.duplicates.load(), c.refused.load(), c.acks.load(),
         c.commits.load(), c.commit_failures.load(), c.syncs.load(), c.sync_failures.load(),
         c.checkpoints.load(), c.checkpoint_failures.load(), c.wal_restarts.load(),
         c.malformed.load(), c.unknown_node.load(), c.bad_seal.load(), c.not_results.load(),
-        c.bad_results.load(), c.outside_window.load());
+        c.bad_results.load(), c.outside_window.load(), c.ack_delay.percentile(0.5) / 1e6,
+        c.ack_delay.percentile(0.99) / 1e6, static_cast<double>(c.ack_delay.max()) / 1e6);
   }
 
   const CollectorTuning tuning_;

@@ -13,6 +13,7 @@
 
 #include "common/config.h"
 #include "common/daemon.h"
+#include "common/histogram.h"
 
 namespace flexmon {
 
@@ -45,6 +46,10 @@ struct CollectorCounters {
   std::atomic<std::uint64_t> bad_results{0};  // src is not the sender, seq 0, epoch 0, empty
   // Results (not datagrams) further than kSeqWindow above the high-water mark.
   std::atomic<std::uint64_t> outside_window{0};
+  // Per datagram, ns from the receiver queueing it to the syncer sending its
+  // batch's acks (commit, sync and the waits between), since start: the
+  // collector's own share of a prober's ack latency.
+  Histogram ack_delay;
 };
 
 class Collector : public Daemon {

@@ -124,6 +124,10 @@ TEST(Collector, StoresASealedBatchThenAcksIt) {
   expect_ack(f.receive(), 3, 1, 5);
   EXPECT_EQ(f.stored_rows(), 5);
   EXPECT_EQ(f.collector->counters().stored.load(), 5u);
+  // The datagram's time from queue to ack: it waited for its commit and sync.
+  const auto& delay = f.collector->counters().ack_delay;
+  EXPECT_EQ(delay.count(), 1u);
+  EXPECT_GT(delay.max(), 0);
   Cache cache(f.config.collector.cache_db, true);
   auto rows = cache.query_latency(LatencyQuery{});
   ASSERT_EQ(rows.size(), 5u);
