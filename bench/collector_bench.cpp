@@ -264,6 +264,13 @@ int main(int argc, char** argv) {
   const double delay_p50_ms = static_cast<double>(counters.ack_delay.percentile(0.5)) / 1e6,
                delay_p99_ms = static_cast<double>(counters.ack_delay.percentile(0.99)) / 1e6,
                delay_max_ms = static_cast<double>(counters.ack_delay.max()) / 1e6;
+  auto ms = [](const Histogram& h, double p) { return static_cast<double>(h.percentile(p)) / 1e6; };
+  const double commit_p50_ms = ms(counters.commit_time, 0.5),
+               commit_p99_ms = ms(counters.commit_time, 0.99),
+               commit_max_ms = static_cast<double>(counters.commit_time.max()) / 1e6,
+               sync_p50_ms = ms(counters.sync_time, 0.5),
+               sync_p99_ms = ms(counters.sync_time, 0.99),
+               sync_max_ms = static_cast<double>(counters.sync_time.max()) / 1e6;
   double per_commit =
       c.commits ? static_cast<double>(c.stored) / static_cast<double>(c.commits) : 1;
   collector->stop();
@@ -312,6 +319,12 @@ int main(int argc, char** argv) {
   std::printf("collector_internal_ack_delay_p50_ms %.2f\n", delay_p50_ms);
   std::printf("collector_internal_ack_delay_p99_ms %.2f\n", delay_p99_ms);
   std::printf("collector_internal_ack_delay_max_ms %.2f\n", delay_max_ms);
+  std::printf("collector_commit_ms_p50 %.2f\n", commit_p50_ms);
+  std::printf("collector_commit_ms_p99 %.2f\n", commit_p99_ms);
+  std::printf("collector_commit_ms_max %.2f\n", commit_max_ms);
+  std::printf("collector_wal_sync_ms_p50 %.2f\n", sync_p50_ms);
+  std::printf("collector_wal_sync_ms_p99 %.2f\n", sync_p99_ms);
+  std::printf("collector_wal_sync_ms_max %.2f\n", sync_max_ms);
   std::printf("collector_results_stored %llu\n", static_cast<unsigned long long>(c.stored));
   std::printf("collector_results_per_commit %.0f\n", per_commit);
   std::printf("collector_datagrams_resent %llu\n", static_cast<unsigned long long>(resent));

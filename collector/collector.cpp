@@ -135,6 +135,11 @@ struct PendingAcks {
   std::vector<Accepted> spent;
 };
 
+// Wall time from `since` to `until` (default: now), in ns.
+std::int64_t elapsed_ns(Mono::time_point since, Mono::time_point until = Mono::now()) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(until - since).count();
+}
+
 // CPU time the calling thread has used.
 std::uint64_t thread_cpu_ns() {
   timespec t{};
@@ -505,12 +510,14 @@ class CollectorDaemon : public Collector {
       try {
         // Held for the commit: a RESTART checkpoint runs between two commits.
         std::lock_guard between_commits(commit_mutex_);
+        auto began = Mono::now();
         outcomes = cache_.store_many(groups, [&](sqlite::Database&) {
           for (const auto& g : groups) {
             WindowKey key{g.node, g.boot_epoch};
             window_table_.save(key, touched.at(key));
           }
         });
+        counters_.commit_time.record(elapsed_ns(began));
       } catch (const std::exception& e) {
         ++counters_.commit_failures;
         rejects_.warn("collector: commit of {} datagrams failed, not acknowledged: {}",
@@ -567,7 +574,10 @@ class CollectorDaemon : public Collector {
       for (const auto& p : pending) needed = std::max(needed, p.after_commit);
       if (needed > synced) {
         // Covers every commit that returned before this call, hence `needed`.
-        if (::fdatasync(wal_fd_) != 0) {
+        auto began = Mono::now();
+        int synced_rc = ::fdatasync(wal_fd_);
+        counters_.sync_time.record(elapsed_ns(began));
+        if (synced_rc != 0) {
           // Linux may drop the pages that failed to write and report success
           // on the next try: nothing written since can be trusted to be on
           // disk, so acknowledge nothing more and stop.
@@ -587,9 +597,7 @@ class CollectorDaemon : public Collector {
       // finds its datagram counted.
       auto acked = Mono::now();
       for (auto& p : pending) {
-        for (const auto& a : p.spent)
-          counters_.ack_delay.record(
-              std::chrono::duration_cast<std::chrono::nanoseconds>(acked - a.queued).count());
+        for (const auto& a : p.spent) counters_.ack_delay.record(elapsed_ns(a.queued, acked));
         for (auto& list : p.lists) send_acks(list);
       }
     }
@@ -697,14 +705,15 @@ class CollectorDaemon : public Collector {
         "collector: {} datagrams, {} results stored, {} duplicates, {} refused, {} acks, {} "
         "commits ({} failed), {} syncs ({} failed), {} checkpoints ({} failed, {} WAL restarts); "
         "rejected: {} malformed, {} unknown node, {} "
-        "bad seal, {} not results, {} bad results, {} outside the window; ack delay p50 {:.1f} ms, "
-        "p99 {:.1f} ms, max {:.1f} ms since start",
+        "bad seal, {} not results, {} bad results, {} outside the window; since start: ack delay "
+        "p50 {:.1f} ms, p99 {:.1f} ms, max {:.1f} ms; commit p99 {:.1f} ms, WAL sync p99 {:.1f} ms",
         c.datagrams.load(), c.stored.load(), c.duplicates.load(), c.refused.load(), c.acks.load(),
         c.commits.load(), c.commit_failures.load(), c.syncs.load(), c.sync_failures.load(),
         c.checkpoints.load(), c.checkpoint_failures.load(), c.wal_restarts.load(),
         c.malformed.load(), c.unknown_node.load(), c.bad_seal.load(), c.not_results.load(),
         c.bad_results.load(), c.outside_window.load(), c.ack_delay.percentile(0.5) / 1e6,
-        c.ack_delay.percentile(0.99) / 1e6, static_cast<double>(c.ack_delay.max()) / 1e6);
+        c.ack_delay.percentile(0.99) / 1e6, static_cast<double>(c.ack_delay.max()) / 1e6,
+        c.commit_time.percentile(0.99) / 1e6, c.sync_time.percentile(0.99) / 1e6);
   }
 
   const CollectorTuning tuning_;

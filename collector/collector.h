@@ -50,6 +50,10 @@ struct CollectorCounters {
   // batch's acks (commit, sync and the waits between), since start: the
   // collector's own share of a prober's ack latency.
   Histogram ack_delay;
+  // Wall time of each commit (the writer's transaction, under its lock) and
+  // of each fdatasync of the WAL before acks, in ns.
+  Histogram commit_time;
+  Histogram sync_time;
 };
 
 class Collector : public Daemon {
