@@ -5,25 +5,22 @@
 // unacknowledged, as the prober's sender does. Then SQLite's own ceiling: the
 // same rows written through Cache::store_many in batches of the size the
 // collector committed, each commit synced (synchronous=FULL). Prints one
-// figure per line.
-//   collector_bench [results=300000] [nodes=8] [window=16 datagrams per node]
-//                   [rate=0 results/s] [max_batch_results=CollectorTuning's]
-//                   [max_wal_mb=collector.max_wal_mb's] [gather_results=CollectorTuning's]
-//                   [gather_us=CollectorTuning's]
+// figure per line; `collector_bench --help` lists the options, and
+// bench/run-collector runs it several times in both loops and prints medians.
 // Every datagram is built and sealed before the clock starts: real probers
 // seal on their own machines, and on this 2-core machine the simulated ones
 // sealing while they send took ~0.5 of a core from the collector at 100k
 // results/s. While timed, the probers only send, resend and open acks.
-// With rate 0 the probers send whenever their window has room (closed loop):
-// the collector runs flat out, and since the window keeps window x nodes
-// datagrams unacknowledged, the mean ack latency is that many results over
-// the committed rate. With a rate, the probers together send that many
+// With --rate 0 the probers send whenever their window has room (closed
+// loop): the collector runs flat out, and since the window keeps window x
+// nodes datagrams unacknowledged, the mean ack latency is that many results
+// over the committed rate. With a rate, the probers together send that many
 // results per second (open loop, as a fleet does; the window then only bounds
 // what is unacknowledged): the ack latency at that load. Let an open-loop
 // run last well past the time the WAL takes to reach collector.max_wal_mb
 // (about 2.5 s at 100,000 results/s with the default 256), e.g.
-// `collector_bench 1500000 8 64 100000` (15 s), so that its figures hold the
-// holds of the WAL's restarts in their due share.
+// `collector_bench --results 1500000 --window 64 --rate 100000` (15 s), so
+// that its figures hold the holds of the WAL's restarts in their due share.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -40,6 +37,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "cache/cache.h"
 #include "collector/collector.h"
@@ -122,23 +121,58 @@ double percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::uint64_t total = argc > 1 ? std::stoull(argv[1]) : 300'000;
-  int node_count = argc > 2 ? std::stoi(argv[2]) : 8;
-  std::size_t window = argc > 3 ? std::stoul(argv[3]) : 16;
-  double rate = argc > 4 ? std::stod(argv[4]) : 0;
+  std::uint64_t total = 300'000;
+  int node_count = 8;
+  std::size_t window = 16;
+  double rate = 0;
   CollectorTuning tuning;
-  if (argc > 5) tuning.max_batch_results = std::stoul(argv[5]);
-  if (argc > 7) tuning.gather_results = std::stoul(argv[7]);
-  if (argc > 8) tuning.gather_wait = std::chrono::microseconds(std::stoll(argv[8]));
+  Config config;
+  std::int64_t gather_us = tuning.gather_wait.count();
+  CLI::App app{
+      "Pushes sealed result datagrams from simulated probers on loopback through the real "
+      "collector into a real cache, then writes the same rows through SQLite alone; prints one "
+      "figure per line.",
+      "collector_bench"};
+  app.add_option("--results", total, "results in all, shared by the nodes")
+      ->capture_default_str()
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}));
+  app.add_option("--nodes", node_count, "simulated probers, each with its own socket and key")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--window", window, "datagrams each node keeps unacknowledged at most")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100'000}));
+  app.add_option("--rate", rate,
+                 "results per second the nodes offer together (open loop); 0 sends whenever a "
+                 "window has room (closed loop)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e8));
+  app.add_option("--max-batch-results", tuning.max_batch_results,
+                 "CollectorTuning::max_batch_results")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
+  app.add_option("--max-wal-mb", config.collector.max_wal_mb, "collector.max_wal_mb")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 65536u));
+  app.add_option("--gather-results", tuning.gather_results, "CollectorTuning::gather_results")
+      ->capture_default_str();
+  app.add_option("--gather-us", gather_us, "CollectorTuning::gather_wait, in microseconds")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1'000'000}));
+  CLI11_PARSE(app, argc, argv);
+  if (total < static_cast<std::uint64_t>(node_count)) {
+    std::fprintf(stderr, "collector_bench: --results %llu leaves some of the %d nodes nothing\n",
+                 static_cast<unsigned long long>(total), node_count);
+    return 64;
+  }
+  tuning.gather_wait = std::chrono::microseconds(gather_us);
   logger("collector")->set_level(spdlog::level::warn);
   auto dir = std::filesystem::temp_directory_path() /
              ("flexmon-collector-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
 
-  Config config;
   config.collector.listen = Endpoint{"127.0.0.1", 0};
   config.collector.cache_db = dir / "cache.db";
-  if (argc > 6) config.collector.max_wal_mb = static_cast<std::uint32_t>(std::stoul(argv[6]));
   std::vector<Node> nodes(static_cast<std::size_t>(node_count));
   for (int i = 0; i < node_count; ++i) {
     auto& n = nodes[static_cast<std::size_t>(i)];
@@ -162,7 +196,6 @@ int main(int argc, char** argv) {
 
   std::mt19937_64 random(1);
   std::vector<double> ack_ms;
-  std::vector<std::string> rows_bytes;  // every result sent, for the ceiling run
   std::uint64_t sent = 0, acked = 0, resent = 0;
   const std::uint64_t per_node = total / static_cast<std::uint64_t>(node_count);
   for (auto& n : nodes) {
@@ -180,7 +213,6 @@ int main(int argc, char** argv) {
         }
         ++next_seq;
       }
-      for (const auto& r : batch->results()) rows_bytes.push_back(r.SerializeAsString());
       n.datagrams.push_back(Prepared{first, next_seq - 1, seal(m, *n.sealer)});
     }
   }
@@ -280,35 +312,57 @@ int main(int argc, char** argv) {
   // SQLite's ceiling: the same rows, same settings, batches of the size the
   // collector committed, no network, no seal, no window; one thread, so
   // SQLite's autocheckpoint runs inside its commits (the collector's
-  // checkpointer thread can take the collector past this ceiling).
-  std::vector<wire::Result> parsed(rows_bytes.size());
-  for (std::size_t i = 0; i < rows_bytes.size(); ++i) parsed[i].ParseFromString(rows_bytes[i]);
-  std::size_t batch_rows = std::max<std::size_t>(1, static_cast<std::size_t>(per_commit));
+  // checkpointer thread can take the collector past this ceiling). The rows
+  // come from the sealed datagrams, taken one per node in turn as the
+  // collector received them, and opened one batch at a time outside the
+  // clock, so that a large run does not hold every row twice.
+  const std::size_t batch_rows = std::max<std::size_t>(1, static_cast<std::size_t>(per_commit));
   double ceiling_seconds = 0, ceiling_cpu = 0;
+  std::uint64_t ceiling_rows = 0;
   {
     Cache cache(dir / "ceiling.db");
     cache.database().exec("PRAGMA synchronous=FULL");
     cache.database().exec("PRAGMA cache_size=-65536");  // as the collector sets it
-    auto t0 = Clock::now();
-    double cpu0 = cpu_seconds();
-    for (std::size_t begin = 0; begin < parsed.size(); begin += batch_rows) {
-      std::size_t end = std::min(parsed.size(), begin + batch_rows);
+    std::vector<wire::Message> opened;
+    std::size_t opened_rows = 0;
+    auto store_opened = [&] {
       std::map<std::string, Cache::StoreGroup> groups;
-      for (std::size_t i = begin; i < end; ++i) {
-        auto& g = groups[parsed[i].src()];
-        g.node = parsed[i].src();
-        g.boot_epoch = 1;
-        g.results.push_back(&parsed[i]);
+      for (const auto& m : opened) {
+        auto& g = groups[m.node()];
+        g.node = m.node();
+        g.boot_epoch = m.results().boot_epoch();
+        for (const auto& r : m.results().results()) g.results.push_back(&r);
       }
       std::vector<Cache::StoreGroup> list;
-      for (auto& [k, g] : groups) list.push_back(std::move(g));
+      for (auto& [node, g] : groups) list.push_back(std::move(g));
+      auto t0 = Clock::now();
+      double cpu0 = cpu_seconds();
       cache.store_many(list);
-    }
-    ceiling_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    ceiling_cpu = cpu_seconds() - cpu0;
+      ceiling_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+      ceiling_cpu += cpu_seconds() - cpu0;
+      ceiling_rows += opened_rows;
+      opened.clear();
+      opened_rows = 0;
+    };
+    std::size_t most_datagrams = 0;
+    for (const auto& n : nodes) most_datagrams = std::max(most_datagrams, n.datagrams.size());
+    for (std::size_t d = 0; d < most_datagrams; ++d)
+      for (const auto& n : nodes) {
+        if (d >= n.datagrams.size()) continue;
+        auto m = open_from(n.datagrams[d].frame, n.id, *n.sealer);
+        if (!m) {
+          std::fprintf(stderr, "collector_bench: cannot open its own datagram: %s\n",
+                       m.error().message.c_str());
+          return 1;
+        }
+        opened_rows += static_cast<std::size_t>(m->results().results_size());
+        opened.push_back(std::move(*m));
+        if (opened_rows >= batch_rows) store_opened();
+      }
+    if (!opened.empty()) store_opened();
   }
   double committed_rate = static_cast<double>(c.stored) / seconds;
-  double ceiling = static_cast<double>(parsed.size()) / ceiling_seconds;
+  double ceiling = static_cast<double>(ceiling_rows) / ceiling_seconds;
   std::printf("offered_results_per_s %.0f\n", rate);
   std::printf("collector_committed_results_per_s %.0f\n", committed_rate);
   std::printf("collector_ack_latency_p50_ms %.2f\n", percentile(ack_ms, 0.50));
@@ -343,7 +397,7 @@ int main(int argc, char** argv) {
   std::printf("collector_writer_results_per_cpu_s %.0f\n",
               static_cast<double>(c.stored) / (static_cast<double>(c.writer_cpu_ns) / 1e9));
   std::printf("sqlite_ceiling_results_per_cpu_s %.0f\n",
-              static_cast<double>(parsed.size()) / ceiling_cpu);
+              static_cast<double>(ceiling_rows) / ceiling_cpu);
   std::printf("wall_s_collector_phase %.1f\n", seconds);
   std::filesystem::remove_all(dir);
   return acked == sent ? 0 : 1;

@@ -89,7 +89,8 @@ struct CollectorTuning {
   // At start, the WAL file is written full with zeros up to
   // config.collector.max_wal_mb plus kWalFillMarginBytes, so that commits
   // write over allocated blocks instead of growing the file (fill_wal in
-  // collector.cpp). Tests that never want the WAL restarted turn it off.
+  // collector.cpp). A test that reads the WAL file's size to see how far it
+  // grew turns it off.
   bool fill_wal = true;
 };
 

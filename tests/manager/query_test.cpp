@@ -643,26 +643,33 @@ std::string call(std::uint16_t port, const std::string& auth, const std::string&
   return at == std::string::npos ? out : out.substr(at + 4);
 }
 
-TEST_F(QueryTest, ServerAnswersDirectlyAndThroughTheRegistryAlike) {
+// Basic credentials of the test config's user bob (bob:bob-token-0123456789).
+const std::string kBobAuth = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5";
+
+// A manager started on a cache that holds `rows` latency results n1 -> n2.
+std::unique_ptr<ManagerDaemon> start_manager_on_rows(const Config& config, int rows) {
   {
-    Cache cache(config_.collector.cache_db);
-    store_latency(cache, 1, "n1", "n2", 30, 0, 1);
+    Cache cache(config.collector.cache_db);
+    store_latency(cache, 1, "n1", "n2", rows, 0, 1);
   }
-  auto manager = start_manager_daemon(config_);
+  return start_manager_daemon(config);
+}
+
+TEST_F(QueryTest, ServerAnswersDirectlyAndThroughTheRegistryAlike) {
+  auto manager = start_manager_on_rows(config_, 30);
   const auto port = manager->xmlrpc_port();
-  const std::string bob = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5";  // bob:bob-token-0123456789
   S f{{"src", str("n1")}, {"limit", num(10)}};
   xmlrpc_c::paramList params = filter(f);
   std::string direct_call;
   xmlrpc_c::xml::generateCall("query.latency", params, &direct_call);
   xmlrpc_c::value direct;
-  xmlrpc_c::xml::parseSuccessfulResponse(call(port, bob, direct_call), &direct);
+  xmlrpc_c::xml::parseSuccessfulResponse(call(port, kBobAuth, direct_call), &direct);
   // A method name the quick look does not read (a character reference) goes
   // through the registry, hence the method's run().
   std::string registry_call = direct_call;
   registry_call.replace(registry_call.find("query.latency"), 13, "query&#46;latency");
   xmlrpc_c::value via_registry;
-  xmlrpc_c::xml::parseSuccessfulResponse(call(port, bob, registry_call), &via_registry);
+  xmlrpc_c::xml::parseSuccessfulResponse(call(port, kBobAuth, registry_call), &via_registry);
   S a = as_struct(direct), b = as_struct(via_registry);
   EXPECT_EQ(text(a, "next_cursor"), text(b, "next_cursor"));
   EXPECT_FALSE(text(a, "next_cursor").empty());
@@ -680,12 +687,13 @@ TEST_F(QueryTest, ServerAnswersDirectlyAndThroughTheRegistryAlike) {
   EXPECT_EQ(static_cast<int>(outcome.getFault().getCode()), kNotAuthenticated);
   std::string bad_call;
   xmlrpc_c::xml::generateCall("query.summary", filter({{"limit", num(3)}}), &bad_call);
-  xmlrpc_c::xml::parseResponse(call(port, bob, bad_call), &outcome);
+  xmlrpc_c::xml::parseResponse(call(port, kBobAuth, bad_call), &outcome);
   ASSERT_FALSE(outcome.succeeded());
   EXPECT_EQ(static_cast<int>(outcome.getFault().getCode()), kBadArgument);
   // A malformed body naming a query method still gets the registry's fault.
   xmlrpc_c::xml::parseResponse(
-      call(port, bob, "<methodCall><methodName>query.paths</methodName><params><param>"), &outcome);
+      call(port, kBobAuth, "<methodCall><methodName>query.paths</methodName><params><param>"),
+      &outcome);
   EXPECT_FALSE(outcome.succeeded());
   manager->stop();
 }
@@ -694,24 +702,19 @@ TEST_F(QueryTest, ServerAnswersDirectlyAndThroughTheRegistryAlike) {
 // parts): asked again, a page is the same bytes, also when the answer is far
 // larger than the socket's buffer and goes out in many partial sends.
 TEST_F(QueryTest, ServerSendsKeptRowsAsTheSameBytes) {
-  {
-    Cache cache(config_.collector.cache_db);
-    store_latency(cache, 1, "n1", "n2", 3000, 0, 1);
-  }
-  auto manager = start_manager_daemon(config_);
+  auto manager = start_manager_on_rows(config_, 3000);
   const auto port = manager->xmlrpc_port();
-  const std::string bob = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5";  // bob:bob-token-0123456789
   for (int limit : {10, 3000}) {
     std::string page_call;
     xmlrpc_c::xml::generateCall("query.latency", filter({{"limit", num(limit)}}), &page_call);
-    const std::string first = call(port, bob, page_call);
+    const std::string first = call(port, kBobAuth, page_call);
     std::size_t rows = 0;
     for (auto at = first.find("<name>node</name>"); at != std::string::npos;
          at = first.find("<name>node</name>", at + 1))
       ++rows;
     EXPECT_EQ(rows, static_cast<std::size_t>(limit));
     for (int again = 0; again < 2; ++again)
-      EXPECT_TRUE(call(port, bob, page_call) == first) << "limit " << limit;
+      EXPECT_TRUE(call(port, kBobAuth, page_call) == first) << "limit " << limit;
   }
   manager->stop();
 }
