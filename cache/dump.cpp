@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -335,26 +336,60 @@ DumpSchedule dump_schedule(UtcNs now, double delay_s) {
   return {iso_week_of(week_end - storage::kWeekNs), week_end + storage::kWeekNs + delay};
 }
 
+namespace {
+
+// The weeks weekly_dump_once owes at the due week's start: from the week after
+// the newest complete dump in `out` (a YYYY-Www folder holding manifest.json,
+// not after the due week) through the due week; only the due week when there
+// is none; nothing when the due week is there.
+std::vector<std::string> weeks_owed(const std::filesystem::path& out, UtcNs due_start) {
+  std::optional<UtcNs> newest;
+  std::error_code error;  // no dump_dir yet: no dump in it
+  for (std::filesystem::directory_iterator it(out, error), end; !error && it != end;
+       it.increment(error)) {
+    const std::string name = it->path().filename().string();
+    auto start = parse_iso_week(name);
+    if (!start || *start > due_start || iso_week_of(*start) != name) continue;
+    std::error_code missing;
+    if (!std::filesystem::exists(it->path() / "manifest.json", missing)) continue;
+    if (!newest || *start > *newest) newest = *start;
+  }
+  std::vector<std::string> weeks;
+  for (UtcNs start = newest ? *newest + storage::kWeekNs : due_start; start <= due_start;
+       start += storage::kWeekNs)
+    weeks.push_back(iso_week_of(start));
+  return weeks;
+}
+
+}  // namespace
+
 WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token stop) {
   WeeklyDumpRun run;
   run.schedule = dump_schedule(now, config.archive.dump_delay_s);
   const auto& out = config.archive.dump_dir;
-  const std::string& week = run.schedule.week;
-  if (std::filesystem::exists(out / week / "manifest.json")) {
+  auto due_start = parse_iso_week(run.schedule.week);
+  const auto weeks = weeks_owed(out, *due_start);
+  if (weeks.empty()) {
     run.outcome = WeeklyDumpRun::Outcome::already_there;
     return run;
   }
   auto log = logger("dump");
-  log->info("dump {}: writing the weekly dump into {}", week, out.string());
-  auto report = dump_week(config, week, out, {}, stop);
-  if (!report) {
-    run.error = report.error().message;
-    if (!stop.stop_requested()) log->warn("{}; trying again in an hour", run.error);
-    return run;
+  if (weeks.size() > 1)
+    log->info("dump: {} weeks to write into {}, {} to {}: the weeks since its newest dump",
+              weeks.size(), out.string(), weeks.front(), weeks.back());
+  for (const auto& week : weeks) {
+    log->info("dump {}: writing the weekly dump into {}", week, out.string());
+    auto report = dump_week(config, week, out, {}, stop);
+    if (!report) {
+      run.error = report.error().message;
+      if (!stop.stop_requested()) log->warn("{}; trying again in an hour", run.error);
+      return run;
+    }
+    run.written.push_back(week);
+    run.rows += report->rows;
+    log->info("dump {}: {} rows in {}", week, report->rows, report->dir.string());
   }
   run.outcome = WeeklyDumpRun::Outcome::written;
-  run.rows = report->rows;
-  log->info("dump {}: {} rows in {}", week, report->rows, report->dir.string());
   return run;
 }
 

@@ -60,19 +60,24 @@ struct DumpSchedule {
 };
 DumpSchedule dump_schedule(UtcNs now, double delay_s);
 
-// One look of the scheduled dump at `now`: writes the due week into
-// archive.dump_dir unless its manifest.json is already there.
+// One look of the scheduled dump at `now`: writes into archive.dump_dir the
+// due week and, when the newest week already dumped there is older, every
+// week between them, oldest first, so that a collector that was down (or
+// failing) across week ends leaves no gap in the public dumps. Weeks before
+// the newest one dumped are never written here (an empty dump_dir gets the
+// due week only): those are written by hand with `flexmon dump --week`.
 struct WeeklyDumpRun {
   enum class Outcome { written, already_there, failed } outcome = Outcome::failed;
   DumpSchedule schedule;
-  std::int64_t rows = 0;  // when written
-  std::string error;      // when failed
+  std::vector<std::string> written;  // weeks written, oldest first
+  std::int64_t rows = 0;             // in all the weeks written
+  std::string error;                 // when failed (weeks written before it stay)
 };
 WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token stop = {});
 
 // The collector's scheduled weekly dump (archive.dump_weekly): on its own
-// thread, writes the week dump_schedule() names into archive.dump_dir unless
-// that week's manifest.json is already there (so it is written once, and a
+// thread, runs weekly_dump_once() at start and whenever the next week is due.
+// A week whose manifest.json is already there is not written again (so a
 // restart or a second collector does not redo it). A failed dump is retried
 // hourly; stop() returns within moments, abandoning a dump in progress.
 class WeeklyDump {

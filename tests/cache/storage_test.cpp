@@ -440,6 +440,37 @@ TEST_P(StorageTest, WeeklyDumpWritesTheDueWeekOnce) {
   EXPECT_TRUE(std::filesystem::is_empty(dir_ / "stopped" / "2026-W22"));
 }
 
+// A collector that was down across week ends writes, at its next look, every
+// week since its newest dump, oldest first; with no dump yet, the due week
+// only.
+TEST_P(StorageTest, WeeklyDumpFillsTheWeeksSinceItsNewestDump) {
+  store(40);  // in 2026-W22, the week of kMonday
+  const auto dumps = dir_ / "dumps";
+  config_.archive.dump_dir = dumps;
+  config_.archive.dump_delay_s = 0;
+  const UtcNs hour = 3600 * kSecond;
+  auto first = weekly_dump_once(config_, kMonday - storage::kWeekNs + hour);
+  EXPECT_EQ(first.outcome, WeeklyDumpRun::Outcome::written) << first.error;
+  EXPECT_EQ(first.written, std::vector<std::string>{"2026-W20"});
+  EXPECT_EQ(first.rows, 0);
+  EXPECT_FALSE(std::filesystem::exists(dumps / "2026-W19"));
+  // Neither a folder without a manifest nor one of another name is a dump.
+  std::filesystem::create_directories(dumps / "2026-W21");
+  std::filesystem::create_directories(dumps / "2026-W22-old");
+  std::ofstream(dumps / "2026-W22-old" / "manifest.json") << "{}";
+
+  auto later = weekly_dump_once(config_, kMonday + storage::kWeekNs + hour);
+  EXPECT_EQ(later.outcome, WeeklyDumpRun::Outcome::written) << later.error;
+  EXPECT_EQ(later.schedule.week, "2026-W22");
+  EXPECT_EQ(later.written, (std::vector<std::string>{"2026-W21", "2026-W22"}));
+  EXPECT_EQ(later.rows, 40);
+  for (const char* week : {"2026-W20", "2026-W21", "2026-W22"})
+    EXPECT_TRUE(std::filesystem::exists(dumps / week / "manifest.json")) << week;
+  auto again = weekly_dump_once(config_, kMonday + storage::kWeekNs + hour);
+  EXPECT_EQ(again.outcome, WeeklyDumpRun::Outcome::already_there);
+  EXPECT_TRUE(again.written.empty());
+}
+
 TEST_P(StorageTest, PagesFiltersSummaryAndPathsAcrossCacheAndArchive) {
   store(300);
   ASSERT_TRUE(flush_once(config_).archive_ok);
