@@ -1,10 +1,6 @@
 // The result sender against a fake collector: a UDP socket in the test.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <mutex>
 
@@ -23,37 +19,9 @@ namespace {
 
 const std::string kKey = "0123456789abcdef0123456789abcdef";
 
-struct FakeCollector {
-  int fd;
-  std::uint16_t port;
-  FakeCollector() {
-    fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-  }
-  ~FakeCollector() { close(fd); }
-
-  // The next datagram within 10 s, and where it came from.
-  std::optional<std::pair<std::string, sockaddr_in>> receive() {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 10'000) != 1) return std::nullopt;
-    char buffer[65536];
-    sockaddr_in from{};
-    socklen_t len = sizeof from;
-    ssize_t n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&from), &len);
-    if (n < 0) return std::nullopt;
-    return std::make_pair(std::string(buffer, n), from);
-  }
-
-  void send(const std::string& frame, const sockaddr_in& to) {
-    sendto(fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
-  }
-};
+// The collector is the test's socket: it reads the sender's datagrams and
+// answers with acks.
+using FakeCollector = test::LoopbackUdpSocket;
 
 wire::Result result_with_rtts(int packets) {
   wire::Result r;

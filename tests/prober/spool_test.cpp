@@ -1,12 +1,8 @@
 // The durable spool (SqliteSpool) and the sender over it: what is synced
 // survives reopening, results of an earlier epoch are sent after a restart,
 // and only acknowledged results leave the spool.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <set>
 
@@ -70,31 +66,14 @@ TEST(SqliteSpool, BoundedAndRecordsHistoryWhenAsked) {
   EXPECT_EQ(spool.last_key(), (SpoolKey{1, 2})) << "history remembers erased keys";
 }
 
-struct FakeCollector {
-  int fd;
-  std::uint16_t port;
-  FakeCollector() {
-    fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-  }
-  ~FakeCollector() { close(fd); }
+// The test's socket as the collector: opens node n1's datagrams, sends acks.
+struct FakeCollector : test::LoopbackUdpSocket {
   std::optional<std::pair<wire::Message, sockaddr_in>> receive(const Sealer& key) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 10'000) != 1) return std::nullopt;
-    char buffer[65536];
-    sockaddr_in from{};
-    socklen_t len = sizeof from;
-    ssize_t n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&from), &len);
-    if (n < 0) return std::nullopt;
-    auto m = open_from(std::string_view(buffer, static_cast<std::size_t>(n)), "n1", key);
+    auto datagram = LoopbackUdpSocket::receive();
+    if (!datagram) return std::nullopt;
+    auto m = open_from(datagram->first, "n1", key);
     if (!m) return std::nullopt;
-    return std::make_pair(std::move(*m), from);
+    return std::make_pair(std::move(*m), datagram->second);
   }
   void ack(const Sealer& key, std::uint64_t epoch, std::uint64_t first, std::uint64_t last,
            const sockaddr_in& to) {
@@ -104,8 +83,7 @@ struct FakeCollector {
     auto* r = m.mutable_ack()->add_ranges();
     r->set_first(first);
     r->set_last(last);
-    auto frame = seal(m, key);
-    sendto(fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+    send(seal(m, key), to);
   }
 };
 

@@ -1,12 +1,22 @@
-// Helpers for prober tests: bounded waits (never timed assertions).
+// Helpers for prober tests: bounded waits (never timed assertions), temporary
+// folders, and a UDP socket on loopback that plays a collector or a silent peer.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace flexmon::test {
 
@@ -33,6 +43,41 @@ struct TempDir {
   ~TempDir() {
     std::error_code ignored;
     std::filesystem::remove_all(path, ignored);
+  }
+};
+
+// A UDP socket bound to a loopback port the kernel chose, closed at destruction.
+struct LoopbackUdpSocket {
+  int fd;
+  std::uint16_t port;
+  LoopbackUdpSocket() {
+    fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~LoopbackUdpSocket() { close(fd); }
+  LoopbackUdpSocket(const LoopbackUdpSocket&) = delete;
+  LoopbackUdpSocket& operator=(const LoopbackUdpSocket&) = delete;
+
+  // The next datagram within 10 s, and where it came from.
+  std::optional<std::pair<std::string, sockaddr_in>> receive() {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 10'000) != 1) return std::nullopt;
+    char buffer[65536];
+    sockaddr_in from{};
+    socklen_t len = sizeof from;
+    ssize_t n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&from), &len);
+    if (n < 0) return std::nullopt;
+    return std::make_pair(std::string(buffer, static_cast<std::size_t>(n)), from);
+  }
+
+  void send(const std::string& frame, const sockaddr_in& to) {
+    sendto(fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
   }
 };
 

@@ -13,6 +13,7 @@
 #include "prober/responder.h"
 #include "prober/tools.h"
 #include "prober/tools_internal.h"
+#include "test_util.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -62,20 +63,7 @@ wire::Stream latency(const std::string& method, std::uint16_t port, std::uint32_
 }
 
 // A UDP port bound but never read: probes to it get no reply and no error.
-struct SilentPort {
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  std::uint16_t port = 0;
-  SilentPort() {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-  }
-  ~SilentPort() { close(fd); }
-};
+using SilentPort = test::LoopbackUdpSocket;
 
 TEST(Tools, UdpAndTcpAgainstTheResponder) {
   Lab lab;
