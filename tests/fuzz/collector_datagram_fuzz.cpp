@@ -10,35 +10,17 @@
 
 #include "collector/datagram.h"
 #include "collector/window.h"
-#include "common/seal.h"
+#include "fuzz_keys.h"
 #include "wire.pb.h"
 
-namespace {
-
-const flexmon::KeyRing& keys() {
-  static const flexmon::KeyRing ring = [] {
-    flexmon::KeyRing r;
-    r.add("n1", std::string(32, '\x11'));
-    r.add("n2", std::string(32, '\x22'));
-    return r;
-  }();
-  return ring;
-}
-
-}  // namespace
+using flexmon::fuzz::keys;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   std::string_view input(reinterpret_cast<const char*>(data) + 1, size - 1);
   flexmon::DecodedDatagram decoded;
   if (data[0] & 1) {
-    flexmon::wire::Sealed frame;
-    frame.set_version(flexmon::kWireVersion);
-    frame.set_node("n1");
-    frame.set_body(std::string(input));
-    auto mac = keys().find("n1")->mac(frame.body());
-    frame.set_mac(mac.data(), mac.size());
-    decoded = flexmon::decode_result_datagram(frame.SerializeAsString(), keys());
+    decoded = flexmon::decode_result_datagram(flexmon::fuzz::sealed_by_n1(input), keys());
   } else {
     decoded = flexmon::decode_result_datagram(input, keys());
   }
