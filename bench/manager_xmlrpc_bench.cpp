@@ -29,6 +29,7 @@
 #include "cache/flusher.h"
 #include "common/log.h"
 #include "manager/manager.h"
+#include "tests/manager/http_post.h"
 #include "wire.pb.h"
 
 using namespace flexmon;
@@ -36,16 +37,11 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// A connection to the manager with Nagle off, as a client that writes each
+// call at once would use; -1 when there is none.
 int dial(std::uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
-    close(fd);
-    return -1;
-  }
+  int fd = manager::testing::dial_loopback(port);
+  if (fd < 0) return -1;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return fd;

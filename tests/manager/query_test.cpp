@@ -2,14 +2,12 @@
 // checks and their faults, the XML they write (read back by xmlrpc-c),
 // cursor paging across both databases while a flush runs, summary, paths,
 // latest, and the server's direct path against the registry's.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <set>
 #include <tuple>
@@ -22,6 +20,7 @@
 #include "manager/manager.h"
 #include "manager/query.h"
 #include "manager/rendered_rows.h"
+#include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
 #include "wire.pb.h"
 
@@ -616,29 +615,11 @@ TEST_F(QueryTest, SummaryPathsAndLatestSpanBothDatabases) {
   EXPECT_EQ(text(latest, "next_cursor"), "");
 }
 
-int dial(std::uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
-  return fd;
-}
-
 // One call over HTTP (Connection: close); the response body.
 std::string call(std::uint16_t port, const std::string& auth, const std::string& body) {
-  int fd = dial(port);
-  std::string request =
-      "POST /RPC2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/xml\r\n";
-  if (!auth.empty()) request += "Authorization: " + auth + "\r\n";
-  request += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string out;
-  char buf[65536];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;)
-    out.append(buf, static_cast<std::size_t>(n));
-  close(fd);
+  int fd = testing::dial_loopback(port);
+  EXPECT_GE(fd, 0) << "connect to 127.0.0.1:" << port << ": " << std::strerror(errno);
+  auto out = testing::post_xmlrpc(fd, auth, body);
   auto at = out.find("\r\n\r\n");
   return at == std::string::npos ? out : out.substr(at + 4);
 }

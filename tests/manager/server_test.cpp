@@ -1,7 +1,5 @@
 // The real manager on loopback ports chosen by the kernel, driven over raw
 // HTTP and a raw control-channel connection. No wall-clock assertions.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -14,42 +12,23 @@
 #include "common/framing.h"
 #include "common/seal.h"
 #include "manager/manager.h"
+#include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
 #include "wire.pb.h"
 
 namespace flexmon::manager {
 namespace {
 
+// A connection to the manager's port; the test fails when there is none.
 int dial(std::uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  int fd = testing::dial_loopback(port);
+  EXPECT_GE(fd, 0) << "connect to 127.0.0.1:" << port << ": " << std::strerror(errno);
   return fd;
-}
-
-std::string read_all(int fd) {
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, n);
-  return out;
 }
 
 // One XML-RPC call over HTTP; returns the whole response.
 std::string call(std::uint16_t port, const std::string& auth, const std::string& body) {
-  int fd = dial(port);
-  // One call per connection: without "Connection: close" the server keeps
-  // it open for the next call until http_timeout_s.
-  std::string request =
-      "POST /RPC2 HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: text/xml\r\n";
-  if (!auth.empty()) request += "Authorization: " + auth + "\r\n";
-  request += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string response = read_all(fd);
-  close(fd);
-  return response;
+  return testing::post_xmlrpc(dial(port), auth, body);
 }
 
 const std::string kAlice =
@@ -129,7 +108,7 @@ TEST(Server, KeepAliveServesSeveralCallsOnOneConnectionAndStopsPromptly) {
   EXPECT_NE(got.find("Connection: keep-alive"), std::string::npos) << got;
   // The connection stays open and idle: stop does not wait for it.
   manager->stop();
-  EXPECT_EQ(read_all(fd), "");
+  EXPECT_EQ(testing::read_until_closed(fd), "");
   close(fd);
 }
 
@@ -204,7 +183,7 @@ TEST(Server, ControlChannelRegistersAndAssigns) {
   beat.mutable_heartbeat()->set_streams(0);
   frame = length_prefixed(seal(beat, key));
   (void)send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
-  EXPECT_EQ(read_all(fd), "");
+  EXPECT_EQ(testing::read_until_closed(fd), "");
   close(fd);
 
   // A register sealed with the wrong key is refused.
@@ -215,7 +194,7 @@ TEST(Server, ControlChannelRegistersAndAssigns) {
   Sealer wrong(std::string(32, 'k'));
   frame = length_prefixed(seal(reg, wrong));
   (void)send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
-  EXPECT_EQ(read_all(fd), "");
+  EXPECT_EQ(testing::read_until_closed(fd), "");
   close(fd);
   manager->stop();
 }
