@@ -46,20 +46,22 @@ struct TempDir {
   }
 };
 
+// Binds the socket fd to a port on 127.0.0.1 the kernel chooses; that port.
+inline std::uint16_t bind_loopback(int fd) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
 // A UDP socket bound to a loopback port the kernel chose, closed at destruction.
 struct LoopbackUdpSocket {
-  int fd;
-  std::uint16_t port;
-  LoopbackUdpSocket() {
-    fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-  }
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  std::uint16_t port = bind_loopback(fd);
+  LoopbackUdpSocket() = default;
   ~LoopbackUdpSocket() { close(fd); }
   LoopbackUdpSocket(const LoopbackUdpSocket&) = delete;
   LoopbackUdpSocket& operator=(const LoopbackUdpSocket&) = delete;

@@ -1,8 +1,6 @@
 // The synchronous probe tools on loopback: every latency method, statuses,
 // outage bound, sealed abw / throughput against a real responder, caps, JSON.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -106,13 +104,8 @@ TEST(Tools, Statuses) {
   Lab lab;
   SilentPort silent;
   int closed_fd = socket(AF_INET, SOCK_STREAM, 0);  // bound, not listening: RST
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(closed_fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(closed_fd, reinterpret_cast<sockaddr*>(&a), &len);
-  auto r = run_measurement(latency("tcp", ntohs(a.sin_port), 2), context());
+  const std::uint16_t closed_port = test::bind_loopback(closed_fd);
+  auto r = run_measurement(latency("tcp", closed_port, 2), context());
   EXPECT_EQ(r.status(), wire::REFUSED) << r.error();
   close(closed_fd);
 
