@@ -62,14 +62,9 @@ wire::Result measure(LatencyProber& prober, const wire::Stream& stream) {
 // A UDP port on 127.0.0.1 that nothing listens on.
 std::uint16_t closed_port() {
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  auto port = test::bind_loopback(fd);
   close(fd);
-  return ntohs(a.sin_port);
+  return port;
 }
 
 TEST(Latency, MeasuresAgainstARealResponder) {
