@@ -33,9 +33,15 @@ bool has_table(sqlite::Database& db, const char* name) {
 }
 
 // Applies `schema` and records `version`, refusing files from a newer build
-// and pre-versioned files (there are none in the field: no migration).
+// and pre-versioned files (there are none in the field: no migration). The
+// looks at the version and at the tables are in the same write transaction as
+// the schema: another connection may be applying it to the same new file at
+// this moment, and between its tables and its version a file looks like a
+// pre-versioned one.
 void apply_versioned(sqlite::Database& db, const char* what, const char* schema, int version) {
+  sqlite::Transaction transaction(db);
   int found = user_version(db);
+  if (found == version) return;  // applied by another connection meanwhile
   if (found > version)
     throw sqlite::SqliteError(fmt::format("{} {}: schema version {} is newer than this build's {}",
                                           what, db.file().string(), found, version));
@@ -43,7 +49,6 @@ void apply_versioned(sqlite::Database& db, const char* what, const char* schema,
     throw sqlite::SqliteError(
         fmt::format("{} {}: written by a development build before schema version 1; move it away",
                     what, db.file().string()));
-  sqlite::Transaction transaction(db);
   db.exec(schema);
   db.exec(kArchiveViewsSqlite);
   db.exec(fmt::format("PRAGMA user_version = {}", version));

@@ -2,6 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
+#include <thread>
+
 #include <fmt/format.h>
 
 namespace flexmon::sqlite {
@@ -23,10 +26,26 @@ Database::Database(const std::filesystem::path& file, bool read_only) : file_(fi
     sqlite3_close(failed);
     throw SqliteError(fmt::format("sqlite: {}: {}", message, reason));
   }
-  sqlite3_busy_timeout(db_, 5000);
+  sqlite3_busy_timeout(db_, kBusyTimeoutMs);
   sqlite3_extended_result_codes(db_, 1);
-  if (!read_only) exec("PRAGMA journal_mode=WAL");
+  if (!read_only) use_wal();
   exec("PRAGMA foreign_keys=ON");
+}
+
+// A new file is switched to WAL by whichever connection comes first; a switch
+// that meets another connection's lock fails with SQLITE_BUSY at once (SQLite
+// calls no busy handler there), so it is tried again for as long as the busy
+// timeout allows. The processes open the same new files together at a first
+// start: the collector's flush and the manager's reader, the archive.
+void Database::use_wal() {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+  for (;;) {
+    int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) return;
+    if ((rc & 0xff) != SQLITE_BUSY || std::chrono::steady_clock::now() >= give_up)
+      raise(db_, "PRAGMA journal_mode=WAL");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 Database::~Database() { sqlite3_close_v2(db_); }

@@ -39,6 +39,10 @@ class Database {
   const std::filesystem::path& file() const { return file_; }
 
  private:
+  // How long a statement waits for another connection's lock.
+  static constexpr int kBusyTimeoutMs = 5000;
+  void use_wal();
+
   sqlite3* db_ = nullptr;
   std::filesystem::path file_;
 };

@@ -4,10 +4,15 @@
 
 #include <filesystem>
 #include <functional>
+#include <latch>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "cache/flusher.h"
+#include "cache/storage.h"
 #include "common/config.h"
 #include "common/sqlite.h"
 #include "wire.pb.h"
@@ -187,6 +192,32 @@ TEST_F(CacheTest, QueryFiltersAndOrders) {
   LatencyQuery limited;
   limited.limit = 1;
   EXPECT_EQ(cache.query_latency(limited).size(), 1u);
+}
+
+// Connections that open a new file at the same moment (the flush and a
+// reader opening a new archive, the collector and the manager a new cache)
+// all find its schema, though one of them applies it between the others'
+// looks at the file's version and at its tables.
+TEST_F(CacheTest, ConnectionsOpeningANewFileTogetherAllFindItsSchema) {
+  constexpr int kRounds = 50;
+  constexpr int kConnections = 4;
+  for (int round = 0; round < kRounds; ++round) {
+    const auto file = dir_ / fmt::format("new-{}.db", round);
+    std::latch start(kConnections);
+    std::vector<std::string> failures(kConnections);
+    std::vector<std::thread> connections;
+    for (int i = 0; i < kConnections; ++i)
+      connections.emplace_back([&, i] {
+        start.arrive_and_wait();
+        try {
+          storage::open_cache_db(file);
+        } catch (const std::exception& e) {
+          failures[static_cast<std::size_t>(i)] = e.what();
+        }
+      });
+    for (auto& c : connections) c.join();
+    for (const auto& failure : failures) ASSERT_EQ(failure, "") << "round " << round;
+  }
 }
 
 TEST_F(CacheTest, SurvivesReopen) {
