@@ -28,8 +28,14 @@ Database::Database(const std::filesystem::path& file, bool read_only) : file_(fi
   }
   sqlite3_busy_timeout(db_, kBusyTimeoutMs);
   sqlite3_extended_result_codes(db_, 1);
-  if (!read_only) use_wal();
-  exec("PRAGMA foreign_keys=ON");
+  try {
+    if (!read_only) use_wal();
+    exec("PRAGMA foreign_keys=ON");
+  } catch (const SqliteError& e) {
+    sqlite3_close_v2(db_);  // no destructor runs for a constructor that throws
+    db_ = nullptr;
+    throw SqliteError(fmt::format("{} (opening {})", e.what(), file.string()));
+  }
 }
 
 // A new file is switched to WAL by whichever connection comes first; a switch
