@@ -333,7 +333,8 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
 DumpSchedule dump_schedule(UtcNs now, double delay_s) {
   auto delay = static_cast<std::int64_t>(delay_s * 1e9);
   UtcNs week_end = storage::week_start(now - delay);
-  return {iso_week_of(week_end - storage::kWeekNs), week_end + storage::kWeekNs + delay};
+  return {iso_week_of(week_end - storage::kWeekNs), week_end - storage::kWeekNs,
+          week_end + storage::kWeekNs + delay};
 }
 
 namespace {
@@ -367,8 +368,7 @@ WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token 
   WeeklyDumpRun run;
   run.schedule = dump_schedule(now, config.archive.dump_delay_s);
   const auto& out = config.archive.dump_dir;
-  auto due_start = parse_iso_week(run.schedule.week);
-  const auto weeks = weeks_owed(out, *due_start);
+  const auto weeks = weeks_owed(out, run.schedule.week_start_ns);
   if (weeks.empty()) {
     run.outcome = WeeklyDumpRun::Outcome::already_there;
     return run;

@@ -55,7 +55,8 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
 // `delay_s` ago, and when the next one is due (that week's end + a week +
 // delay).
 struct DumpSchedule {
-  std::string week;  // "2026-W47"
+  std::string week;         // "2026-W47"
+  UtcNs week_start_ns = 0;  // its Monday 00:00 UTC
   UtcNs next_due_ns = 0;
 };
 DumpSchedule dump_schedule(UtcNs now, double delay_s);

@@ -586,6 +586,7 @@ TEST(DumpSchedule, DueWeekIsTheLastOneEndedDelayAgo) {
   UtcNs wednesday = kMonday + storage::kWeekNs + (2 * 86'400 + 43'200) * kSecond;
   auto with_day = dump_schedule(wednesday, 86'400);
   EXPECT_EQ(with_day.week, "2026-W22");
+  EXPECT_EQ(with_day.week_start_ns, kMonday);
   EXPECT_EQ(with_day.next_due_ns, kMonday + 2 * storage::kWeekNs + 86'400 * kSecond);
   // Six days of delay: W22 is not due before Sunday of W23, so W21 is.
   EXPECT_EQ(dump_schedule(wednesday, 6 * 86'400).week, "2026-W21");
