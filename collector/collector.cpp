@@ -60,40 +60,6 @@ constexpr int kCatchUpRounds = 8;
 // later try.
 constexpr int kWalRestartBusyMs = 10;
 
-// At most `burst` messages per `window`; the rest are counted and summarised,
-// so a flood of bad datagrams cannot flood the log. Shared by the threads.
-class RateLimitedLog {
- public:
-  RateLimitedLog(std::shared_ptr<spdlog::logger> log, int burst, std::chrono::seconds window)
-      : log_(std::move(log)), burst_(burst), window_(window) {}
-
-  template <typename... Args>
-  void warn(fmt::format_string<Args...> format, Args&&... args) {
-    std::lock_guard lock(mutex_);
-    auto now = Mono::now();
-    if (now - window_start_ >= window_) {
-      if (suppressed_ > 0)
-        log_->warn("{} similar messages suppressed in the last {} s", suppressed_, window_.count());
-      window_start_ = now;
-      in_window_ = 0;
-      suppressed_ = 0;
-    }
-    if (in_window_++ < burst_)
-      log_->warn(format, std::forward<Args>(args)...);
-    else
-      ++suppressed_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::shared_ptr<spdlog::logger> log_;
-  int burst_;
-  std::chrono::seconds window_;
-  Mono::time_point window_start_{};
-  int in_window_ = 0;
-  std::uint64_t suppressed_ = 0;
-};
-
 struct Peer {
   sockaddr_storage address{};
   socklen_t length = 0;

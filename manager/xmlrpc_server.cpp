@@ -24,14 +24,10 @@
 #include <variant>
 
 #include <fmt/format.h>
-#include <xmlrpc-c/util.h>
-#include <xmlrpc-c/registry.hpp>
 
 #include "common/http_request.h"
 #include "common/log.h"
-#include "manager/api_types.h"
-#include "manager/auth.h"
-#include "manager/query_dispatch.h"
+#include "manager/call_handler.h"
 
 namespace flexmon::manager {
 
@@ -44,55 +40,6 @@ constexpr std::size_t kMaxHeaderBytes = 4096;
 
 // Answer buffer a connection keeps between calls: a 100-row page fits.
 constexpr std::size_t kKeptAnswerBytes = 1 << 20;
-
-// What a call carries from its HTTP request to the method: the
-// Authorization header (empty when absent).
-class HttpCallInfo : public xmlrpc_c::callInfo {
- public:
-  std::string authorization;
-};
-
-xmlrpc_c::fault make_fault(int code, const std::string& message) {
-  return xmlrpc_c::fault(message, static_cast<xmlrpc_c::fault::code_t>(code));
-}
-
-// One API method behind authentication, with every exception caught here.
-class AuthMethod : public xmlrpc_c::method2 {
- public:
-  AuthMethod(ApiMethod method, const Authenticator& auth)
-      : method_(std::move(method)), auth_(auth) {
-    _signature = method_.signature;
-    _help = method_.help;
-  }
-
-  void execute(const xmlrpc_c::paramList& params, const xmlrpc_c::callInfo* info,
-               xmlrpc_c::value* result) override {
-    try {
-      const UserConfig* caller = nullptr;
-      if (auto* http = dynamic_cast<const HttpCallInfo*>(info))
-        if (!http->authorization.empty()) caller = auth_.authenticate(http->authorization);
-      if (!caller)
-        throw ApiFault(kNotAuthenticated,
-                       "not authenticated: send HTTP Basic credentials user:token that are "
-                       "valid for this manager");
-      *result = method_.run(*caller, params);
-    } catch (const ApiFault& f) {
-      throw make_fault(f.code(), f.what());
-    } catch (const xmlrpc_c::fault&) {
-      throw;
-    } catch (const std::exception& e) {
-      log()->error("{}: internal error: {}", method_.name, e.what());
-      throw make_fault(kInternal, "internal error (logged by the manager)");
-    } catch (...) {
-      log()->error("{}: internal error: unknown exception", method_.name);
-      throw make_fault(kInternal, "internal error (logged by the manager)");
-    }
-  }
-
- private:
-  ApiMethod method_;
-  const Authenticator& auth_;
-};
 
 // A listening TCP socket on `endpoint`, with a clear error on failure.
 int listen_on(const Endpoint& endpoint, int backlog) {
@@ -129,9 +76,7 @@ int listen_on(const Endpoint& endpoint, int backlog) {
 // every connection thread at once with shutdown(SHUT_RDWR).
 struct XmlRpcServer::Impl {
   const Config& config;
-  Authenticator auth;
-  DirectCalls direct;  // methods that write their own answer (query.*)
-  xmlrpc_c::registry registry;
+  CallHandler calls;
   int fd = -1;
   int wake_pipe[2] = {-1, -1};
   sockaddr_storage bound{};
@@ -144,15 +89,7 @@ struct XmlRpcServer::Impl {
   std::set<int> connections;  // guarded by mu
   std::uint64_t refused = 0;  // guarded by mu
 
-  Impl(const Config& c, std::vector<ApiMethod> methods)
-      : config(c), auth(c.users), direct(methods, auth) {
-    for (auto& m : methods) {
-      std::string name = m.name;
-      registry.addMethod(name, xmlrpc_c::methodPtr(new AuthMethod(std::move(m), auth)));
-    }
-    // Process-wide limits of the XML parser, set before any request.
-    xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, c.manager.max_request_bytes);
-    xmlrpc_limit_set(XMLRPC_NESTING_LIMIT_ID, c.manager.max_nesting);
+  Impl(const Config& c, std::vector<ApiMethod> methods) : config(c), calls(c, std::move(methods)) {
     fd = listen_on(c.manager.xmlrpc, 64);
     getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
     if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
@@ -299,12 +236,9 @@ struct XmlRpcServer::Impl {
       auto& request = std::get<http::Request>(step);
       if (request.method != "POST") return refuse(conn, 405, "Method Not Allowed");
       if (request.target != "/RPC2") return refuse(conn, 404, "Not Found");
-      HttpCallInfo info;
-      info.authorization = std::move(request.authorization);
       response.clear();
       try {
-        if (!direct.answer(request.body, info.authorization, response))
-          registry.processCall(request.body, &info, &response.text);
+        calls.answer(request.body, request.authorization, response);
       } catch (const std::exception& e) {
         log()->warn("XML-RPC: call refused: {}", e.what());
         return refuse(conn, 400, "Bad Request");

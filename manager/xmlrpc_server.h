@@ -1,6 +1,6 @@
-// The XML-RPC endpoint: HTTP/1.1 keep-alive connections (read with Boost.Beast's
-// parser, common/http_request.h) whose calls go to xmlrpc-c's method registry,
-// with our own Basic authentication and explicit limits.
+// The XML-RPC endpoint's transport: HTTP/1.1 keep-alive connections (read
+// with Boost.Beast's parser, common/http_request.h) under explicit limits,
+// whose bodies manager/call_handler.h answers.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,35 @@
+// One XML-RPC call, from the body of an HTTP request to its methodResponse:
+// authentication, the methods that write their own answer (query.*), and
+// xmlrpc-c's registry for the rest. The transport (manager/xmlrpc_server.h)
+// hands bodies here and sends back what this writes.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/config.h"
+#include "manager/api.h"
+
+namespace flexmon::manager {
+
+class CallHandler {
+ public:
+  CallHandler(const Config& config, std::vector<ApiMethod> methods);
+  ~CallHandler();
+  CallHandler(const CallHandler&) = delete;
+  CallHandler& operator=(const CallHandler&) = delete;
+
+  // Writes the methodResponse (an answer or a fault) for `body` to `out`.
+  // `authorization` is the request's Authorization header (empty when
+  // absent). Thread-safe. Throws only when the body is not an XML-RPC call
+  // that can be answered at all (the transport then answers 400).
+  void answer(const std::string& body, std::string_view authorization, XmlAnswer& out) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flexmon::manager
