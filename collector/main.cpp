@@ -4,6 +4,7 @@
 #include "cache/dump.h"
 #include "cache/flusher.h"
 #include "collector/collector.h"
+#include "common/config_files.h"
 #include "common/daemon.h"
 
 namespace {
@@ -46,6 +47,13 @@ int main(int argc, char** argv) {
   spec.summary =
       "flexmon collector: verifies result datagrams, commits them to the cache, acks; flushes the "
       "cache to the archive";
+  spec.check = [](const flexmon::Config& config) {
+    flexmon::check_sqlite_file(config, "collector.cache_db", config.collector.cache_db);
+    if (config.archive.postgres.empty())
+      flexmon::check_sqlite_file(config, "archive.sqlite_db", config.archive.sqlite_db);
+    if (config.archive.dump_weekly)
+      flexmon::check_writable_location(config, "archive.dump_dir", config.archive.dump_dir);
+  };
   spec.start = [](const flexmon::Config& config) -> std::unique_ptr<flexmon::Daemon> {
     return std::make_unique<CollectorProcess>(config);
   };

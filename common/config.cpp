@@ -11,15 +11,51 @@
 #include <set>
 #include <sstream>
 #include <type_traits>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
 namespace flexmon {
 namespace {
 
+// Bounds of the numeric keys (schemas/config.md lists them). Wide enough for
+// any real deployment; what lies outside is a typo that would overflow a
+// conversion (seconds to nanoseconds in int64), spin a timer or refuse every
+// request.
+constexpr double kYearS = 365.0 * 86'400.0;
+constexpr double kWeekS = 7.0 * 86'400.0;
+constexpr std::uint32_t kMaxConnections = 1'000'000;
+constexpr std::uint32_t kMaxHttpTimeoutS = 3600;
+constexpr std::uint32_t kMaxKeepaliveRequests = 1'000'000;
+constexpr std::uint32_t kMinRequestBytes = 1024;
+constexpr std::uint32_t kMaxRequestBytes = 64u << 20;
+// A system.multicall of a probe.request with explicit paths nests 6 deep
+// (calls, call, params, spec, paths, pair): below 8 the API's own calls fail.
+constexpr std::uint32_t kMinNesting = 8;
+constexpr std::uint32_t kMaxNesting = 64;
+constexpr double kMinDeadAfterS = 1.0;
+constexpr double kMaxDeadAfterS = kWeekS;
 // A manager that asks for more memory than this for rendered rows has a typo.
 constexpr std::uint32_t kMaxRenderedRowsMb = 65536;
 constexpr std::uint32_t kMaxWalMb = 65536;
+constexpr double kMinHeartbeatS = 0.1;
+constexpr double kMaxHeartbeatS = 3600.0;
+constexpr std::uint64_t kMaxSpoolResults = 10'000'000'000;
+constexpr double kMinFlushIntervalS = 0.1;
+constexpr std::uint32_t kMaxFlushBatchRows = 100'000'000;
+constexpr double kMinIntervalS = 0.01;
+constexpr double kMaxIntervalS = kYearS;
+constexpr double kMaxDurationS = 10 * kYearS;
+constexpr std::uint32_t kMaxPaths = 100'000'000;
+constexpr std::uint32_t kMaxRequestsPerUser = 10'000'000;
+constexpr std::uint32_t kMaxLatencyCount = 100'000;
+constexpr std::uint32_t kMaxLatencyMs = 600'000;
+constexpr std::uint32_t kMinLatencySize = 16;             // the probe packet's header
+constexpr std::uint32_t kMaxLatencySize = 65'507;         // largest UDP payload over IPv4
+constexpr std::uint64_t kMaxRateBps = 1'000'000'000'000;  // 1 Tbit/s
+constexpr std::uint64_t kMaxToolBytes = 1'000'000'000'000;
+constexpr std::uint32_t kMaxToolMs = 3'600'000;
+constexpr double kMaxBudgetBps = 1e15;
 
 // A YAML mapping being read: every key must be consumed, so whatever is left
 // at the end is an unknown key and an error. Messages: "FILE:LINE: KEY: why".
@@ -63,6 +99,18 @@ class Section {
     if (!value.IsDefined() || value.IsNull())
       error_at(node_, key_path(key), "required key is missing");
     return convert<T>(value, key_path(key));
+  }
+
+  // An optional number that must lie in [min, max] (schemas/config.md gives
+  // every key's bounds): a value out of them would overflow a conversion or
+  // make a daemon spin, and is refused here with the key named.
+  template <typename T>
+  void bounded(const std::string& key, T& into, T min, T max) {
+    YAML::Node value = node_[key];
+    optional(key, into);
+    // Only a given value: a default may be a sentinel (0: "the general one").
+    if (value.IsDefined() && !value.IsNull() && !(into >= min && into <= max))
+      fail(key, fmt::format("must be between {} and {}, got {}", min, max, into));
   }
 
   Section section(const std::string& key) {
@@ -217,66 +265,61 @@ std::string decode_key(const Section& section, const YAML::Node& at, const std::
 }
 
 void read_limits(Section s, Limits& limits) {
-  s.optional("min_interval_s", limits.min_interval_s);
-  s.optional("max_interval_s", limits.max_interval_s);
-  s.optional("max_duration_s", limits.max_duration_s);
-  s.optional("max_paths_per_request", limits.max_paths_per_request);
+  s.bounded("min_interval_s", limits.min_interval_s, kMinIntervalS, kMaxIntervalS);
+  s.bounded("max_interval_s", limits.max_interval_s, kMinIntervalS, kMaxIntervalS);
+  s.bounded("max_duration_s", limits.max_duration_s, 0.0, kMaxDurationS);
+  s.bounded("max_paths_per_request", limits.max_paths_per_request, 1u, kMaxPaths);
   Section latency = s.section("latency");
   // Lower bounds above upper bounds would refuse every request: say so now.
   auto& l = limits.latency;
-  latency.optional("max_count", l.max_count);
-  latency.optional("min_spacing_ms", l.min_spacing_ms);
-  latency.optional("max_spacing_ms", l.max_spacing_ms);
-  latency.optional("min_size", l.min_size);
-  latency.optional("max_size", l.max_size);
-  latency.optional("min_timeout_ms", l.min_timeout_ms);
-  latency.optional("max_timeout_ms", l.max_timeout_ms);
+  latency.bounded("max_count", l.max_count, 1u, kMaxLatencyCount);
+  latency.bounded("min_spacing_ms", l.min_spacing_ms, 1u, kMaxLatencyMs);
+  latency.bounded("max_spacing_ms", l.max_spacing_ms, 1u, kMaxLatencyMs);
+  latency.bounded("min_size", l.min_size, kMinLatencySize, kMaxLatencySize);
+  latency.bounded("max_size", l.max_size, kMinLatencySize, kMaxLatencySize);
+  latency.bounded("min_timeout_ms", l.min_timeout_ms, 1u, kMaxLatencyMs);
+  latency.bounded("max_timeout_ms", l.max_timeout_ms, 1u, kMaxLatencyMs);
   if (l.min_spacing_ms > l.max_spacing_ms) latency.fail("min_spacing_ms", "above max_spacing_ms");
   if (l.min_size > l.max_size) latency.fail("min_size", "above max_size");
   if (l.min_timeout_ms > l.max_timeout_ms) latency.fail("min_timeout_ms", "above max_timeout_ms");
-  if (l.max_count == 0) latency.fail("max_count", "must be at least 1");
-  if (!(limits.min_interval_s > 0)) s.fail("min_interval_s", "must be positive");
   if (limits.min_interval_s > limits.max_interval_s)
     s.fail("min_interval_s", "above max_interval_s");
   latency.finish();
-  s.optional("max_requests_per_user", limits.max_requests_per_user);
-  s.optional("max_paths_per_user", limits.max_paths_per_user);
+  s.bounded("max_requests_per_user", limits.max_requests_per_user, 1u, kMaxRequestsPerUser);
+  s.bounded("max_paths_per_user", limits.max_paths_per_user, 1u, kMaxPaths);
   {
     Section abw = s.section("abw");
     auto& a = limits.abw;
-    abw.optional("max_rate_bps", a.max_rate_bps);
-    abw.optional("max_bytes", a.max_bytes);
-    abw.optional("max_duration_ms", a.max_duration_ms);
-    abw.optional("min_interval_s", a.min_interval_s);
-    if (!(a.min_interval_s > 0)) abw.fail("min_interval_s", "must be positive");
+    abw.bounded("max_rate_bps", a.max_rate_bps, std::uint64_t{1}, kMaxRateBps);
+    abw.bounded("max_bytes", a.max_bytes, std::uint64_t{1}, kMaxToolBytes);
+    abw.bounded("max_duration_ms", a.max_duration_ms, 1u, kMaxToolMs);
+    abw.bounded("min_interval_s", a.min_interval_s, kMinIntervalS, kMaxIntervalS);
     abw.finish();
   }
   {
     Section tp = s.section("throughput");
     auto& t = limits.throughput;
-    tp.optional("max_duration_ms", t.max_duration_ms);
-    tp.optional("max_bytes", t.max_bytes);
-    tp.optional("min_interval_s", t.min_interval_s);
-    if (!(t.min_interval_s > 0)) tp.fail("min_interval_s", "must be positive");
+    tp.bounded("max_duration_ms", t.max_duration_ms, 1u, kMaxToolMs);
+    tp.bounded("max_bytes", t.max_bytes, std::uint64_t{1}, kMaxToolBytes);
+    tp.bounded("min_interval_s", t.min_interval_s, kMinIntervalS, kMaxIntervalS);
     tp.finish();
   }
   {
     Section roles = s.section("roles");
     for (auto [name, into] : {std::pair{"user", &limits.user}, std::pair{"admin", &limits.admin}}) {
       Section r = roles.section(name);
-      auto read = [&r](const char* key, auto& field) {
+      // The same bounds as the general key that each overrides.
+      auto read = [&r](const char* key, auto& field, auto min, auto max) {
         if (!r.has(key)) return;
         typename std::remove_reference_t<decltype(field)>::value_type v{};
-        r.optional(key, v);
+        r.bounded(key, v, min, max);
         field = v;
       };
-      read("min_interval_s", into->min_interval_s);
-      read("max_duration_s", into->max_duration_s);
-      read("max_paths_per_request", into->max_paths_per_request);
-      read("max_requests_per_user", into->max_requests_per_user);
-      read("max_paths_per_user", into->max_paths_per_user);
-      if (into->min_interval_s && !(*into->min_interval_s > 0))
-        r.fail("min_interval_s", "must be positive");
+      read("min_interval_s", into->min_interval_s, kMinIntervalS, kMaxIntervalS);
+      read("max_duration_s", into->max_duration_s, 0.0, kMaxDurationS);
+      read("max_paths_per_request", into->max_paths_per_request, 1u, kMaxPaths);
+      read("max_requests_per_user", into->max_requests_per_user, 1u, kMaxRequestsPerUser);
+      read("max_paths_per_user", into->max_paths_per_user, 1u, kMaxPaths);
       r.finish();
     }
     roles.finish();
@@ -284,11 +327,13 @@ void read_limits(Section s, Limits& limits) {
   s.finish();
 }
 
+void read_budget_values(Section& s, Budget& b) {
+  s.bounded("bps", b.bps, 0.0, kMaxBudgetBps);
+  s.bounded("bytes_per_day", b.bytes_per_day, 0.0, kMaxBudgetBps / 8 * 86'400);
+}
+
 void read_budget(Section& s, Budget& b) {
-  s.optional("bps", b.bps);
-  s.optional("bytes_per_day", b.bytes_per_day);
-  if (b.bps < 0) s.fail("bps", "must not be negative");
-  if (b.bytes_per_day < 0) s.fail("bytes_per_day", "must not be negative");
+  read_budget_values(s, b);
   s.finish();
 }
 
@@ -301,10 +346,7 @@ void read_budgets(Section s, Budgets& budgets) {
   s.each("users", [&](Section& u) {
     std::string name = u.required<std::string>("name");
     Budget b = budgets.user;
-    u.optional("bps", b.bps);
-    u.optional("bytes_per_day", b.bytes_per_day);
-    if (b.bps < 0) u.fail("bps", "must not be negative");
-    if (b.bytes_per_day < 0) u.fail("bytes_per_day", "must not be negative");
+    read_budget_values(u, b);
     if (!budgets.users.emplace(name, b).second)
       u.fail("name", fmt::format("duplicate budget for user '{}'", name));
   });
@@ -382,20 +424,13 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("xmlrpc_listen", m.xmlrpc);
     s.optional("control_listen", m.control);
     s.optional("state_db", m.state_db);
-    s.optional("max_connections", m.max_connections);
-    s.optional("http_timeout_s", m.http_timeout_s);
-    if (m.http_timeout_s == 0) s.fail("http_timeout_s", "must be at least 1");
-    s.optional("keepalive_max_requests", m.keepalive_max_requests);
-    if (m.keepalive_max_requests == 0) s.fail("keepalive_max_requests", "must be at least 1");
-    s.optional("max_request_bytes", m.max_request_bytes);
-    s.optional("max_nesting", m.max_nesting);
-    s.optional("dead_after_s", m.dead_after_s);
-    s.optional("rendered_rows_mb", m.rendered_rows_mb);
-    if (m.rendered_rows_mb > kMaxRenderedRowsMb)
-      s.fail("rendered_rows_mb", fmt::format("must be at most {}", kMaxRenderedRowsMb));
-    if (m.max_connections == 0) s.fail("max_connections", "must be at least 1");
-    if (m.max_request_bytes < 1024) s.fail("max_request_bytes", "must be at least 1024");
-    if (!(m.dead_after_s > 0)) s.fail("dead_after_s", "must be positive");
+    s.bounded("max_connections", m.max_connections, 1u, kMaxConnections);
+    s.bounded("http_timeout_s", m.http_timeout_s, 1u, kMaxHttpTimeoutS);
+    s.bounded("keepalive_max_requests", m.keepalive_max_requests, 1u, kMaxKeepaliveRequests);
+    s.bounded("max_request_bytes", m.max_request_bytes, kMinRequestBytes, kMaxRequestBytes);
+    s.bounded("max_nesting", m.max_nesting, kMinNesting, kMaxNesting);
+    s.bounded("dead_after_s", m.dead_after_s, kMinDeadAfterS, kMaxDeadAfterS);
+    s.bounded("rendered_rows_mb", m.rendered_rows_mb, 0u, kMaxRenderedRowsMb);
     s.finish();
     m.state_db = resolve(config.data_dir, m.state_db);
   }
@@ -403,9 +438,7 @@ Config parse_config(const std::string& text, const std::string& name,
     Section s = top.section("collector");
     s.optional("listen", config.collector.listen);
     s.optional("cache_db", config.collector.cache_db);
-    s.optional("max_wal_mb", config.collector.max_wal_mb);
-    if (config.collector.max_wal_mb == 0 || config.collector.max_wal_mb > kMaxWalMb)
-      s.fail("max_wal_mb", fmt::format("must be between 1 and {}", kMaxWalMb));
+    s.bounded("max_wal_mb", config.collector.max_wal_mb, 1u, kMaxWalMb);
     s.finish();
     config.collector.cache_db = resolve(config.data_dir, config.collector.cache_db);
   }
@@ -420,14 +453,12 @@ Config parse_config(const std::string& text, const std::string& name,
         p.collectors.push_back(
             s.convert<Endpoint>(collectors[i], fmt::format("prober.collectors[{}]", i)));
     }
-    s.optional("responder_port", p.responder_port);
+    s.bounded("responder_port", p.responder_port, std::uint16_t{1}, std::uint16_t{65535});
     s.optional("state_dir", p.state_dir);
-    s.optional("heartbeat_s", p.heartbeat_s);
-    if (!(p.heartbeat_s > 0)) s.fail("heartbeat_s", "must be positive");
+    s.bounded("heartbeat_s", p.heartbeat_s, kMinHeartbeatS, kMaxHeartbeatS);
     Section spool = s.section("spool");
-    spool.optional("max_results", p.spool_max_results);
+    spool.bounded("max_results", p.spool_max_results, std::uint64_t{1}, kMaxSpoolResults);
     spool.optional("history", p.spool_history);
-    if (p.spool_max_results == 0) spool.fail("max_results", "must be positive");
     spool.finish();
     s.finish();
     p.state_dir = resolve(config.data_dir, p.state_dir);
@@ -437,19 +468,14 @@ Config parse_config(const std::string& text, const std::string& name,
     auto& a = config.archive;
     s.optional("postgres", a.postgres);
     s.optional("sqlite_db", a.sqlite_db);
-    s.optional("flush_interval_s", a.flush_interval_s);
-    s.optional("horizon_s", a.horizon_s);
-    s.optional("retention_s", a.retention_s);
-    s.optional("flush_batch_rows", a.flush_batch_rows);
+    s.bounded("flush_interval_s", a.flush_interval_s, kMinFlushIntervalS, kWeekS);
+    s.bounded("horizon_s", a.horizon_s, 0.0, kYearS);
+    s.bounded("retention_s", a.retention_s, 0.0, 10 * kYearS);
+    s.bounded("flush_batch_rows", a.flush_batch_rows, 1u, kMaxFlushBatchRows);
     s.optional("dump_dir", a.dump_dir);
     s.optional("dump_weekly", a.dump_weekly);
-    s.optional("dump_delay_s", a.dump_delay_s);
-    if (!(a.flush_interval_s > 0)) s.fail("flush_interval_s", "must be positive");
-    if (a.horizon_s < 0) s.fail("horizon_s", "must not be negative");
-    if (a.retention_s < 0) s.fail("retention_s", "must not be negative");
-    if (a.flush_batch_rows == 0) s.fail("flush_batch_rows", "must be at least 1");
-    if (!(a.dump_delay_s >= 0 && a.dump_delay_s < 7 * 86'400.0))
-      s.fail("dump_delay_s", "must be at least 0 and less than a week (604800)");
+    // Less than a week: the next week's dump must not fall due before this one's.
+    s.bounded("dump_delay_s", a.dump_delay_s, 0.0, kWeekS - 1);
     s.finish();
     a.sqlite_db = resolve(config.data_dir, a.sqlite_db);
     a.dump_dir = resolve(config.data_dir, a.dump_dir);
@@ -457,19 +483,22 @@ Config parse_config(const std::string& text, const std::string& name,
   read_limits(top.section("limits"), config.limits);
   read_budgets(top.section("budgets"), config.budgets);
 
+  // Sets, not find_node(): a fleet of 100,000 nodes is checked in linear time.
+  std::unordered_set<std::string> node_ids, user_names;
   top.each("nodes", [&](Section& s) {
     NodeConfig node;
     node.id = s.required<std::string>("id");
     node.site = s.required<std::string>("site");
     node.address = s.required<std::string>("address");
-    s.optional("responder_port", node.responder_port);
+    s.bounded("responder_port", node.responder_port, std::uint16_t{1}, std::uint16_t{65535});
     std::string hex = s.required<std::string>("key");
     node.key = decode_key(s, s.take("key"), s.key_path("key"), hex);
     if (node.id.empty() || node.id.size() > 64 ||
         node.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   "0123456789-_.") != std::string::npos)
       s.fail("id", "1 to 64 letters, digits, '-', '_' or '.'");
-    if (config.find_node(node.id)) s.fail("id", fmt::format("duplicate node id '{}'", node.id));
+    if (!node_ids.insert(node.id).second)
+      s.fail("id", fmt::format("duplicate node id '{}'", node.id));
     config.nodes.push_back(std::move(node));
   });
   top.each("users", [&](Section& s) {
@@ -481,7 +510,8 @@ Config parse_config(const std::string& text, const std::string& name,
       s.fail("name", "1 to 64 characters, no ':'");
     if (user.token.size() < 16 || user.token.size() > 256)
       s.fail("token", "must be 16 to 256 characters");
-    if (config.find_user(user.name)) s.fail("name", fmt::format("duplicate user '{}'", user.name));
+    if (!user_names.insert(user.name).second)
+      s.fail("name", fmt::format("duplicate user '{}'", user.name));
     config.users.push_back(std::move(user));
   });
   top.finish();

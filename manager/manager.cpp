@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "common/config_files.h"
 #include "common/log.h"
 #include "manager/api.h"
 #include "manager/control.h"
@@ -59,6 +60,11 @@ void check_manager_config(const Config& config) {
   if (config.users.empty())
     throw ConfigError(fmt::format("{}: users: at least one user is needed to call the manager",
                                   config.file.string()));
+  check_sqlite_file(config, "manager.state_db", config.manager.state_db);
+  // Read for queries; the collector creates them.
+  check_sqlite_file(config, "collector.cache_db", config.collector.cache_db);
+  if (config.archive.postgres.empty())
+    check_sqlite_file(config, "archive.sqlite_db", config.archive.sqlite_db);
 }
 
 std::unique_ptr<ManagerDaemon> start_manager_daemon(const Config& config) {

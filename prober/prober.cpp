@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "common/config_files.h"
 #include "common/log.h"
 #include "prober/boot_epoch.h"
 #include "prober/control_client.h"
@@ -26,6 +27,8 @@ void check_prober_config(const Config& config, const std::string& node_id) {
   if (!config.find_node(node_id))
     throw ConfigError(
         fmt::format("{}: --node {}: no such node in nodes[]", config.file.string(), node_id));
+  check_writable_location(config, "prober.state_dir", config.prober.state_dir / node_id);
+  check_sqlite_file(config, "prober.state_dir", config.prober.state_dir / node_id / "spool.db");
 }
 
 namespace {

@@ -1,8 +1,14 @@
 #include "common/config.h"
 
+#include <fmt/format.h>
+
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <regex>
+#include <sstream>
 #include <string>
+#include <vector>
 
 namespace flexmon {
 namespace {
@@ -91,17 +97,104 @@ TEST(Config, BadValues) {
   EXPECT_EQ(error_of(minimal("limits:\n  latency:\n    min_size: 2000\n")),
             "test.yaml:11: limits.latency.min_size: above max_size");
   EXPECT_EQ(error_of(minimal("prober:\n  heartbeat_s: 0\n")),
-            "test.yaml:10: prober.heartbeat_s: must be positive");
+            "test.yaml:10: prober.heartbeat_s: must be between 0.1 and 3600, got 0");
   // 0 would be a read timeout of "never" on the sockets.
   EXPECT_EQ(error_of(minimal("manager:\n  http_timeout_s: 0\n")),
-            "test.yaml:10: manager.http_timeout_s: must be at least 1");
+            "test.yaml:10: manager.http_timeout_s: must be between 1 and 3600, got 0");
   EXPECT_EQ(error_of(minimal("manager:\n  rendered_rows_mb: 70000\n")),
-            "test.yaml:10: manager.rendered_rows_mb: must be at most 65536");
+            "test.yaml:10: manager.rendered_rows_mb: must be between 0 and 65536, got 70000");
   // The collector writes its WAL file full to this size at start.
   EXPECT_EQ(error_of(minimal("collector:\n  max_wal_mb: 0\n")),
-            "test.yaml:10: collector.max_wal_mb: must be between 1 and 65536");
+            "test.yaml:10: collector.max_wal_mb: must be between 1 and 65536, got 0");
   EXPECT_EQ(error_of(minimal("collector:\n  max_wal_mb: 70000\n")),
-            "test.yaml:10: collector.max_wal_mb: must be between 1 and 65536");
+            "test.yaml:10: collector.max_wal_mb: must be between 1 and 65536, got 70000");
+}
+
+// Values that passed --check-config and then broke the daemons: 1e308 s
+// overflowed the conversion to int64 ns (the manager closed every prober
+// session at once), a heartbeat of 1e-300 s spun a prober on a core, a
+// nesting limit of 0 refused every call.
+TEST(Config, ValuesThatBrokeTheDaemonsAreRefused) {
+  EXPECT_EQ(error_of(minimal("manager:\n  dead_after_s: 1e308\n")),
+            "test.yaml:10: manager.dead_after_s: must be between 1 and 604800, got 1e+308");
+  EXPECT_EQ(error_of(minimal("prober:\n  heartbeat_s: 1e308\n")),
+            "test.yaml:10: prober.heartbeat_s: must be between 0.1 and 3600, got 1e+308");
+  EXPECT_EQ(error_of(minimal("prober:\n  heartbeat_s: 1e-300\n")),
+            "test.yaml:10: prober.heartbeat_s: must be between 0.1 and 3600, got 1e-300");
+  EXPECT_EQ(error_of(minimal("manager:\n  max_nesting: 0\n")),
+            "test.yaml:10: manager.max_nesting: must be between 8 and 64, got 0");
+  EXPECT_EQ(error_of(minimal("limits:\n  roles:\n    user:\n      min_interval_s: 1e-300\n")),
+            "test.yaml:12: limits.roles.user.min_interval_s: must be between 0.01 and 31536000, "
+            "got 1e-300");
+  EXPECT_EQ(
+      error_of(minimal("budgets:\n  users:\n    - {name: demo, bps: 1e300}\n")),
+      "test.yaml:11: budgets.users[0].bps: must be between 0 and 1000000000000000, got 1e+300");
+}
+
+// The bounds of every numeric key as schemas/config.md states them
+// ("| `KEY` | int, MIN–MAX |", with "KEY / `OTHER`" for a pair of keys).
+struct DocumentedBound {
+  std::string key;  // manager.dead_after_s
+  bool integer;
+  double min, max;
+};
+
+std::vector<DocumentedBound> documented_bounds() {
+  std::ifstream in(FLEXMON_CONFIG_REFERENCE);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string page = text.str();
+  const std::regex row(
+      R"(\| `([a-z_.]+)`(?: / `([a-z_]+)`)? \| (int|number), ([0-9.e]+)–([0-9.e]+) \|)");
+  std::vector<DocumentedBound> bounds;
+  for (std::sregex_iterator it(page.begin(), page.end(), row), end; it != end; ++it) {
+    const auto& m = *it;
+    DocumentedBound b{m[1], m[3] == "int", std::stod(m[4]), std::stod(m[5])};
+    bounds.push_back(b);
+    if (m[2].matched) {
+      b.key = b.key.substr(0, b.key.rfind('.') + 1) + std::string(m[2]);
+      bounds.push_back(b);
+    }
+  }
+  return bounds;
+}
+
+// "a.b.c" = value as nested YAML mappings.
+std::string nested_yaml(const std::string& key, const std::string& value) {
+  std::string yaml, indent;
+  std::size_t from = 0;
+  for (std::size_t dot; (dot = key.find('.', from)) != std::string::npos; from = dot + 1) {
+    yaml += indent + key.substr(from, dot - from) + ":\n";
+    indent += "  ";
+  }
+  return yaml + indent + key.substr(from) + ": " + value + "\n";
+}
+
+// Doc and loader cannot drift: each documented bound is enforced, and the
+// refusal states the documented bounds.
+TEST(Config, EveryDocumentedBoundIsEnforced) {
+  const auto bounds = documented_bounds();
+  ASSERT_GE(bounds.size(), 40u) << "schemas/config.md lost its bounds";
+  const std::regex stated(R"(must be between ([-0-9.e+]+) and ([-0-9.e+]+), got)");
+  for (const auto& b : bounds) {
+    std::vector<std::string> outside;
+    auto text = [&b](double v) {
+      return b.integer ? fmt::format("{:.0f}", v) : fmt::format("{}", v);
+    };
+    if (b.min > 0) outside.push_back(text(b.integer ? b.min - 1 : b.min / 2));
+    if (b.min == 0 && !b.integer) outside.push_back("-1");
+    outside.push_back(text(b.integer ? b.max + 1 : b.max * 2));
+    for (const auto& value : outside) {
+      const std::string error = error_of(minimal(nested_yaml(b.key, value)));
+      EXPECT_NE(error.find(b.key + ":"), std::string::npos)
+          << b.key << " = " << value << ": " << error;
+      std::smatch m;
+      if (std::regex_search(error, m, stated)) {
+        EXPECT_EQ(std::stod(m[1]), b.min) << error;
+        EXPECT_EQ(std::stod(m[2]), b.max) << error;
+      }
+    }
+  }
 }
 
 TEST(Config, DuplicateNode) {

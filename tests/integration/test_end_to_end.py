@@ -170,6 +170,23 @@ class CommandLine(unittest.TestCase):
                 self.assertEqual(broken.returncode, 78, name)
                 self.assertIn("bad.yaml:", broken.stderr)
                 self.assertIn("colour: unknown key", broken.stderr)
+            # Paths are checked too: a cache that is not SQLite, a state
+            # folder where a file stands.
+            notes = os.path.join(lab.dir, "notes.txt")
+            with open(notes, "w") as f:
+                f.write("not a database\n")
+            wrong_paths = os.path.join(lab.dir, "paths.yaml")
+            with open(wrong_paths, "w") as f:
+                f.write(lab.config_text().replace("collector:\n", f"collector:\n  cache_db: {notes}\n")
+                        .replace("prober:\n", f"prober:\n  state_dir: {notes}\n"))
+            for name, key in [("flexmon-manager", "collector.cache_db"),
+                              ("flexmon-collector", "collector.cache_db"),
+                              ("flexmon-prober", "prober.state_dir")]:
+                extra = ["--node", "n1"] if name == "flexmon-prober" else []
+                checked = subprocess.run([binary(name), "--config", wrong_paths, "--check-config",
+                                          *extra], capture_output=True, text=True, timeout=30)
+                self.assertEqual(checked.returncode, 78, checked.stderr)
+                self.assertIn(f"{key}: {notes}", checked.stderr)
             client = subprocess.run([binary("flexmon"), "--bogus"], capture_output=True,
                                     timeout=30)
             self.assertEqual(client.returncode, 64)
