@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
     for (int s : ids)
       for (int d : ids)
         if (s != d) spec.paths.push_back({fmt::format("n{}", s), fmt::format("n{}", d)});
-    UserConfig caller{fmt::format("u{}", k % 64), "", Role::user};
+    UserConfig caller{fmt::format("u{}", k % 64), {}, Role::user};
     const std::size_t before = sink.assignments;
     auto t0 = std::chrono::steady_clock::now();
     core.admit(caller, spec, false);

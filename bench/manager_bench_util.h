@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "common/config.h"
+#include "manager/auth.h"
 
 namespace flexmon::bench {
 
@@ -30,11 +31,16 @@ inline Config config_with_nodes(const std::filesystem::path& dir, int nodes) {
   for (int i = 1; i <= nodes; ++i)
     text += fmt::format("  - {{id: n{}, site: s{}, address: 10.{}.{}.{}, key: {:032x}}}\n", i,
                         i % 10, i / 65536 % 256, i / 256 % 256, i % 256, i + 1);
-  text +=
-      "users:\n  - {name: alice, token: alice-token-0123456789, role: admin}\n"
-      "  - {name: bob, token: bob-token-0123456789, role: user}\n";
+  // Tokens alice-token-0123456789abcdef, bob-token-0123456789abcdef and
+  // user-token-N (N: 16 digits); the config holds their hashes.
+  auto user = [](const std::string& name, const std::string& token, const char* role) {
+    return fmt::format("  - {{name: {}, token_hash: \"{}\", role: {}}}\n", name,
+                       format_token_hash(manager::make_token_hash(token)), role);
+  };
+  text += "users:\n" + user("alice", "alice-token-0123456789abcdef", "admin") +
+          user("bob", "bob-token-0123456789abcdef", "user");
   for (int u = 0; u < 64; ++u)
-    text += fmt::format("  - {{name: u{}, token: user-token-{:016}, role: user}}\n", u, u);
+    text += user(fmt::format("u{}", u), fmt::format("user-token-{:016}", u), "user");
   Config config = parse_config(text, "bench.yaml", dir);
   config.manager.xmlrpc.port = 0;
   config.manager.control.port = 0;

@@ -94,7 +94,7 @@ Figures run(std::uint16_t port, const std::string& body, bool keepalive, int cli
             double seconds) {
   std::string request =
       "POST /RPC2 HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml\r\n"
-      "Authorization: Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==\r\n" +
+      "Authorization: Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OWFiY2RlZg==\r\n" +
       std::string(keepalive ? "" : "Connection: close\r\n") +
       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   std::atomic<bool> done{false};
@@ -295,7 +295,7 @@ int main(int argc, char** argv) {
       "</value></member></struct></value></param></params></methodCall>";
   std::string req =
       "POST /RPC2 HTTP/1.1\r\nHost: b\r\nAuthorization: Basic "
-      "YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==\r\nContent-Length: " +
+      "YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OWFiY2RlZg==\r\nContent-Length: " +
       std::to_string(spec.size()) + "\r\n\r\n" + spec;
   if (!call(fd, req, buffer)) fmt::print(stderr, "probe.request failed: {}\n", buffer);
   close(fd);
@@ -313,7 +313,7 @@ int main(int argc, char** argv) {
     // What each query call receives: a full page of 100 rows.
     std::string request =
         "POST /RPC2 HTTP/1.1\r\nHost: b\r\nAuthorization: Basic "
-        "YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==\r\nContent-Length: " +
+        "YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OWFiY2RlZg==\r\nContent-Length: " +
         std::to_string(query.size()) + "\r\n\r\n" + query;
     int probe = dial(port);
     bool ok = call(probe, request, buffer);

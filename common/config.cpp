@@ -244,10 +244,33 @@ Endpoint Section::convert<Endpoint>(const YAML::Node& value, const std::string& 
 template <>
 Role Section::convert<Role>(const YAML::Node& value, const std::string& key) const {
   std::string text = convert<std::string>(value, key);
-  if (text == "user") return Role::user;
-  if (text == "admin") return Role::admin;
-  error_at(value, key, fmt::format("expected 'user' or 'admin', got '{}'", text));
+  for (Role role : {Role::reader, Role::user, Role::service, Role::admin})
+    if (text == role_name(role)) return role;
+  error_at(value, key,
+           fmt::format("expected 'reader', 'user', 'service' or 'admin', got '{}'", text));
 }
+
+// Hex digits to bytes; nullopt unless every pair is hex.
+std::optional<std::string> from_hex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  std::string bytes;
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    unsigned byte = 0;
+    auto [end, ec] = std::from_chars(hex.data() + i, hex.data() + i + 2, byte, 16);
+    if (ec != std::errc() || end != hex.data() + i + 2) return std::nullopt;
+    bytes.push_back(static_cast<char>(byte));
+  }
+  return bytes;
+}
+
+std::string to_hex(std::string_view bytes) {
+  std::string hex;
+  for (unsigned char c : bytes) hex += fmt::format("{:02x}", c);
+  return hex;
+}
+
+constexpr std::string_view kTokenHashScheme = "hmac-sha256";
+constexpr std::size_t kMinSaltBytes = 16, kMaxSaltBytes = 64, kDigestBytes = 32;
 
 std::string decode_key(const Section& section, const YAML::Node& at, const std::string& key,
                        const std::string& hex) {
@@ -306,7 +329,10 @@ void read_limits(Section s, Limits& limits) {
   }
   {
     Section roles = s.section("roles");
-    for (auto [name, into] : {std::pair{"user", &limits.user}, std::pair{"admin", &limits.admin}}) {
+    // No limits.roles.reader: a reader makes no requests.
+    for (auto [name, into] :
+         {std::pair{"user", &limits.user}, std::pair{"service", &limits.service},
+          std::pair{"admin", &limits.admin}}) {
       Section r = roles.section(name);
       // The same bounds as the general key that each overrides.
       auto read = [&r](const char* key, auto& field, auto min, auto max) {
@@ -359,6 +385,60 @@ std::filesystem::path resolve(const std::filesystem::path& base, const std::file
 
 }  // namespace
 
+const char* role_name(Role role) {
+  switch (role) {
+    case Role::reader:
+      return "reader";
+    case Role::user:
+      return "user";
+    case Role::service:
+      return "service";
+    case Role::admin:
+      return "admin";
+  }
+  return "?";
+}
+
+std::string format_token_hash(const TokenHash& hash) {
+  return fmt::format("{}:{}:{}:{}", kTokenHashScheme, hash.length, to_hex(hash.salt),
+                     to_hex(hash.digest));
+}
+
+Result<TokenHash> parse_token_hash(std::string_view text) {
+  const std::string expected = fmt::format(
+      "expected {}:LENGTH:SALT_HEX:DIGEST_HEX as `flexmon-manager hash-token` prints it",
+      kTokenHashScheme);
+  std::vector<std::string_view> parts;
+  for (std::size_t start = 0;;) {
+    auto colon = text.find(':', start);
+    parts.push_back(text.substr(start, colon == std::string_view::npos ? colon : colon - start));
+    if (colon == std::string_view::npos) break;
+    start = colon + 1;
+  }
+  if (parts.size() != 4) return fail(expected);
+  if (parts[0] != kTokenHashScheme)
+    return fail(fmt::format("unknown scheme (only {}); {}", kTokenHashScheme, expected));
+  TokenHash hash;
+  auto [end, ec] = std::from_chars(parts[1].data(), parts[1].data() + parts[1].size(), hash.length);
+  if (ec != std::errc() || end != parts[1].data() + parts[1].size() || parts[1].empty())
+    return fail("LENGTH: expected the token's length in characters; " + expected);
+  if (hash.length < kMinTokenChars || hash.length > kMaxTokenChars)
+    return fail(fmt::format(
+        "the token is {} characters; tokens must be {} to {} characters (at least 128 random "
+        "bits): `flexmon-manager hash-token --generate` makes one",
+        hash.length, kMinTokenChars, kMaxTokenChars));
+  auto salt = from_hex(parts[2]);
+  if (!salt || salt->size() < kMinSaltBytes || salt->size() > kMaxSaltBytes)
+    return fail(fmt::format("SALT_HEX: expected {} to {} hex digits", 2 * kMinSaltBytes,
+                            2 * kMaxSaltBytes));
+  auto digest = from_hex(parts[3]);
+  if (!digest || digest->size() != kDigestBytes)
+    return fail(fmt::format("DIGEST_HEX: expected {} hex digits", 2 * kDigestBytes));
+  hash.salt = std::move(*salt);
+  hash.digest = std::move(*digest);
+  return hash;
+}
+
 std::string Endpoint::to_string() const {
   return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
                                              : fmt::format("{}:{}", host, port);
@@ -387,7 +467,12 @@ std::uint16_t Config::responder_port(const NodeConfig& node) const {
 }
 
 EffectiveLimits Config::limits_for(Role role) const {
-  const RoleLimits& r = role == Role::admin ? limits.admin : limits.user;
+  // A reader makes no requests: the general limits stand for it in messages.
+  static const RoleLimits kNone;
+  const RoleLimits& r = role == Role::admin     ? limits.admin
+                        : role == Role::service ? limits.service
+                        : role == Role::user    ? limits.user
+                                                : kNone;
   return {r.min_interval_s.value_or(limits.min_interval_s),
           r.max_duration_s.value_or(limits.max_duration_s),
           r.max_paths_per_request.value_or(limits.max_paths_per_request),
@@ -504,12 +589,19 @@ Config parse_config(const std::string& text, const std::string& name,
   top.each("users", [&](Section& s) {
     UserConfig user;
     user.name = s.required<std::string>("name");
-    user.token = s.required<std::string>("token");
+    // A token in clear is refused, not hashed on the fly: the file would
+    // still hold it, and every copy and backup of the file with it.
+    if (s.has("token"))
+      s.fail("token",
+             "tokens are not stored in clear: replace this key with token_hash, the line that "
+             "`flexmon-manager hash-token` prints for the token on its standard input "
+             "(schemas/config.md, \"Users and tokens\")");
+    auto hash = parse_token_hash(s.required<std::string>("token_hash"));
+    if (!hash) s.fail("token_hash", hash.error().message);
+    user.token_hash = std::move(*hash);
     s.optional("role", user.role);
     if (user.name.empty() || user.name.find(':') != std::string::npos || user.name.size() > 64)
       s.fail("name", "1 to 64 characters, no ':'");
-    if (user.token.size() < 16 || user.token.size() > 256)
-      s.fail("token", "must be 16 to 256 characters");
     if (!user_names.insert(user.name).second)
       s.fail("name", fmt::format("duplicate user '{}'", user.name));
     config.users.push_back(std::move(user));

@@ -9,7 +9,10 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "common/result.h"
 
 namespace flexmon {
 
@@ -33,11 +36,39 @@ struct NodeConfig {
   std::string key;                   // raw bytes (hex in the file), >= 16 bytes
 };
 
-enum class Role { user, admin };
+// What a caller may do (schemas/xmlrpc-api.md, "Roles"): a reader only reads
+// (query.*, node.list); a user also asks for measurements and manages their
+// own requests; a service is flexmon's own automatic client (the site mesh)
+// and may do what a user may; an admin sees and manages every request.
+enum class Role { reader, user, service, admin };
+
+// "reader", "user", "service", "admin".
+const char* role_name(Role role);
+
+// The shortest and longest token accepted. Tokens are machine-made secrets of
+// at least 128 random bits (22 base64url characters hold 132): a fast hash
+// protects them only because they cannot be guessed (schemas/config.md).
+constexpr std::uint32_t kMinTokenChars = 22;
+constexpr std::uint32_t kMaxTokenChars = 256;
+
+// A token as the config holds it (users[].token_hash): never the token, but
+// HMAC-SHA256 keyed with a random salt, and the token's length. Written
+// "hmac-sha256:LENGTH:SALT_HEX:DIGEST_HEX" (`flexmon-manager hash-token`).
+struct TokenHash {
+  std::uint32_t length = 0;  // characters of the token, kMinTokenChars..kMaxTokenChars
+  std::string salt;          // raw bytes, 16 to 64
+  std::string digest;        // raw bytes, 32: HMAC-SHA256(key = salt, message = token)
+};
+
+// The text form of a hash, as users[].token_hash holds it.
+std::string format_token_hash(const TokenHash& hash);
+
+// Reads the text form; the error says what is wrong (never quoting the text).
+Result<TokenHash> parse_token_hash(std::string_view text);
 
 struct UserConfig {
   std::string name;
-  std::string token;
+  TokenHash token_hash;
   Role role = Role::user;
 };
 
@@ -86,8 +117,9 @@ struct Limits {
   LatencyLimits latency;
   AbwLimits abw;
   ThroughputLimits throughput;
-  RoleLimits user;   // limits.roles.user
-  RoleLimits admin;  // limits.roles.admin
+  RoleLimits user;     // limits.roles.user
+  RoleLimits service;  // limits.roles.service
+  RoleLimits admin;    // limits.roles.admin
 };
 
 // Bandwidth budgets (schemas/config.md, "budgets"): average bits per second

@@ -24,11 +24,20 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   std::string config_path;
   bool check_only = false;
   std::string log_level = "info";
-  app.add_option("--config", config_path, "configuration file (YAML)")->required();
+  // Required unless a subcommand runs instead (checked after parsing: CLI11
+  // would ask for it with the subcommand too).
+  app.add_option("--config", config_path, "configuration file (YAML); required to run the daemon");
   app.add_flag("--check-config", check_only, "check the configuration, print the result and exit");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   if (spec.add_options) spec.add_options(app);
+  std::vector<CLI::App*> commands;
+  for (const auto& command : spec.commands) {
+    CLI::App* sub = app.add_subcommand(command.name, command.summary);
+    if (command.add_options) command.add_options(*sub);
+    commands.push_back(sub);
+  }
+  if (!commands.empty()) app.require_subcommand(0, 1);
   app.footer(
       "Exit status: 0 success, 1 failure, 64 bad usage, 78 bad configuration.\n"
       "Configuration reference: schemas/config.md.");
@@ -42,6 +51,13 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
     return kExitOk;
   } catch (const CLI::ParseError& e) {
     std::cerr << spec.name << ": " << e.what() << "\n"
+              << "Run with --help for usage.\n";
+    return kExitUsage;
+  }
+  for (std::size_t i = 0; i < commands.size(); ++i)
+    if (commands[i]->parsed()) return spec.commands[i].run();
+  if (config_path.empty()) {
+    std::cerr << spec.name << ": --config is required\n"
               << "Run with --help for usage.\n";
     return kExitUsage;
   }

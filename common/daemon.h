@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -28,6 +29,17 @@ class Daemon {
   virtual void wait() = 0;
 };
 
+// A command that runs instead of the daemon and needs no config
+// (`flexmon-manager hash-token`).
+struct DaemonCommand {
+  std::string name;     // "hash-token"
+  std::string summary;  // one line for --help
+  // Adds the command's options to its CLI11 subcommand.
+  std::function<void(CLI::App&)> add_options;
+  // Runs it once the command line is parsed; returns the exit code.
+  std::function<int()> run;
+};
+
 struct DaemonSpec {
   std::string name;     // "flexmon-manager"
   std::string summary;  // one line for --help
@@ -37,6 +49,8 @@ struct DaemonSpec {
   std::function<void(const Config&)> check;
   // Starts the daemon's threads; throws on a start-up failure.
   std::function<std::unique_ptr<Daemon>(const Config&)> start;
+  // Subcommands, e.g. `flexmon-manager hash-token`.
+  std::vector<DaemonCommand> commands;
 };
 
 // Runs a daemon: parses the command line, loads and checks the config, starts

@@ -108,7 +108,51 @@ std::string query_help(QueryKind kind) {
       fields, kFilterHelp);
 }
 
+// Who may call what (schemas/xmlrpc-api.md, "Roles"). Reading results and
+// nodes is for everyone; asking for measurements and managing requests is
+// for users, for flexmon's own services (which ask through the same
+// admission path as a user) and for admins.
+const std::vector<Role> kEveryone{Role::reader, Role::user, Role::service, Role::admin};
+const std::vector<Role> kRequesters{Role::user, Role::service, Role::admin};
+
+std::string role_list(const std::vector<Role>& roles) {
+  std::string out;
+  for (Role r : roles) out += fmt::format("{}{}", out.empty() ? "" : ", ", role_name(r));
+  return out;
+}
+
+// Wraps every method's run and write in the one role check, and says in its
+// help who may call it.
+void enforce_roles(std::vector<ApiMethod>& methods) {
+  for (auto& m : methods) {
+    if (m.roles.empty()) throw std::logic_error(m.name + ": no role may call it");
+    m.help += " Roles: " + role_list(m.roles) + ".";
+    auto check = [name = m.name, roles = m.roles](const UserConfig& caller) {
+      if (std::find(roles.begin(), roles.end(), caller.role) == roles.end())
+        throw ApiFault(kNotPermitted, role_refusal(name, caller.role, roles));
+    };
+    if (m.run)
+      m.run = [check, run = std::move(m.run)](const UserConfig& caller,
+                                              const xmlrpc_c::paramList& p) {
+        check(caller);
+        return run(caller, p);
+      };
+    if (m.write)
+      m.write = [check, write = std::move(m.write)](const UserConfig& caller,
+                                                    const xmlrpc_c::paramList& p, XmlAnswer& out) {
+        check(caller);
+        write(caller, p, out);
+      };
+  }
+}
+
 }  // namespace
+
+std::string role_refusal(const std::string& method, Role caller_role,
+                         const std::vector<Role>& allowed) {
+  return fmt::format("{}: not permitted for role {} (roles that may call it: {})", method,
+                     role_name(caller_role), role_list(allowed));
+}
 
 value request_value(const Request& r, const Cost* charged) {
   xmlrpc_c::cstruct args;
@@ -185,7 +229,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
                        }
                        return value(xmlrpc_c::value_struct(out));
                      },
-                     nullptr});
+                     nullptr, kRequesters});
 
   methods.push_back(
       {"probe.edit", "S:sS",
@@ -206,7 +250,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
          Cost charged = core.charged(updated);
          return request_value(updated, &charged);
        },
-       nullptr});
+       nullptr, kRequesters});
 
   methods.push_back(
       {"user.usage", "S:,S:s",
@@ -244,7 +288,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
               {"max_duration", dbl(u.limits.max_duration_s)},
               {"max_paths_per_request", dbl(u.limits.max_paths_per_request)}}));
        },
-       nullptr});
+       nullptr, kRequesters});
 
   methods.push_back(
       {"probe.get", "S:s",
@@ -263,7 +307,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
          Cost charged = core.charged(*r);
          return request_value(*r, &charged);
        },
-       nullptr});
+       nullptr, kRequesters});
 
   methods.push_back(
       {"probe.list", "A:",
@@ -280,7 +324,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
          }
          return value(xmlrpc_c::value_array(out));
        },
-       nullptr});
+       nullptr, kRequesters});
 
   methods.push_back(
       {"probe.cancel", "S:s",
@@ -293,7 +337,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
          return value(
              xmlrpc_c::value_struct({{"id", str(r.id())}, {"state", str(state_name(r.state))}}));
        },
-       nullptr});
+       nullptr, kRequesters});
 
   methods.push_back({"node.list", "A:",
                      "node.list() -> array of {id, site, address, state (alive, suspect, "
@@ -305,7 +349,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
                        for (const auto& n : core.nodes()) out.push_back(node_value(n));
                        return value(xmlrpc_c::value_array(out));
                      },
-                     nullptr});
+                     nullptr, kEveryone});
 
   for (QueryKind kind : {QueryKind::latency, QueryKind::abw, QueryKind::throughput,
                          QueryKind::summary, QueryKind::paths}) {
@@ -324,8 +368,10 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
       xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml.flattened()), &answer);
       return answer;
     };
+    m.roles = kEveryone;
     methods.push_back(std::move(m));
   }
+  enforce_roles(methods);
   return methods;
 }
 

@@ -125,7 +125,7 @@ void Core::run() {
 }
 
 const UserConfig& Core::user_of(const std::string& name) const {
-  static const UserConfig kUnknown{"", "", Role::user};
+  static const UserConfig kUnknown{"", {}, Role::user};
   const UserConfig* u = config_.find_user(name);
   return u ? *u : kUnknown;
 }
@@ -157,7 +157,7 @@ void Core::apply_locked(const Request* before, const Request* after) {
 void Core::check_locked(const UserConfig& caller, const Request* before,
                         const Request& after) const {
   const EffectiveLimits limits = config_.limits_for(caller.role);
-  const std::string role = caller.role == Role::admin ? "admin" : "user";
+  const std::string role = role_name(caller.role);
   auto it = users_.find(after.owner);
   UserState u = it == users_.end() ? UserState{} : it->second;
   Cost reserved = u.reserved;

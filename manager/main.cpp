@@ -1,12 +1,26 @@
 // flexmon-manager: everything is in the flexmon_manager library.
+#include "manager/auth.h"
 #include "manager/manager.h"
 
 int main(int argc, char** argv) {
+  bool generate = false;
   return flexmon::daemon_main(
       argc, argv,
       {.name = "flexmon-manager",
        .summary = "flexmon manager: XML-RPC API, request store, dispatch to probers",
        .add_options = nullptr,
        .check = flexmon::check_manager_config,
-       .start = flexmon::start_manager});
+       .start = flexmon::start_manager,
+       .commands = {
+           {.name = "hash-token",
+            .summary = "print the users[].token_hash line for a token read from "
+                       "standard input (or --generate a token and print it once); "
+                       "schemas/config.md, \"Users and tokens\"",
+            .add_options =
+                [&generate](CLI::App& sub) {
+                  sub.add_flag("--generate", generate,
+                               "make a random token (256 bits), print it once, and "
+                               "print its hash line");
+                },
+            .run = [&generate] { return flexmon::manager::hash_token_command(generate); }}}});
 }

@@ -17,7 +17,9 @@ const char* kKey = "000102030405060708090a0b0c0d0e0f";
 
 std::string minimal(const std::string& extra = "") {
   return std::string("nodes:\n  - id: n1\n    site: s\n    address: 127.0.0.1\n    key: ") + kKey +
-         "\nusers:\n  - name: demo\n    token: 0123456789abcdef\n" + extra;
+         "\nusers:\n  - name: demo\n    token_hash: "
+         "\"hmac-sha256:22:00112233445566778899aabbccddeeff:" +
+         std::string(64, 'a') + "\"\n" + extra;
 }
 
 // Returns the message of the ConfigError that parsing `text` throws.
@@ -92,8 +94,11 @@ TEST(Config, BadValues) {
   bad_key.replace(bad_key.find(kKey), 32, "zz0102030405060708090a0b0c0d0e0f");
   EXPECT_EQ(error_of(bad_key), "test.yaml:5: nodes[0].key: not a hex digit pair: 'zz'");
   std::string short_token = minimal();
-  short_token.replace(short_token.find("0123456789abcdef"), 16, "short");
-  EXPECT_EQ(error_of(short_token), "test.yaml:8: users[0].token: must be 16 to 256 characters");
+  short_token.replace(short_token.find(":22:"), 4, ":16:");
+  EXPECT_EQ(error_of(short_token),
+            "test.yaml:8: users[0].token_hash: the token is 16 characters; tokens must be 22 to "
+            "256 characters (at least 128 random bits): `flexmon-manager hash-token --generate` "
+            "makes one");
   EXPECT_EQ(error_of(minimal("limits:\n  latency:\n    min_size: 2000\n")),
             "test.yaml:11: limits.latency.min_size: above max_size");
   EXPECT_EQ(error_of(minimal("prober:\n  heartbeat_s: 0\n")),

@@ -53,6 +53,19 @@ def wait_alive(api, nodes, timeout=20):
     return wait_for(alive, timeout, f"{nodes} alive nodes")
 
 
+# The harness's users and their roles.
+ROLES = {"admin": "admin", "bob": "user", "carol": "reader", "mesh": "service"}
+
+
+def hash_token(token):
+    """The `token_hash: "..."` config line that `flexmon-manager hash-token` prints."""
+    out = subprocess.run([binary("flexmon-manager"), "hash-token"], input=token + "\n",
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    if not out.startswith("token_hash: ") or out.count("\n") != 1:
+        raise RuntimeError(f"flexmon-manager hash-token printed {out!r}")
+    return out.strip()
+
+
 class FaultAssertions:
     """Mixed into a unittest.TestCase: assertFault(code, call, *args)."""
 
@@ -76,7 +89,10 @@ class Flexmon:
             "responder": free_port(socket.SOCK_DGRAM),
         }
         self.nodes = [f"n{i + 1}" for i in range(nodes)]
-        self.tokens = {"admin": secrets.token_hex(16), "bob": secrets.token_hex(16)}
+        # One user of each role (ROLES); the config holds only the tokens'
+        # hashes, made by the manager's own hash-token.
+        self.tokens = {user: secrets.token_urlsafe(32) for user in ROLES}
+        self.token_hashes = {user: hash_token(token) for user, token in self.tokens.items()}
         self.config = os.path.join(self.dir, "flexmon.yaml")
         with open(self.config, "w") as f:
             f.write(self.config_text())
@@ -98,9 +114,9 @@ class Flexmon:
             f"  responder_port: {self.ports['responder']}\n"
             "  heartbeat_s: 1\n"
             f"nodes:\n{nodes}"
-            "users:\n"
-            f"  - {{name: admin, token: {self.tokens['admin']}, role: admin}}\n"
-            f"  - {{name: bob, token: {self.tokens['bob']}, role: user}}\n")
+            "users:\n" + "".join(
+                f"  - {{name: {user}, {self.token_hashes[user]}, role: {role}}}\n"
+                for user, role in ROLES.items()))
 
     def url(self, user="admin", token=None):
         token = token if token is not None else self.tokens[user]

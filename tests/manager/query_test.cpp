@@ -624,8 +624,8 @@ std::string call(std::uint16_t port, const std::string& auth, const std::string&
   return at == std::string::npos ? out : out.substr(at + 4);
 }
 
-// Basic credentials of the test config's user bob (bob:bob-token-0123456789).
-const std::string kBobAuth = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5";
+// Basic credentials of the test config's user bob.
+const std::string kBobAuth = testing::kBobAuth;
 
 // A manager started on a cache that holds `rows` latency results n1 -> n2.
 std::unique_ptr<ManagerDaemon> start_manager_on_rows(const Config& config, int rows) {

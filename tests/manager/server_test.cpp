@@ -31,8 +31,7 @@ std::string call(std::uint16_t port, const std::string& auth, const std::string&
   return testing::post_xmlrpc(dial(port), auth, body);
 }
 
-const std::string kAlice =
-    "Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==";  // alice:alice-token-0123456789
+const std::string kAlice = testing::kAliceAuth;
 
 std::string method_call(const std::string& method, const std::string& params = "") {
   return "<?xml version=\"1.0\"?><methodCall><methodName>" + method + "</methodName><params>" +
