@@ -11,7 +11,7 @@ enum FaultCode : int {
   kBadArgument = 4001,         // an argument is missing, of the wrong type or out of bounds
   kUnknownNode = 4002,         // a node id that is not in the configuration
   kNotAuthenticated = 4010,    // missing or malformed credentials, unknown user or wrong token
-  kNotPermitted = 4030,        // the request belongs to someone else
+  kNotPermitted = 4030,        // the caller's role may not call it, or the request is not theirs
   kNoSuchRequest = 4040,       // no request has this id
   kLimitExceeded = 4290,       // a per-user limit (requests, paths) would be exceeded
   kBudgetExceeded = 4291,      // a bandwidth budget (global, user, node) would be exceeded

@@ -84,11 +84,14 @@ constexpr std::size_t kSaltBytes = 16;
 
 // Why `token` cannot be used, or empty.
 std::string token_problem(std::string_view token) {
+  // A longer line is read only up to just past the bound.
   if (token.size() < kMinTokenChars || token.size() > kMaxTokenChars)
     return fmt::format(
-        "the token is {} characters; it must be {} to {} (at least 128 random "
-        "bits: use --generate)",
-        token.size(), kMinTokenChars, kMaxTokenChars);
+        "the token is {} characters; it must be {} to {} (at least 128 random bits: use "
+        "--generate)",
+        token.size() > kMaxTokenChars ? fmt::format("more than {}", kMaxTokenChars)
+                                      : std::to_string(token.size()),
+        kMinTokenChars, kMaxTokenChars);
   for (char c : token)
     if (static_cast<unsigned char>(c) < 0x21 || c == 0x7f)
       return "the token holds a space or a control character";

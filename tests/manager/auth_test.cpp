@@ -278,6 +278,12 @@ TEST(HashToken, RefusesTokensThatCannotBeUsedAndPrintsNothing) {
     EXPECT_EQ(out.str(), "") << input;
     EXPECT_NE(err.str().find("hash-token: "), std::string::npos) << input;
   }
+  std::istringstream long_line(std::string(5000, 'a'));
+  std::ostringstream out, err;
+  EXPECT_EQ(hash_token(false, long_line, out, err), kExitUsage);
+  EXPECT_EQ(err.str(),
+            "hash-token: the token is more than 256 characters; it must be 22 to 256 (at least "
+            "128 random bits: use --generate)\n");
   // Without a trailing newline, and with a CRLF, it is the same token.
   for (const std::string& input : {kAliceToken, kAliceToken + "\r\n"}) {
     std::istringstream in(input);
