@@ -4,6 +4,8 @@ find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
 find_package(Boost 1.74 REQUIRED)
 find_package(OpenSSL 3 REQUIRED)
+# expat checks every XML-RPC body before xmlrpc-c reads it (manager/call_guard.h).
+find_package(EXPAT 2.4 REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(fmt REQUIRED)

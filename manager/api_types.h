@@ -8,6 +8,7 @@
 namespace flexmon::manager {
 
 enum FaultCode : int {
+  kParseError = -32700,        // the body is not an XML-RPC call (manager/call_guard.h)
   kBadArgument = 4001,         // an argument is missing, of the wrong type or out of bounds
   kUnknownNode = 4002,         // a node id that is not in the configuration
   kNotAuthenticated = 4010,    // missing or malformed credentials, unknown user or wrong token

@@ -1,5 +1,7 @@
 // One XML-RPC call, from the body of an HTTP request to its methodResponse:
-// authentication, the methods that write their own answer (query.*), and
+// the check of the body (manager/call_guard.h) before any parser of
+// xmlrpc-c reads it, authentication, the methods that write their own answer
+// (query.*), system.multicall and system.shutdown (answered here), and
 // xmlrpc-c's registry for the rest. The transport (manager/xmlrpc_server.h)
 // hands bodies here and sends back what this writes.
 #pragma once
@@ -23,8 +25,9 @@ class CallHandler {
 
   // Writes the methodResponse (an answer or a fault) for `body` to `out`.
   // `authorization` is the request's Authorization header (empty when
-  // absent). Thread-safe. Throws only when the body is not an XML-RPC call
-  // that can be answered at all (the transport then answers 400).
+  // absent). A body that is not an XML-RPC call gets a fault that says why
+  // (-32700, or 4001 for a value that is not of its type). Thread-safe.
+  // Throws only on a bug (the transport then answers 400).
   void answer(const std::string& body, std::string_view authorization, XmlAnswer& out) const;
 
  private:

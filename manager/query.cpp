@@ -4,11 +4,15 @@
 #include <charconv>
 #include <cmath>
 #include <iterator>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
+#include <openssl/rand.h>
 
 #include "cache/rtts.h"
+#include "common/log.h"
+#include "common/seal.h"
 #include "manager/api_types.h"
 #include "manager/rendered_rows.h"
 #include "manager/spec.h"
@@ -60,6 +64,51 @@ std::uint32_t limit_arg(const V& v) {
   if (n < 1) bad(fmt::format("limit: {} is below the limit of 1", n));
   if (n > 10000) bad(fmt::format("limit: {} is above the limit of 10000", n));
   return static_cast<std::uint32_t>(n);
+}
+
+// Cursors are sealed: the reader's position text (cache/reader.h) followed
+// by an HMAC-SHA256 of the tool and that text, in hex, under a key made at
+// random once per process. A cursor that no page of this manager returned
+// (forged, altered, another tool's) is refused, and nothing of it reaches
+// the databases. Cursors do not survive a restart of the manager: a client
+// asks again without one (schemas/xmlrpc-api.md, "Paging").
+const Sealer& cursor_key() {
+  static const Sealer key = [] {
+    unsigned char bytes[32];
+    if (RAND_bytes(bytes, sizeof bytes) != 1)
+      throw std::runtime_error("OpenSSL: no random bytes for the cursor key");
+    return Sealer(std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes));
+  }();
+  return key;
+}
+
+std::string cursor_mac_input(std::string_view tool, std::string_view position) {
+  return fmt::format("flexmon cursor 1\n{}\n{}", tool, position);
+}
+
+std::string sealed_cursor(std::string_view tool, const std::string& position) {
+  if (position.empty()) return position;
+  std::string out = position;
+  for (std::uint8_t byte : cursor_key().mac(cursor_mac_input(tool, position)))
+    fmt::format_to(std::back_inserter(out), "{:02x}", byte);
+  return out;
+}
+
+// The position that `cursor` seals for `tool`, or nullopt when it is not a
+// cursor of this manager's.
+std::optional<std::string> opened_cursor(std::string_view tool, std::string_view cursor) {
+  constexpr std::size_t kHexMac = 2 * kMacBytes;
+  if (cursor.size() <= kHexMac) return std::nullopt;
+  const std::string_view position = cursor.substr(0, cursor.size() - kHexMac);
+  std::string mac;
+  for (std::size_t at = cursor.size() - kHexMac; at < cursor.size(); at += 2) {
+    unsigned byte = 0;
+    auto [end, ec] = std::from_chars(cursor.data() + at, cursor.data() + at + 2, byte, 16);
+    if (ec != std::errc() || end != cursor.data() + at + 2) return std::nullopt;
+    mac.push_back(static_cast<char>(byte));
+  }
+  if (!cursor_key().verify(cursor_mac_input(tool, position), mac)) return std::nullopt;
+  return std::string(position);
 }
 
 bool pages(QueryKind kind) {
@@ -254,9 +303,16 @@ QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
     } else if (key == "limit" && pages(kind)) {
       args.page.limit = limit_arg(value);
     } else if (key == "cursor" && pages(kind)) {
-      args.page.cursor = get_string(value, "cursor");
-      if (!args.page.cursor.empty() && !is_valid_cursor(args.page.cursor))
-        bad("cursor: not one that a previous page's next_cursor returned");
+      const std::string cursor = get_string(value, "cursor");
+      if (!cursor.empty()) {
+        auto position = opened_cursor(f.tool, cursor);
+        if (!position || !is_valid_cursor(*position))
+          bad(
+              fmt::format("cursor: {} is not one that a previous page's next_cursor returned "
+                          "(cursors end when the manager restarts)",
+                          "'" + escaped(cursor, 48) + "'"));
+        args.page.cursor = std::move(*position);
+      }
     } else if (key == "latest" && pages(kind)) {
       if (value.type() != V::TYPE_BOOLEAN)
         bad("latest: expected a boolean, got " + type_name(value));
@@ -474,7 +530,7 @@ void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultRead
   }
   w.end_array();
   w.member("next_cursor");
-  w.string(page->next_cursor);
+  w.string(sealed_cursor(query.filter.tool, page->next_cursor));
   w.end_struct();
 }
 

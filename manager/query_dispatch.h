@@ -1,8 +1,7 @@
 // Calls to the methods that write their own XML answer (ApiMethod::write:
 // the query.* methods), answered without the xmlrpc-c registry so that no
-// xmlrpc-c value is built for a large answer. The call itself is still
-// parsed by xmlrpc-c, with the same limits; anything this does not
-// recognise is left to the registry, which answers it as before.
+// xmlrpc-c value is built for a large answer; and the one authentication
+// every method goes through.
 #pragma once
 
 #include <map>
@@ -10,19 +9,30 @@
 #include <string_view>
 #include <vector>
 
+#include <xmlrpc-c/base.hpp>
+
 #include "manager/api.h"
 #include "manager/auth.h"
 
 namespace flexmon::manager {
+
+// The user that `authorization` (an Authorization header, empty when
+// absent) proves. Throws ApiFault 4010 when it proves none.
+const UserConfig& authenticated(const Authenticator& auth, std::string_view authorization);
+
+// A whole methodResponse that is the fault (code, message).
+void write_fault_response(int code, const std::string& message, std::string& response);
 
 class DirectCalls {
  public:
   // Keeps the methods of `methods` that have `write`.
   DirectCalls(const std::vector<ApiMethod>& methods, const Authenticator& auth);
 
-  // When `body` calls one of these methods: writes the whole methodResponse
-  // (the answer or a fault) to `response` and returns true. Otherwise false.
-  bool answer(const std::string& body, std::string_view authorization, XmlAnswer& response) const;
+  // When `method` is one of these: parses `body` (a call of it that
+  // CallGuard passed) and writes the whole methodResponse (the answer or a
+  // fault) to `response`; returns true. Otherwise false.
+  bool answer(std::string_view method, const std::string& body, std::string_view authorization,
+              XmlAnswer& response) const;
 
  private:
   std::map<std::string, ApiMethod, std::less<>> methods_;
