@@ -65,9 +65,11 @@ struct Attack {
   std::string name;
   std::vector<std::string> bodies;  // sent in turn
   std::string authorization;
+  bool valid = false;  // answered without a fault (the peers)
 };
 
-const std::string kAlice = "Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==";
+// alice:alice-token-0123456789abcdef, whose hash the config holds.
+const std::string kAlice = "Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OWFiY2RlZg==";
 const std::string kWrong = "Basic YWxpY2U6d3Jvbmc=";  // alice:wrong
 
 std::vector<Attack> attacks(std::size_t max_request_bytes) {
@@ -75,8 +77,8 @@ std::vector<Attack> attacks(std::size_t max_request_bytes) {
     return call_of("probe.get", "<param><value>" + value + "</value></param>");
   };
   return {
-      {"valid_list_methods", {call_of("system.listMethods", "")}, ""},
-      {"valid_probe_list", {call_of("probe.list", "")}, kAlice},
+      {"valid_list_methods", {call_of("system.listMethods", "")}, "", true},
+      {"valid_probe_list", {call_of("probe.list", "")}, kAlice, true},
       {"bad_i8", {one("<i8>1x</i8>"), one("<i8>9223372036854775808</i8>")}, ""},
       {"bad_siblings",
        {one("<int>1x</int>"), one("<double>nan</double>"),
@@ -205,7 +207,9 @@ int main(int argc, char** argv) {
         "collector:\n  cache_db: cache.db\n"
         "nodes:\n  - {{id: n1, site: a, address: 127.0.0.1, key: "
         "000102030405060708090a0b0c0d0e0f}}\n"
-        "users:\n  - {{name: alice, token: alice-token-0123456789, role: admin}}\n",
+        "users:\n  - {{name: alice, role: admin, token_hash: \"hmac-sha256:28:"
+        "000102030405060708090a0b0c0d0e0f:"
+        "95fd288ef5ebf6ed5816c420792ba921279f0d06ae564b38bdca924e2a39178b\"}}\n",
         port, control_port, max_request_bytes);
   }
   const pid_t pid = fork();
@@ -233,7 +237,16 @@ int main(int argc, char** argv) {
   const auto classes = attacks(max_request_bytes);
   // One of each first: every class's first allocations are not its cost.
   for (const auto& a : classes)
-    for (const auto& body : a.bodies) (void)post_xmlrpc(dial_loopback(port), a.authorization, body);
+    for (const auto& body : a.bodies) {
+      const std::string response = post_xmlrpc(dial_loopback(port), a.authorization, body);
+      if (a.valid != (response.find("200 OK") != std::string::npos &&
+                      response.find("<fault>") == std::string::npos)) {
+        std::fprintf(stderr, "manager_refusal_bench: %s: unexpected answer: %.300s\n",
+                     a.name.c_str(), response.c_str());
+        kill(pid, SIGKILL);
+        return 1;
+      }
+    }
   const long rss_start = status_kib(pid, "VmRSS");
   for (std::size_t k = 0; k < classes.size(); ++k) {
     const Attack& a = classes[(k + rotation) % classes.size()];

@@ -41,7 +41,7 @@ nodes:
   - {id: n1, site: a, address: 127.0.0.1, key: 000102030405060708090a0b0c0d0e0f}
   - {id: n2, site: b, address: 127.0.0.2, key: 101112131415161718191a1b1c1d1e1f}
 users:
-  - {name: bob, token: bob-token-0123456789, role: user}
+  - {name: bob, role: user, token_hash: "hmac-sha256:26:101112131415161718191a1b1c1d1e1f:71509f680090cccbc12d208413efa7fd231c170d24d1453f96718eed39c8ecfd"}
 )",
                                        "fuzz.yaml", "/fuzz");
   return c;

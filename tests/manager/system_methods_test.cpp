@@ -37,7 +37,7 @@ class SystemMethodsTest : public ::testing::Test {
   }
 
   xmlrpc_c::rpcOutcome call(const std::string& method, const xmlrpc_c::paramList& params,
-                            const std::string& auth = kAliceAuthAuth) {
+                            const std::string& auth = kAliceAuth) {
     std::string body;
     xmlrpc_c::xml::generateCall(method, params, &body);
     const std::string response =
