@@ -85,8 +85,8 @@ bool all_space(std::string_view text) {
 
 std::string quoted(std::string_view text) { return "'" + escaped(text, kQuotedBytes) + "'"; }
 
-// Why `text` is not an integer of [min, max] as XML-RPC writes one (an
-// optional sign and decimal digits); nullopt when it is one.
+// Whether `text` is an integer of [min, max] as XML-RPC writes one: an
+// optional sign and decimal digits (leading zeros allowed).
 bool is_integer_in(std::string_view text, std::int64_t min, std::int64_t max) {
   bool negative = false;
   if (!text.empty() && (text.front() == '+' || text.front() == '-')) {

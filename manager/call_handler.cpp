@@ -37,6 +37,11 @@ constexpr std::string_view kShutdownRefusal =
     "system.shutdown: not permitted: the manager stops on SIGTERM (systemctl stop), not over "
     "XML-RPC";
 
+// Calls in one system.multicall: each may be a page of 10,000 rows or an
+// introspection call without credentials, so a body of 1 MiB must not hold
+// tens of thousands of them.
+constexpr std::size_t kMaxMulticallCalls = 100;
+
 // One API method behind authentication, with every exception caught here.
 class AuthMethod : public xmlrpc_c::method2 {
  public:
@@ -134,6 +139,11 @@ struct CallHandler::Impl {
                                   "{methodName, params}",
                                   out.text);
     const auto calls = xmlrpc_c::value_array(params[0]).vectorValueValue();
+    if (calls.size() > kMaxMulticallCalls)
+      return write_fault_response(kBadArgument,
+                                  fmt::format("system.multicall: {} calls, at most {} in one",
+                                              calls.size(), kMaxMulticallCalls),
+                                  out.text);
     out.text += kResponseHead;
     out.text += "<value><array><data>";
     for (std::size_t i = 0; i < calls.size(); ++i) {

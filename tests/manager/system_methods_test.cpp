@@ -29,6 +29,9 @@ class SystemMethodsTest : public ::testing::Test {
   void SetUp() override {
     dir_ = testing::temp_dir();
     config_ = testing::test_config(dir_);
+    // The manager's request limit is xmlrpc-c's process-wide XML limit, also
+    // for this test's reading of answers: 100 calls' answers exceed 64 KiB.
+    config_.manager.max_request_bytes = 1 << 20;
     manager_ = start_manager_daemon(config_);
   }
   void TearDown() override {
@@ -190,6 +193,15 @@ TEST_F(SystemMethodsTest, MulticallAnswersEachCallAsThatCallAlone) {
   }
   const auto not_array = call("system.multicall", params_of({xmlrpc_c::value_string("x")}));
   EXPECT_EQ(code_of(not_array), 4001);
+  // At most 100 calls in one: introspection needs no credentials, so one
+  // body must not make the manager answer thousands of them.
+  const xmlrpc_c::carray many(101, one_call("system.listMethods", {}));
+  const auto too_many = call("system.multicall", params_of({xmlrpc_c::value_array(many)}));
+  EXPECT_EQ(code_of(too_many), 4001);
+  EXPECT_EQ(too_many.getFault().getDescription(),
+            "system.multicall: 101 calls, at most 100 in one");
+  const xmlrpc_c::carray hundred(100, one_call("system.listMethods", {}));
+  EXPECT_TRUE(call("system.multicall", params_of({xmlrpc_c::value_array(hundred)})).succeeded());
 }
 
 }  // namespace
