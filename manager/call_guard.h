@@ -16,10 +16,10 @@
 // characters XML allows, character references, CDATA sections, comments, the
 // XML declaration, attribute quoting), and expat has had each of those fuzzed
 // for years. It costs less than xmlrpc-c's own parse, which every accepted
-// body still gets: 7 us against 50 us for a 450-byte query.latency call,
-// 0.7 ms against 1.7 ms for a 60 KB probe.request (bench/run-refusals,
-// medians of 5). A DTD is refused at its first declaration, before expat
-// reads an entity.
+// body still gets: 7-14 us against 50-74 us for a 450-byte query.latency
+// call, 0.7-1.0 ms against 1.7-2.3 ms for a 60 KB probe.request
+// (bench/run-refusals, medians of 5, two sets on a loaded 2-core VM). A DTD
+// is refused at its first declaration, before expat reads an entity.
 #pragma once
 
 #include <string>
