@@ -77,6 +77,7 @@ struct Peer {
 
 struct Accepted {
   Peer from;
+  const Sealer* key = nullptr;                     // what verified it; its acks are sealed under it
   std::unique_ptr<google::protobuf::Arena> arena;  // owns *message
   const wire::Message* message = nullptr;
   Mono::time_point queued{};  // when the receiver handed it to the writer
@@ -87,6 +88,7 @@ struct AckList {
   std::string node;
   std::uint64_t boot_epoch = 0;
   Peer to;
+  const Sealer* key = nullptr;
   std::vector<std::uint64_t> seqs;
 };
 
@@ -147,7 +149,7 @@ class CollectorDaemon : public Collector {
         log_(logger("collector")),
         rejects_(log_, 20, std::chrono::seconds(10)),
         window_table_(cache_.database()) {
-    for (const auto& node : config.nodes) keys_.add(node.id, node.key);
+    for (const auto& node : config.nodes) keys_.add(node);
     // NORMAL in WAL mode: COMMIT writes the WAL without waiting for the disk;
     // the syncer's fdatasync of the WAL makes it durable before any ack.
     cache_.database().exec("PRAGMA synchronous=NORMAL");
@@ -187,6 +189,7 @@ class CollectorDaemon : public Collector {
   // The receiver ends first; the writer commits what was queued, the syncer
   // acks it, then they end, and the checkpointer last.
   void wait() override {
+    const bool ran = receiver_.joinable();
     if (receiver_.joinable()) receiver_.join();
     if (writer_.joinable()) writer_.join();
     if (syncer_.joinable()) syncer_.join();
@@ -196,6 +199,7 @@ class CollectorDaemon : public Collector {
       checkpoint_due_.notify_all();
     }
     if (checkpointer_.joinable()) checkpointer_.join();
+    if (ran) report();  // the final counts, rejected datagrams by reason among them
   }
 
   Endpoint local_endpoint() const override { return local_; }
@@ -327,8 +331,8 @@ class CollectorDaemon : public Collector {
             from[i].length = headers[i].msg_hdr.msg_namelen;
             std::string_view datagram(buffers[i].data(), headers[i].msg_len);
             if (auto decoded = check(datagram, from[i]); decoded.message)
-              accepted.push_back(
-                  Accepted{from[i], std::move(decoded.arena), decoded.message, Mono::time_point{}});
+              accepted.push_back(Accepted{from[i], decoded.key, std::move(decoded.arena),
+                                          decoded.message, Mono::time_point{}});
           }
           if (static_cast<std::size_t>(got) < kReceiveBurst) break;
         }
@@ -412,6 +416,12 @@ class CollectorDaemon : public Collector {
       case DatagramReject::unknown_node:
         ++counters_.unknown_node;
         break;
+      case DatagramReject::unknown_key:
+        ++counters_.unknown_key;
+        break;
+      case DatagramReject::retired_key:
+        ++counters_.retired_key;
+        break;
       case DatagramReject::bad_seal:
         ++counters_.bad_seal;
         break;
@@ -434,7 +444,11 @@ class CollectorDaemon : public Collector {
     std::map<WindowKey, std::size_t> index;
     std::vector<Cache::StoreGroup> groups;
     std::map<WindowKey, SeqWindow> touched;  // windows as they will be after the commit
-    std::map<std::tuple<std::string, std::uint64_t, Peer>, std::vector<std::uint64_t>> acks;
+    // By (node, epoch, sender, key): a prober that restarted under its new key
+    // may have datagrams of both keys in one batch.
+    std::map<std::tuple<std::string, std::uint64_t, Peer, std::uint32_t>,
+             std::pair<const Sealer*, std::vector<std::uint64_t>>>
+        acks;
     std::uint64_t duplicates = 0, outside = 0;
     for (const auto& a : accepted) {
       const auto& batch = a.message->results();
@@ -445,7 +459,8 @@ class CollectorDaemon : public Collector {
         w = touched.emplace(key, committed != windows_.end() ? committed->second : SeqWindow{})
                 .first;
       }
-      auto& seqs = acks[{key.first, key.second, a.from}];
+      auto& [sealer, seqs] = acks[{key.first, key.second, a.from, a.key->id()}];
+      sealer = a.key;
       for (const auto& r : batch.results()) {
         switch (w->second.classify(r.seq())) {
           case SeqWindow::Verdict::duplicate:
@@ -513,10 +528,10 @@ class CollectorDaemon : public Collector {
     counters_.duplicates += duplicates;
     PendingAcks pending;
     pending.after_commit = commits_done_;
-    for (auto& [key, seqs] : acks)
-      if (!seqs.empty())
-        pending.lists.push_back(
-            AckList{std::get<0>(key), std::get<1>(key), std::get<2>(key), std::move(seqs)});
+    for (auto& [key, list] : acks)
+      if (!list.second.empty())
+        pending.lists.push_back(AckList{std::get<0>(key), std::get<1>(key), std::get<2>(key),
+                                        list.first, std::move(list.second)});
     if (pending.lists.empty()) return;
     pending.spent = std::move(accepted);
     std::lock_guard lock(ack_mutex_);
@@ -642,7 +657,6 @@ class CollectorDaemon : public Collector {
   }
 
   void send_acks(AckList& list) {
-    const Sealer* key = keys_.find(list.node);
     auto ranges = to_ranges(std::move(list.seqs));
     for (std::size_t start = 0; start < ranges.size(); start += kMaxRangesPerAck) {
       wire::Message message;
@@ -654,7 +668,7 @@ class CollectorDaemon : public Collector {
         range->set_first(ranges[i].first);
         range->set_last(ranges[i].second);
       }
-      auto frame = seal(message, *key);
+      auto frame = seal(message, *list.key);
       if (::sendto(socket_, frame.data(), frame.size(), MSG_DONTWAIT,
                    reinterpret_cast<const sockaddr*>(&list.to.address), list.to.length) < 0) {
         rejects_.warn("collector: cannot ack node '{}' at {}: {}", list.node, list.to.to_string(),
@@ -670,16 +684,17 @@ class CollectorDaemon : public Collector {
     log_->info(
         "collector: {} datagrams, {} results stored, {} duplicates, {} refused, {} acks, {} "
         "commits ({} failed), {} syncs ({} failed), {} checkpoints ({} failed, {} WAL restarts); "
-        "rejected: {} malformed, {} unknown node, {} "
+        "rejected: {} malformed, {} unknown node, {} unknown key, {} retired key, {} "
         "bad seal, {} not results, {} bad results, {} outside the window; since start: ack delay "
         "p50 {:.1f} ms, p99 {:.1f} ms, max {:.1f} ms; commit p99 {:.1f} ms, WAL sync p99 {:.1f} ms",
         c.datagrams.load(), c.stored.load(), c.duplicates.load(), c.refused.load(), c.acks.load(),
         c.commits.load(), c.commit_failures.load(), c.syncs.load(), c.sync_failures.load(),
         c.checkpoints.load(), c.checkpoint_failures.load(), c.wal_restarts.load(),
-        c.malformed.load(), c.unknown_node.load(), c.bad_seal.load(), c.not_results.load(),
-        c.bad_results.load(), c.outside_window.load(), c.ack_delay.percentile(0.5) / 1e6,
-        c.ack_delay.percentile(0.99) / 1e6, static_cast<double>(c.ack_delay.max()) / 1e6,
-        c.commit_time.percentile(0.99) / 1e6, c.sync_time.percentile(0.99) / 1e6);
+        c.malformed.load(), c.unknown_node.load(), c.unknown_key.load(), c.retired_key.load(),
+        c.bad_seal.load(), c.not_results.load(), c.bad_results.load(), c.outside_window.load(),
+        c.ack_delay.percentile(0.5) / 1e6, c.ack_delay.percentile(0.99) / 1e6,
+        static_cast<double>(c.ack_delay.max()) / 1e6, c.commit_time.percentile(0.99) / 1e6,
+        c.sync_time.percentile(0.99) / 1e6);
   }
 
   const CollectorTuning tuning_;

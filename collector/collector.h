@@ -41,6 +41,8 @@ struct CollectorCounters {
   // Rejected datagrams, by reason.
   std::atomic<std::uint64_t> malformed{0};  // not a sealed frame, wrong version
   std::atomic<std::uint64_t> unknown_node{0};
+  std::atomic<std::uint64_t> unknown_key{0};  // a key id the node does not have
+  std::atomic<std::uint64_t> retired_key{0};  // sealed properly under a retired key
   std::atomic<std::uint64_t> bad_seal{0};     // forged or altered
   std::atomic<std::uint64_t> not_results{0};  // another kind of message
   std::atomic<std::uint64_t> bad_results{0};  // src is not the sender, seq 0, epoch 0, empty

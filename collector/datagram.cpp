@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "common/log.h"
+
 namespace flexmon {
 
 DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing& keys) {
@@ -27,6 +29,14 @@ DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing&
       out.reject = DatagramReject::unknown_node;
       out.why = std::move(opened.why);
       return out;
+    case OpenFault::unknown_key:
+      out.reject = DatagramReject::unknown_key;
+      out.why = std::move(opened.why);
+      return out;
+    case OpenFault::retired_key:
+      out.reject = DatagramReject::retired_key;
+      out.why = std::move(opened.why);
+      return out;
     case OpenFault::bad_seal:
       out.reject = DatagramReject::bad_seal;
       out.why = opened.why.substr(0, 200);
@@ -46,7 +56,7 @@ DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing&
   for (const auto& r : batch.results()) {
     if (!out.why.empty()) break;
     if (r.src() != message->node())
-      out.why = fmt::format("result {} has src '{}'", r.seq(), r.src().substr(0, 64));
+      out.why = fmt::format("result {} has src '{}'", r.seq(), escaped(r.src(), 64));
     else if (r.seq() == 0)
       out.why = "a result has seq 0";
   }
@@ -56,6 +66,7 @@ DecodedDatagram decode_result_datagram(std::string_view datagram, const KeyRing&
     return out;
   }
   out.message = opened.message;
+  out.key = opened.key;
   return out;
 }
 

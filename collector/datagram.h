@@ -20,6 +20,8 @@ enum class DatagramReject {
   none,
   malformed,     // not a Sealed frame, or another wire version
   unknown_node,  // no key for the frame's node
+  unknown_key,   // the node has no key of the frame's key id
+  retired_key,   // sealed under a key the config marks retired
   bad_seal,      // the MAC does not verify, or the body names another node
   not_results,   // a sealed message of another kind
   bad_results,   // epoch 0, no results, seq 0, or a result of another src
@@ -27,7 +29,10 @@ enum class DatagramReject {
 
 struct DecodedDatagram {
   DatagramReject reject = DatagramReject::none;
-  std::string why;  // for the log when rejected
+  std::string why;  // for the log when rejected; outside bytes escaped
+  // The key that verified the datagram: its acks are sealed under it, which
+  // the prober holds whatever the rotation step. Set iff reject == none.
+  const Sealer* key = nullptr;
   // The batch lives on an arena of its own: it is parsed on the receiver and
   // freed on the syncer, and one arena costs a few allocations where the
   // batch's strings and submessages cost ~50 (a third of the receiver's work).

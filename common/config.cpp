@@ -287,6 +287,53 @@ std::string decode_key(const Section& section, const YAML::Node& at, const std::
   return bytes;
 }
 
+// A node's `key` (key 1), or its `keys` during a rotation: 1 to 4 keys of
+// distinct ids and bytes, at least one of them active; the node seals with
+// the active key of the highest id.
+void read_node_keys(Section& s, NodeConfig& node) {
+  constexpr std::size_t kMaxNodeKeys = 4;
+  if (s.has("key") && s.has("keys")) s.fail("keys", "give key or keys, not both");
+  if (!s.has("key") && !s.has("keys")) s.fail("key", "required key is missing (or keys)");
+  if (s.has("key")) {
+    std::string hex = s.required<std::string>("key");
+    node.keys.push_back(NodeKey{1, decode_key(s, s.take("key"), s.key_path("key"), hex), false});
+  } else {
+    s.each("keys", [&](Section& k) {
+      NodeKey key;
+      key.id = k.required<std::uint32_t>("id");
+      std::string hex = k.required<std::string>("key");
+      key.key = decode_key(k, k.take("key"), k.key_path("key"), hex);
+      k.optional("retired", key.retired);
+      if (key.id == 0) k.fail("id", "must be 1 to 4294967295");
+      for (const auto& other : node.keys) {
+        if (other.id == key.id) k.fail("id", fmt::format("key {} is given twice", key.id));
+        if (other.key == key.key)
+          k.fail("key", fmt::format("same bytes as key {}: a new key must be new", other.id));
+      }
+      node.keys.push_back(std::move(key));
+    });
+    if (node.keys.empty()) s.fail("keys", "needs at least one key");
+    if (node.keys.size() > kMaxNodeKeys)
+      s.fail("keys", fmt::format("at most {} keys (a rotation needs 2)", kMaxNodeKeys));
+  }
+  std::sort(node.keys.begin(), node.keys.end(),
+            [](const NodeKey& a, const NodeKey& b) { return a.id > b.id; });
+  auto active =
+      std::find_if(node.keys.begin(), node.keys.end(), [](const NodeKey& k) { return !k.retired; });
+  if (active == node.keys.end()) s.fail("keys", "every key is retired: one must be active");
+  node.key = active->key;
+  node.key_id = active->id;
+}
+
+// manager.control_*: the bounds of the control channel's edge.
+void read_control_limits(Section& s, ManagerConfig& m) {
+  s.bounded("control_max_connections", m.control_max_connections, 1u, 1'000'000u);
+  s.bounded("control_max_unregistered_per_address", m.control_max_unregistered_per_address, 1u,
+            65'535u);
+  s.bounded("control_register_timeout_s", m.control_register_timeout_s, 1u, 300u);
+  s.bounded("control_frame_timeout_s", m.control_frame_timeout_s, 1u, 3600u);
+}
+
 void read_limits(Section s, Limits& limits) {
   s.bounded("min_interval_s", limits.min_interval_s, kMinIntervalS, kMaxIntervalS);
   s.bounded("max_interval_s", limits.max_interval_s, kMinIntervalS, kMaxIntervalS);
@@ -444,6 +491,10 @@ std::string Endpoint::to_string() const {
                                              : fmt::format("{}:{}", host, port);
 }
 
+std::vector<NodeKey> NodeConfig::all_keys() const {
+  return keys.empty() ? std::vector<NodeKey>{NodeKey{key_id, key, false}} : keys;
+}
+
 const NodeConfig* Config::find_node(const std::string& id) const {
   auto it = std::find_if(nodes.begin(), nodes.end(), [&](const auto& n) { return n.id == id; });
   return it == nodes.end() ? nullptr : &*it;
@@ -516,6 +567,7 @@ Config parse_config(const std::string& text, const std::string& name,
     s.bounded("max_nesting", m.max_nesting, kMinNesting, kMaxNesting);
     s.bounded("dead_after_s", m.dead_after_s, kMinDeadAfterS, kMaxDeadAfterS);
     s.bounded("rendered_rows_mb", m.rendered_rows_mb, 0u, kMaxRenderedRowsMb);
+    read_control_limits(s, m);
     s.finish();
     m.state_db = resolve(config.data_dir, m.state_db);
   }
@@ -576,8 +628,7 @@ Config parse_config(const std::string& text, const std::string& name,
     node.site = s.required<std::string>("site");
     node.address = s.required<std::string>("address");
     s.bounded("responder_port", node.responder_port, std::uint16_t{1}, std::uint16_t{65535});
-    std::string hex = s.required<std::string>("key");
-    node.key = decode_key(s, s.take("key"), s.key_path("key"), hex);
+    read_node_keys(s, node);
     if (node.id.empty() || node.id.size() > 64 ||
         node.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   "0123456789-_.") != std::string::npos)

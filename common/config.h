@@ -28,12 +28,28 @@ struct Endpoint {
   std::string to_string() const;
 };
 
+// One of a node's keys (nodes[].keys[]): frames name it by its id.
+struct NodeKey {
+  std::uint32_t id = 1;
+  std::string key;       // raw bytes (hex in the file), 16 to 64 bytes
+  bool retired = false;  // frames under it are refused and counted
+};
+
 struct NodeConfig {
   std::string id;
   std::string site;
   std::string address;               // where the node's responder listens
   std::uint16_t responder_port = 0;  // 0: prober.responder_port
-  std::string key;                   // raw bytes (hex in the file), >= 16 bytes
+  // The key the node seals with: its active key of the highest id.
+  std::string key;
+  std::uint32_t key_id = 1;
+  // Every key of the node, active and retired, highest id first (from
+  // `keys`, or `key` as key 1). Empty in a NodeConfig built in code: then
+  // {key_id, key} is its only key.
+  std::vector<NodeKey> keys{};
+
+  // `keys`, or {key_id, key} when it is empty.
+  std::vector<NodeKey> all_keys() const;
 };
 
 // What a caller may do (schemas/xmlrpc-api.md, "Roles"): a reader only reads
@@ -156,6 +172,13 @@ struct ManagerConfig {
   std::uint32_t max_request_bytes = 1 << 20;
   std::uint32_t max_nesting = 16;
   double dead_after_s = 30.0;  // no contact for this long: dead
+  // The control channel's edge (schemas/config.md): connections in all, and
+  // not yet registered ones per peer address; how long a connection may take
+  // to register, and a frame from its length to its last byte.
+  std::uint32_t control_max_connections = 4096;
+  std::uint32_t control_max_unregistered_per_address = 8;
+  std::uint32_t control_register_timeout_s = 10;
+  std::uint32_t control_frame_timeout_s = 30;
   // Memory for query answers' rows kept as XML, shown again without reading
   // them whole (0: off). Stored results never change.
   std::uint32_t rendered_rows_mb = 64;

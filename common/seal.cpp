@@ -4,10 +4,13 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
+#include "common/config.h"
+#include "common/log.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -19,7 +22,7 @@ struct Sealer::Impl {
   ~Impl() { EVP_MAC_CTX_free(keyed); }
 };
 
-Sealer::Sealer(std::string_view key) : impl_(std::make_unique<Impl>()) {
+Sealer::Sealer(std::string_view key, std::uint32_t id) : impl_(std::make_unique<Impl>()), id_(id) {
   EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
   if (!mac) throw std::runtime_error("OpenSSL: HMAC is not available");
   impl_->keyed = EVP_MAC_CTX_new(mac);
@@ -61,6 +64,7 @@ std::string seal(const wire::Message& message, const Sealer& key) {
   wire::Sealed frame;
   frame.set_version(kWireVersion);
   frame.set_node(message.node());
+  frame.set_key_id(key.id());
   message.SerializeToString(frame.mutable_body());
   auto mac = key.mac(frame.body());
   frame.set_mac(mac.data(), mac.size());
@@ -76,15 +80,15 @@ std::string unsealed_frame(const wire::Message& message) {
 
 namespace {
 
-Result<wire::Sealed> parse_outer(std::string_view bytes) {
-  wire::Sealed frame;
-  if (bytes.empty()) return fail("empty frame");
+// Parses the outer frame and checks its version; the reason when it fails.
+std::string parse_outer(std::string_view bytes, wire::Sealed& frame) {
+  if (bytes.empty()) return "empty frame";
   if (!frame.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
-    return fail(fmt::format("malformed frame ({} bytes)", bytes.size()));
+    return fmt::format("malformed frame ({} bytes)", bytes.size());
   if (frame.version() != kWireVersion)
-    return fail(fmt::format("wire version {} is not supported (this side speaks {})",
-                            frame.version(), kWireVersion));
-  return frame;
+    return fmt::format("wire version {} is not supported (this side speaks {})", frame.version(),
+                       kWireVersion);
+  return {};
 }
 
 // Parses the body into `message`; the reason when it is not the message of
@@ -92,87 +96,125 @@ Result<wire::Sealed> parse_outer(std::string_view bytes) {
 std::string parse_body_into(const wire::Sealed& frame, wire::Message& message) {
   if (!message.ParseFromString(frame.body())) return "malformed message body";
   if (message.node() != frame.node())
-    return fmt::format("body names node '{}' but the frame is sealed for '{}'", message.node(),
-                       frame.node());
+    return fmt::format("body names node '{}' but the frame is sealed for '{}'",
+                       escaped(message.node(), 64), escaped(frame.node(), 64));
   return {};
-}
-
-Result<wire::Message> parse_body(const wire::Sealed& frame) {
-  wire::Message message;
-  if (auto why = parse_body_into(frame, message); !why.empty()) return fail(std::move(why));
-  return message;
-}
-
-// Parses the outer frame and verifies its seal under its node's key.
-OpenFault check_seal(const KeyRing& keys, std::string_view bytes, Result<wire::Sealed>& frame,
-                     std::string& why) {
-  frame = parse_outer(bytes);
-  if (!frame) {
-    why = frame.error().message;
-    return OpenFault::malformed;
-  }
-  const Sealer* key = keys.find(frame->node());
-  if (!key) {
-    why = fmt::format("unknown node '{}'", frame->node().substr(0, 64));
-    return OpenFault::unknown_node;
-  }
-  if (!key->verify(frame->body(), frame->mac())) {
-    why = fmt::format("seal of node '{}' does not verify", frame->node().substr(0, 64));
-    return OpenFault::bad_seal;
-  }
-  return OpenFault::none;
 }
 
 }  // namespace
 
 Result<wire::Message> open_from(std::string_view bytes, const std::string& node,
                                 const Sealer& key) {
-  auto frame = parse_outer(bytes);
-  if (!frame) return frame.error();
-  if (frame->node() != node)
-    return fail(fmt::format("frame from node '{}', expected '{}'", frame->node(), node));
-  if (!key.verify(frame->body(), frame->mac()))
-    return fail(fmt::format("seal of node '{}' does not verify", node));
-  return parse_body(*frame);
-}
-
-Result<wire::Message> open_hello(std::string_view bytes) {
-  auto frame = parse_outer(bytes);
-  if (!frame) return frame.error();
-  if (!frame->node().empty() || !frame->mac().empty()) return fail("expected an unsealed hello");
-  auto message = parse_body(*frame);
-  if (!message) return message;
-  if (!message->has_hello()) return fail("expected a hello");
+  wire::Sealed frame;
+  if (auto why = parse_outer(bytes, frame); !why.empty()) return fail(std::move(why));
+  if (frame.node() != node)
+    return fail(fmt::format("frame from node '{}', expected '{}'", escaped(frame.node(), 64),
+                            escaped(node, 64)));
+  if (frame.key_id() != key.id())
+    return fail(fmt::format("frame of node '{}' under key {}, expected key {}", escaped(node, 64),
+                            frame.key_id(), key.id()));
+  if (!key.verify(frame.body(), frame.mac()))
+    return fail(fmt::format("seal of node '{}' does not verify", escaped(node, 64)));
+  wire::Message message;
+  if (auto why = parse_body_into(frame, message); !why.empty()) return fail(std::move(why));
   return message;
 }
 
-void KeyRing::add(const std::string& node, std::string_view key) {
-  keys_.insert_or_assign(node, Sealer(key));
+Result<wire::Message> open_hello(std::string_view bytes) {
+  wire::Sealed frame;
+  if (auto why = parse_outer(bytes, frame); !why.empty()) return fail(std::move(why));
+  if (!frame.node().empty() || !frame.mac().empty() || frame.key_id() != 0)
+    return fail("expected an unsealed hello");
+  wire::Message message;
+  if (auto why = parse_body_into(frame, message); !why.empty()) return fail(std::move(why));
+  if (!message.has_hello()) return fail("expected a hello");
+  return message;
+}
+
+void KeyRing::add(const std::string& node, std::string_view key, std::uint32_t id, bool retired) {
+  auto& keys = keys_[node];
+  auto at =
+      std::find_if(keys.begin(), keys.end(), [&](const Key& k) { return k.sealer.id() <= id; });
+  if (at != keys.end() && at->sealer.id() == id)
+    throw std::invalid_argument(fmt::format("node '{}' has key {} twice", node, id));
+  keys.insert(at, Key{Sealer(key, id), retired});
+}
+
+void KeyRing::add(const NodeConfig& node) {
+  for (const auto& k : node.all_keys()) add(node.id, k.key, k.id, k.retired);
 }
 
 const Sealer* KeyRing::find(const std::string& node) const {
   auto it = keys_.find(node);
-  return it == keys_.end() ? nullptr : &it->second;
+  if (it == keys_.end()) return nullptr;
+  for (const auto& k : it->second)
+    if (!k.retired) return &k.sealer;
+  return nullptr;
 }
 
-Result<wire::Message> KeyRing::open(std::string_view bytes) const {
-  Result<wire::Sealed> frame = fail("not parsed");
-  std::string why;
-  if (check_seal(*this, bytes, frame, why) != OpenFault::none) return fail(std::move(why));
-  return parse_body(*frame);
+Opened KeyRing::check_seal(std::string_view bytes, wire::Sealed& frame) const {
+  Opened out;
+  out.why = parse_outer(bytes, frame);
+  if (!out.why.empty()) {
+    out.fault = OpenFault::malformed;
+    return out;
+  }
+  auto node = keys_.find(frame.node());
+  if (node == keys_.end()) {
+    out.fault = OpenFault::unknown_node;
+    out.why = fmt::format("unknown node '{}'", escaped(frame.node(), 64));
+    return out;
+  }
+  auto key = std::find_if(node->second.begin(), node->second.end(),
+                          [&](const Key& k) { return k.sealer.id() == frame.key_id(); });
+  if (key == node->second.end()) {
+    out.fault = OpenFault::unknown_key;
+    out.why = fmt::format("node '{}' has no key {}", node->first, frame.key_id());
+    return out;
+  }
+  // A retired key is still verified: a frame that verifies comes from a node
+  // not yet told of its new key (retired_key), one that does not is forged.
+  if (!key->sealer.verify(frame.body(), frame.mac())) {
+    out.fault = OpenFault::bad_seal;
+    out.why =
+        fmt::format("seal of node '{}' under key {} does not verify", node->first, frame.key_id());
+    return out;
+  }
+  if (key->retired) {
+    out.fault = OpenFault::retired_key;
+    out.why =
+        fmt::format("node '{}' sealed with key {}, which is retired", node->first, frame.key_id());
+    return out;
+  }
+  out.key = &key->sealer;
+  return out;
+}
+
+Opened KeyRing::open(std::string_view bytes, wire::Message& into) const {
+  wire::Sealed frame;
+  Opened out = check_seal(bytes, frame);
+  if (!out.ok()) return out;
+  out.why = parse_body_into(frame, into);
+  if (!out.why.empty()) {
+    out.fault = OpenFault::bad_seal;
+    out.key = nullptr;
+  }
+  return out;
 }
 
 OpenedOnArena KeyRing::open_on(std::string_view bytes, google::protobuf::Arena& arena) const {
   OpenedOnArena out;
-  Result<wire::Sealed> frame = fail("not parsed");
-  out.fault = check_seal(*this, bytes, frame, out.why);
-  if (out.fault != OpenFault::none) return out;
+  wire::Sealed frame;
+  static_cast<Opened&>(out) = check_seal(bytes, frame);
+  if (!out.ok()) return out;
   auto* message = google::protobuf::Arena::CreateMessage<wire::Message>(&arena);
-  out.why = parse_body_into(*frame, *message);
-  if (!out.why.empty())
+  out.why = parse_body_into(frame, *message);
+  if (!out.why.empty()) {
     out.fault = OpenFault::bad_seal;
-  else
+    out.key = nullptr;
+  } else {
     out.message = message;
+  }
   return out;
 }
 

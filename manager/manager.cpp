@@ -37,8 +37,11 @@ class Manager : public ManagerDaemon {
     control_.stop();
     core_.stop();
     auto c = control_.counters();
-    logger("manager")->info("control: {} sessions, {} seal failures, {} bad messages", c.sessions,
-                            c.seal_failures, c.bad_messages);
+    logger("manager")->info(
+        "control: {} sessions, {} seal failures, {} retired key, {} bad messages, {} refused "
+        "connections, {} evicted, {} timeouts, {} accept errors",
+        c.sessions, c.seal_failures, c.retired_keys, c.bad_messages, c.refused_connections,
+        c.evicted, c.timeouts, c.accept_errors);
   }
   void wait() override {}
   std::uint16_t xmlrpc_port() const override { return xmlrpc_.port(); }

@@ -31,7 +31,8 @@ std::chrono::steady_clock::duration seconds(double s) {
 Result<wire::Message> open_unsealed_refusal(std::string_view bytes) {
   wire::Sealed frame;
   if (!frame.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())) ||
-      frame.version() != kWireVersion || !frame.node().empty() || !frame.mac().empty())
+      frame.version() != kWireVersion || !frame.node().empty() || !frame.mac().empty() ||
+      frame.key_id() != 0)
     return fail("not an unsealed frame");
   wire::Message message;
   if (!message.ParseFromString(frame.body()) || !message.has_refusal())
@@ -60,7 +61,7 @@ struct ControlClient::Impl : std::enable_shared_from_this<ControlClient::Impl> {
   Impl(asio::io_context& context, ControlOptions o, OnAssignment a, HeartbeatSource h)
       : io(context),
         options(std::move(o)),
-        sealer(options.key),
+        sealer(options.key, options.key_id),
         on_assignment(std::move(a)),
         heartbeat(std::move(h)),
         retry(context),
@@ -199,7 +200,7 @@ struct Session : std::enable_shared_from_this<Session> {
 
   void refused(const std::string& reason) {
     ++impl.counters.refusals;
-    end(fmt::format("manager refused the session: {}", reason.substr(0, 500)), false);
+    end(fmt::format("manager refused the session: {}", escaped(reason, 500)), false);
   }
 
   void arm_heartbeat() {

@@ -23,7 +23,8 @@ namespace flexmon::prober {
 
 struct ControlOptions {
   std::string node;
-  std::string key;  // the node's key (raw bytes)
+  std::string key;  // the node's newest active key (raw bytes): it seals every frame
+  std::uint32_t key_id = 1;
   Endpoint manager;
   std::uint64_t boot_epoch = 1;
   std::string software_version;

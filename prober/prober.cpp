@@ -48,6 +48,7 @@ class ProberDaemon : public Daemon {
     SenderOptions s;
     s.node = node.id;
     s.key = node.key;
+    s.key_id = node.key_id;
     s.boot_epoch = epoch;
     s.source_address = node.address;
     s.collectors = config.collectors_for_probers();
@@ -73,6 +74,7 @@ class ProberDaemon : public Daemon {
     ControlOptions c;
     c.node = node.id;
     c.key = node.key;
+    c.key_id = node.key_id;
     c.manager = config.manager_for_probers();
     c.boot_epoch = epoch;
     c.software_version = FLEXMON_VERSION;

@@ -68,7 +68,7 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
   Impl(asio::io_context& context, SenderOptions o, std::unique_ptr<Spool> s)
       : io(context),
         options(std::move(o)),
-        sealer(options.key),
+        sealer(options.key, options.key_id),
         spool(std::move(s)),
         socket(context),
         tick(context) {
@@ -297,7 +297,8 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
     };
     std::size_t body = message.ByteSizeLong();
     std::size_t node = options.node.size();
-    return 2 + (1 + varint(node) + node) + (1 + varint(body) + body) + (2 + kMacBytes);
+    return 2 + (1 + varint(node) + node) + (1 + varint(body) + body) + (2 + kMacBytes) +
+           (1 + varint(options.key_id));
   }
 
   void send(const wire::Message& message) {

@@ -35,7 +35,8 @@ constexpr std::uint64_t kSeqWindow = 1 << 16;
 constexpr double kSpoolSoftFill = 0.9;
 struct SenderOptions {
   std::string node;
-  std::string key;  // the node's key (raw bytes)
+  std::string key;  // the node's newest active key (raw bytes): it seals every datagram
+  std::uint32_t key_id = 1;
   std::uint64_t boot_epoch = 1;
   std::string source_address;  // the node's address; the socket binds there
   std::vector<Endpoint> collectors;

@@ -154,7 +154,8 @@ struct StreamRunner::Impl : DeadlineClient, std::enable_shared_from_this<StreamR
     for (auto& s : incoming) {
       if (auto why = check_stream(s, node, limits); !why.empty()) {
         ++counters.rejected_streams;
-        log->warn("prober {}: stream '{}' left out: {}", node, s.key().substr(0, 200), why);
+        log->warn("prober {}: stream '{}' left out: {}", node, escaped(s.key(), 200),
+                  escaped(why, 300));
         continue;
       }
       wanted.insert_or_assign(s.key(), std::move(s));

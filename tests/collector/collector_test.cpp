@@ -10,9 +10,14 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <mutex>
+#include <sstream>
+
+#include <spdlog/sinks/ostream_sink.h>
 
 #include "cache/cache.h"
 #include "collector/window.h"
+#include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
 #include "prober/event_loop.h"
@@ -34,12 +39,15 @@ struct Fixture {
   sockaddr_in to{};
 
   // max_wal_mb: 4 makes a filled WAL file of 20 MiB per test.
-  explicit Fixture(const CollectorTuning& tuning = {}, std::uint32_t max_wal_mb = 4) {
+  // `adjust` changes the config before the collector starts.
+  explicit Fixture(const CollectorTuning& tuning = {}, std::uint32_t max_wal_mb = 4,
+                   const std::function<void(Config&)>& adjust = {}) {
     config.collector.listen = Endpoint{"127.0.0.1", 0};
     config.collector.cache_db = dir.path / "cache.db";
     config.collector.max_wal_mb = max_wal_mb;
     config.nodes.push_back(NodeConfig{"n1", "utah", "127.0.0.1", 0, kKey1});
     config.nodes.push_back(NodeConfig{"n2", "utah", "127.0.0.2", 0, kKey2});
+    if (adjust) adjust(config);
     collector = start_collector(config, tuning);
     fd = socket(AF_INET, SOCK_DGRAM, 0);
     to.sin_family = AF_INET;
@@ -382,7 +390,7 @@ TEST(Collector, FillingTheWalKeepsTheFramesItHolds) {
     // Every result is in the WAL only.
     EXPECT_LT(std::filesystem::file_size(f.config.collector.cache_db), 64u * 1024u);
     auto size = wal_bytes(f);
-    f.collector = start_collector(f.config, tuning);
+    f.collector = start_collector(f.config);
     f.to.sin_port = htons(f.collector->local_endpoint().port);
     EXPECT_EQ(wal_bytes(f), size);
     EXPECT_EQ(f.stored_rows(), 20'000);
@@ -430,6 +438,70 @@ TEST(Collector, ProberResultSenderDeliversAndIsAcked) {
   EXPECT_EQ(f.stored_rows(), 25);
   loop.stop();
   loop.join();
+}
+
+// Key rotation at the collector: with keys 1 and 2 of n1 active, a datagram
+// under either is stored and acked under the key that sealed it (the prober
+// opens acks with its own key only); with key 1 retired, a datagram under it
+// is refused, counted as retired_key and not acked.
+TEST(Collector, AcceptsEitherActiveKeyAndRefusesARetiredOne) {
+  const std::string new_key = "new-key-of-n1-0123456789abcdef";
+  {
+    Fixture f({}, 4, [&](Config& c) {
+      c.nodes[0].key = new_key;
+      c.nodes[0].key_id = 2;
+      c.nodes[0].keys = {NodeKey{2, new_key, false}, NodeKey{1, kKey1, false}};
+    });
+    f.send(seal(batch("n1", 1, 1, 2, "n1"), Sealer(kKey1, 1)));
+    expect_ack(f.receive(), 1, 1, 2);  // opened with key 1
+    f.send(seal(batch("n1", 1, 3, 4, "n1"), Sealer(new_key, 2)));
+    auto ack = f.receive();
+    ASSERT_TRUE(ack);
+    auto m = open_from(*ack, "n1", Sealer(new_key, 2));
+    ASSERT_TRUE(m) << m.error().message;
+    EXPECT_EQ(m->ack().ranges(0).first(), 3u);
+    EXPECT_EQ(f.stored_rows(), 4);
+
+    // Key 1 retired: refused, counted, not acked; key 2 still works.
+    f.collector->stop();
+    f.collector->wait();
+    f.config.nodes[0].keys[1].retired = true;
+    f.collector = start_collector(f.config);
+    f.to.sin_port = htons(f.collector->local_endpoint().port);
+    f.send(seal(batch("n1", 1, 5, 5, "n1"), Sealer(kKey1, 1)));
+    f.send(seal(batch("n1", 1, 6, 6, "n1"), Sealer(new_key, 2)));
+    ack = f.receive();
+    ASSERT_TRUE(ack);
+    m = open_from(*ack, "n1", Sealer(new_key, 2));
+    ASSERT_TRUE(m) << m.error().message;
+    EXPECT_EQ(m->ack().ranges(0).first(), 6u) << "the datagram under key 1 is not acked";
+    EXPECT_EQ(f.collector->counters().retired_key.load(), 1u);
+    EXPECT_EQ(f.collector->counters().bad_seal.load(), 0u);
+    EXPECT_EQ(f.stored_rows(), 5);
+  }
+}
+
+// Item 9 of issue 14: a node name with a newline in a datagram is logged
+// escaped; before, it wrote a line of its own into the collector's log.
+TEST(Collector, NodeNameWithANewlineIsLoggedEscaped) {
+  std::ostringstream out;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  auto log = logger("collector");
+  log->sinks().push_back(sink);
+  {
+    Fixture f;
+    f.send(seal(batch("n1\n2026-12-04T00:00:00Z collector info: FORGED", 1, 1, 1, "n1"),
+                Sealer(kKey1)));
+    ASSERT_TRUE(test::eventually([&] { return f.collector->counters().unknown_node.load() == 1; }));
+  }
+  log->sinks().pop_back();
+  const std::string text = out.str();
+  EXPECT_NE(text.find("unknown node 'n1\\x0a2026-12-04T00:00:00Z collector info: FORGED'"),
+            std::string::npos)
+      << text;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    EXPECT_NE(line.rfind("2026-12-04T00:00:00Z collector info: FORGED", 0), 0u) << line;
 }
 
 }  // namespace

@@ -8,8 +8,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    (void)flexmon::parse_config(std::string(reinterpret_cast<const char*>(data), size),
-                                "fuzz.yaml", "/fuzz");
+    (void)flexmon::parse_config(std::string(reinterpret_cast<const char*>(data), size), "fuzz.yaml",
+                                "/fuzz");
   } catch (const flexmon::ConfigError&) {
   }
   return 0;

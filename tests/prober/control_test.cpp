@@ -8,8 +8,12 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <sstream>
+
+#include <spdlog/sinks/ostream_sink.h>
 
 #include "common/framing.h"
+#include "common/log.h"
 #include "common/seal.h"
 #include "prober/control_client.h"
 #include "prober/event_loop.h"
@@ -179,6 +183,72 @@ TEST(ControlClient, ForgedAssignmentIsRejected) {
   loop.join();
   client.reset();
   close(fd);
+}
+
+// Key rotation at the prober: it seals under its key id and takes from the
+// manager only frames under that same id (the manager answers under the
+// key of the Register). A Refusal's reason is outside bytes: logged escaped.
+TEST(ControlClient, SealsUnderItsKeyIdAndEscapesTheRefusalReason) {
+  std::ostringstream out;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  auto log = logger("prober");
+  log->sinks().push_back(sink);
+  FakeManager manager;
+  EventLoop loop;
+  std::atomic<int> assignments{0};
+  ControlOptions o;
+  o.node = "n1";
+  o.key = kKey;
+  o.key_id = 2;
+  o.manager = Endpoint{"127.0.0.1", manager.port};
+  o.initial_backoff_s = 0.05;
+  auto client = std::make_unique<ControlClient>(
+      loop, o, [&](std::vector<wire::Stream>) { ++assignments; }, [](wire::Heartbeat&) {});
+  loop.start();
+  int fd = manager.accept_within_10s();
+  ASSERT_GE(fd, 0);
+  wire::Message hello;
+  hello.mutable_hello()->set_session(std::string(16, 'n'));
+  write_frame(fd, unsealed_frame(hello));
+  auto reg = read_frame(fd);
+  ASSERT_TRUE(reg);
+  wire::Sealed frame;
+  ASSERT_TRUE(frame.ParseFromString(*reg));
+  EXPECT_EQ(frame.key_id(), 2u);
+  EXPECT_TRUE(open_from(*reg, "n1", Sealer(kKey, 2)).ok());
+  // The right key bytes under another id: not this session's key.
+  wire::Message assignment;
+  assignment.set_node("n1");
+  assignment.set_session(std::string(16, 'n'));
+  assignment.set_counter(1);
+  assignment.mutable_assignment();
+  write_frame(fd, seal(assignment, Sealer(kKey, 1)));
+  ASSERT_TRUE(test::eventually([&] { return client->counters().protocol_errors.load() == 1; }));
+  EXPECT_EQ(assignments.load(), 0);
+  close(fd);
+
+  fd = manager.accept_within_10s();
+  ASSERT_GE(fd, 0);
+  write_frame(fd, unsealed_frame(hello));
+  ASSERT_TRUE(read_frame(fd));
+  wire::Message refusal;
+  refusal.set_session(std::string(16, 'n'));
+  refusal.mutable_refusal()->set_reason("no\n2026-12-04T00:00:00Z prober info: FORGED");
+  write_frame(fd, unsealed_frame(refusal));
+  ASSERT_TRUE(test::eventually([&] { return client->counters().refusals.load() == 1; }));
+  loop.stop();
+  loop.join();
+  client.reset();
+  close(fd);
+  log->sinks().pop_back();
+  const std::string text = out.str();
+  EXPECT_NE(text.find("manager refused the session: no\\x0a2026-12-04T00:00:00Z prober info: "
+                      "FORGED"),
+            std::string::npos)
+      << text;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    EXPECT_NE(line.rfind("2026-12-04T00:00:00Z prober info: FORGED", 0), 0u) << line;
 }
 
 }  // namespace
