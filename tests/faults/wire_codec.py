@@ -36,9 +36,14 @@ def results_message(node, epoch, results):
     return field_bytes(1, node) + field_bytes(20, batch)
 
 
-def seal(node, key, body):
+WIRE_VERSION = 2  # Sealed.key_id came with version 2
+
+
+def seal(node, key, body, key_id=1):
+    """A Sealed frame of `node` under its key `key_id` (1: a node's single `key`)."""
     mac = hmac.new(key, body, hashlib.sha256).digest()
-    return field_varint(1, 1) + field_bytes(2, node) + field_bytes(3, body) + field_bytes(4, mac)
+    return (field_varint(1, WIRE_VERSION) + field_bytes(2, node) + field_bytes(3, body) +
+            field_bytes(4, mac) + field_varint(5, key_id))
 
 
 def parse(data):
