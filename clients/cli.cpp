@@ -198,6 +198,15 @@ int client_main(int argc, char** argv) {
   unsigned timeout_s = 30;
   app.add_option("--timeout", timeout_s, "seconds to wait for the server")
       ->check(CLI::Range(1, 3600));
+  RpcTls tls;
+  app.add_option("--ca", tls.ca_file,
+                 "PEM file of the CA that signed the manager's certificate (https:// URLs)")
+      ->envname("FLEXMON_CA")
+      ->check(CLI::ExistingFile);
+  app.add_option("--cert", tls.cert_file,
+                 "PEM client certificate, for a manager that requires one (manager.tls_client_ca)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--key", tls.key_file, "PEM key of --cert")->check(CLI::ExistingFile);
   app.footer("Exit status: 0 success, 1 refused or failed, 64 bad usage, 69 server unreachable.");
 
   auto* probe = app.add_subcommand("probe", "request, list, show and cancel measurements");
@@ -264,7 +273,7 @@ int client_main(int argc, char** argv) {
     if (url.empty()) throw UsageError("no endpoint: give --url or set FLEXMON_URL");
     auto endpoint = parse_rpc_url(url);
     if (!endpoint) throw UsageError(endpoint.error().message);
-    RpcClient client(*endpoint, timeout_s * 1000);
+    RpcClient client(*endpoint, timeout_s * 1000, tls);
 
     auto call = [&](const std::string& method, const xmlrpc_c::paramList& params) {
       auto outcome = client.call(method, params);

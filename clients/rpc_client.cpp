@@ -32,15 +32,29 @@ Result<RpcEndpoint> parse_rpc_url(const std::string& url) {
   return endpoint;
 }
 
+namespace {
+
+xmlrpc_c::clientXmlTransport_curl::constrOpt transport_options(unsigned timeout_ms,
+                                                               const RpcTls& tls) {
+  xmlrpc_c::clientXmlTransport_curl::constrOpt options;
+  options.timeout(timeout_ms);
+  if (!tls.ca_file.empty()) options.cainfo(tls.ca_file);
+  if (!tls.cert_file.empty()) options.ssl_cert(tls.cert_file);
+  if (!tls.key_file.empty()) options.sslkey(tls.key_file);
+  return options;
+}
+
+}  // namespace
+
 struct RpcClient::Impl {
   RpcEndpoint endpoint;
   xmlrpc_c::clientXmlTransport_curl transport;
   xmlrpc_c::client_xml client;
   xmlrpc_c::carriageParm_curl0 carriage;
 
-  Impl(RpcEndpoint e, unsigned timeout_ms)
+  Impl(RpcEndpoint e, unsigned timeout_ms, const RpcTls& tls)
       : endpoint(std::move(e)),
-        transport(xmlrpc_c::clientXmlTransport_curl::constrOpt().timeout(timeout_ms)),
+        transport(transport_options(timeout_ms, tls)),
         client(&transport),
         carriage(endpoint.url) {
     if (!endpoint.user.empty()) {
@@ -50,8 +64,8 @@ struct RpcClient::Impl {
   }
 };
 
-RpcClient::RpcClient(RpcEndpoint endpoint, unsigned timeout_ms)
-    : impl_(std::make_unique<Impl>(std::move(endpoint), timeout_ms)) {}
+RpcClient::RpcClient(RpcEndpoint endpoint, unsigned timeout_ms, RpcTls tls)
+    : impl_(std::make_unique<Impl>(std::move(endpoint), timeout_ms, tls)) {}
 
 RpcClient::~RpcClient() = default;
 

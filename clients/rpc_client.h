@@ -27,9 +27,18 @@ struct RpcFailure {
   std::string message;
 };
 
+// How an https:// endpoint is trusted, and how this client proves who it is
+// when the manager asks for a client certificate (manager.tls_client_ca).
+// Empty: the system's CAs, no client certificate.
+struct RpcTls {
+  std::string ca_file;    // PEM: the CA(s) that signed the manager's certificate
+  std::string cert_file;  // PEM: this client's certificate
+  std::string key_file;   // PEM: its key
+};
+
 class RpcClient {
  public:
-  explicit RpcClient(RpcEndpoint endpoint, unsigned timeout_ms = 30'000);
+  explicit RpcClient(RpcEndpoint endpoint, unsigned timeout_ms = 30'000, RpcTls tls = {});
   ~RpcClient();
 
   // Calls `method`; on failure returns the fault or transport error.

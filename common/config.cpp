@@ -1,5 +1,8 @@
 #include "common/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -430,6 +433,31 @@ std::filesystem::path resolve(const std::filesystem::path& base, const std::file
   return p.is_absolute() ? p : base / p;
 }
 
+// True for an address that only this machine can reach: 127.0.0.0/8, ::1
+// and "localhost". A name that DNS resolves is not trusted to stay loopback.
+bool is_loopback(const std::string& host) {
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+// The API's TLS keys go together, and a listener that others can reach
+// speaks TLS unless the config says plain text on purpose.
+void check_api_security(const Section& s, const ManagerConfig& m) {
+  if (m.tls_cert.empty() != m.tls_key.empty())
+    s.fail(m.tls_cert.empty() ? "tls_key" : "tls_cert",
+           "manager.tls_cert and manager.tls_key go together: give both or neither");
+  if (!m.tls_client_ca.empty() && m.tls_cert.empty())
+    s.fail("tls_client_ca", "needs manager.tls_cert and manager.tls_key (TLS)");
+  if (m.tls_cert.empty() && !m.insecure_plaintext && !is_loopback(m.xmlrpc.host))
+    s.fail("xmlrpc_listen",
+           fmt::format("{} is not a loopback address: give manager.tls_cert and manager.tls_key "
+                       "(TLS), or set manager.insecure_plaintext: true to serve plain HTTP there",
+                       m.xmlrpc.host));
+}
+
 }  // namespace
 
 const char* role_name(Role role) {
@@ -561,6 +589,7 @@ Config parse_config(const std::string& text, const std::string& name,
     s.optional("control_listen", m.control);
     s.optional("state_db", m.state_db);
     s.bounded("max_connections", m.max_connections, 1u, kMaxConnections);
+    s.bounded("max_connections_per_client", m.max_connections_per_client, 1u, kMaxConnections);
     s.bounded("http_timeout_s", m.http_timeout_s, 1u, kMaxHttpTimeoutS);
     s.bounded("keepalive_max_requests", m.keepalive_max_requests, 1u, kMaxKeepaliveRequests);
     s.bounded("max_request_bytes", m.max_request_bytes, kMinRequestBytes, kMaxRequestBytes);
@@ -568,8 +597,15 @@ Config parse_config(const std::string& text, const std::string& name,
     s.bounded("dead_after_s", m.dead_after_s, kMinDeadAfterS, kMaxDeadAfterS);
     s.bounded("rendered_rows_mb", m.rendered_rows_mb, 0u, kMaxRenderedRowsMb);
     read_control_limits(s, m);
+    s.optional("tls_cert", m.tls_cert);
+    s.optional("tls_key", m.tls_key);
+    s.optional("tls_client_ca", m.tls_client_ca);
+    s.optional("insecure_plaintext", m.insecure_plaintext);
+    check_api_security(s, m);
     s.finish();
     m.state_db = resolve(config.data_dir, m.state_db);
+    for (auto* tls_file : {&m.tls_cert, &m.tls_key, &m.tls_client_ca})
+      if (!tls_file->empty()) *tls_file = resolve(config.data_dir, *tls_file);
   }
   {
     Section s = top.section("collector");

@@ -166,9 +166,10 @@ struct ManagerConfig {
   Endpoint xmlrpc{"127.0.0.1", 8470};
   Endpoint control{"127.0.0.1", 8471};
   std::filesystem::path state_db = "manager.db";
-  std::uint32_t max_connections = 32;           // concurrent HTTP connections
-  std::uint32_t http_timeout_s = 15;            // per request, and keep-alive idle
-  std::uint32_t keepalive_max_requests = 1000;  // calls per HTTP connection (1: no keep-alive)
+  std::uint32_t max_connections = 4096;           // concurrent HTTP connections
+  std::uint32_t max_connections_per_client = 64;  // of those, from one client address
+  std::uint32_t http_timeout_s = 15;              // per request, and keep-alive idle
+  std::uint32_t keepalive_max_requests = 1000;    // calls per HTTP connection (1: no keep-alive)
   std::uint32_t max_request_bytes = 1 << 20;
   std::uint32_t max_nesting = 16;
   double dead_after_s = 30.0;  // no contact for this long: dead
@@ -182,6 +183,12 @@ struct ManagerConfig {
   // Memory for query answers' rows kept as XML, shown again without reading
   // them whole (0: off). Stored results never change.
   std::uint32_t rendered_rows_mb = 64;
+  // TLS on the XML-RPC API: both or neither (schemas/xmlrpc-api.md, "TLS").
+  std::filesystem::path tls_cert;       // PEM certificate chain
+  std::filesystem::path tls_key;        // PEM private key
+  std::filesystem::path tls_client_ca;  // set: clients need a certificate it signed
+  // Plain HTTP on an address that is not loopback: refused unless this says so.
+  bool insecure_plaintext = false;
 };
 
 struct CollectorConfig {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -21,7 +22,10 @@ struct Request {
 };
 
 // A request that cannot be served: the status to answer with (the
-// connection is then closed) and what was wrong, for the log.
+// connection is then closed) and what was wrong, for the log. Bodies must
+// come with a Content-Length: a Transfer-Encoding (chunked included), or a
+// POST without a length, is refused with 411. A body is never allocated
+// ahead of its bytes: a large Content-Length costs nothing until it arrives.
 struct Refusal {
   int status = 400;
   std::string reason;  // the status line's text: "Request Header Fields Too Large"
@@ -54,11 +58,23 @@ class RequestReader {
   // refuses everything.
   Step read(std::string_view& input);
 
+  // True from a request's first byte until it is returned: the transport's
+  // request deadline runs while this holds.
+  bool in_request() const;
+
+  // True once for a request whose header passed its checks and asked for
+  // "Expect: 100-continue": the caller sends "100 Continue" and the client
+  // then sends its body (curl waits a second for it otherwise).
+  bool take_continue();
+
  private:
+  std::optional<Refusal> check_header();
+
   struct Parser;
   RequestLimits limits_;
   std::unique_ptr<Parser> parser_;
   bool broken_ = false;
+  bool continue_ = false;
 };
 
 }  // namespace flexmon::http

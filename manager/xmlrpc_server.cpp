@@ -1,22 +1,15 @@
 #include "manager/xmlrpc_server.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/uio.h>
-#include <unistd.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
-#include <cerrno>
-#include <climits>
-#include <condition_variable>
-#include <cstring>
-#include <mutex>
+#include <future>
+#include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string_view>
@@ -24,12 +17,18 @@
 #include <variant>
 
 #include <fmt/format.h>
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 
 #include "common/http_request.h"
 #include "common/log.h"
 #include "manager/call_handler.h"
 
 namespace flexmon::manager {
+
+namespace asio = boost::asio;
+namespace ssl = asio::ssl;
+using asio::ip::tcp;
 
 namespace {
 
@@ -41,265 +40,517 @@ constexpr std::size_t kMaxHeaderBytes = 4096;
 // Answer buffer a connection keeps between calls: a 100-row page fits.
 constexpr std::size_t kKeptAnswerBytes = 1 << 20;
 
-// A listening TCP socket on `endpoint`, with a clear error on failure.
-int listen_on(const Endpoint& endpoint, int backlog) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* found = nullptr;
-  std::string port = std::to_string(endpoint.port);
-  if (int rc = getaddrinfo(endpoint.host.c_str(), port.c_str(), &hints, &found); rc != 0)
-    throw std::runtime_error(
-        fmt::format("XML-RPC address {}: {}", endpoint.to_string(), gai_strerror(rc)));
-  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> holder(found, freeaddrinfo);
-  int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
-  if (fd < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, found->ai_addr, found->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
-    int err = errno;
-    close(fd);
-    throw std::runtime_error(
-        fmt::format("XML-RPC: cannot listen on {}: {}", endpoint.to_string(), std::strerror(err)));
+// What one read takes off a connection at most. Each connection has its own
+// (it is part of the connection object): 1,000 connections hold 8 MiB.
+constexpr std::size_t kReadChunkBytes = 8192;
+
+// Lingering close: after the last response, what the client still sends is
+// read and dropped for this long and up to max_request_bytes plus this much,
+// so that a refusal sent before the body was read reaches the client
+// instead of being destroyed by the reset that closing a socket with unread
+// input sends.
+constexpr auto kLingerTime = std::chrono::seconds(2);
+constexpr std::size_t kLingerExtraBytes = 1 << 20;
+
+// After accept() fails for want of file descriptors, accepting resumes after
+// this pause (the pending connection stays in the backlog meanwhile).
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+// Calls are answered on this many worker threads, so a slow call (a large
+// query) never stalls the event loop that reads and writes every connection.
+unsigned worker_count() { return std::clamp(std::thread::hardware_concurrency(), 4u, 16u); }
+
+// Every connection needs a descriptor: raise the soft limit to the hard one,
+// and say so when even that cannot hold max_connections.
+void raise_fd_limit(std::uint32_t max_connections) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+    getrlimit(RLIMIT_NOFILE, &limit);
   }
-  return fd;
+  // Databases, the control channel and the listeners need some too.
+  constexpr rlim_t kOtherFds = 256;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < max_connections + kOtherFds)
+    log()->warn(
+        "XML-RPC: the file descriptor limit ({}) is below manager.max_connections ({}) plus {} "
+        "for the rest of the manager: connections past it wait in the backlog",
+        limit.rlim_cur, max_connections, kOtherFds);
+}
+
+// The TLS context of the API, from manager.tls_*; throws naming the key and
+// file when one cannot be used.
+std::unique_ptr<ssl::context> tls_context(const ManagerConfig& m) {
+  auto context = std::make_unique<ssl::context>(ssl::context::tls_server);
+  context->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
+                       ssl::context::single_dh_use);
+  // An idle TLS connection keeps no read or write buffers.
+  SSL_CTX_set_mode(context->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  auto load = [](const char* key, const std::filesystem::path& file, auto&& action) {
+    boost::system::error_code error;
+    action(file.string(), error);
+    if (error)
+      throw std::runtime_error(
+          fmt::format("manager.{}: cannot use {}: {}", key, file.string(), error.message()));
+  };
+  load("tls_cert", m.tls_cert, [&](const std::string& f, boost::system::error_code& e) {
+    context->use_certificate_chain_file(f, e);
+  });
+  load("tls_key", m.tls_key, [&](const std::string& f, boost::system::error_code& e) {
+    context->use_private_key_file(f, ssl::context::pem, e);
+  });
+  if (SSL_CTX_check_private_key(context->native_handle()) != 1)
+    throw std::runtime_error(
+        fmt::format("manager.tls_key: {} is not the key of manager.tls_cert {}", m.tls_key.string(),
+                    m.tls_cert.string()));
+  if (!m.tls_client_ca.empty()) {
+    load("tls_client_ca", m.tls_client_ca, [&](const std::string& f, boost::system::error_code& e) {
+      context->load_verify_file(f, e);
+    });
+    context->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  }
+  return context;
 }
 
 }  // namespace
 
-// Connections are accepted here and each is served on its own thread by a
-// small, strict HTTP/1.1 loop (below) that hands each body to the xmlrpc-c
-// registry. Abyss's serverAbyss::runConn() forces one call per connection
-// (it sets keepalivemaxconn = 1), and its run() waits in 2 s steps; here the
-// manager knows every open connection, serves keep-alive, and stop() wakes
-// every connection thread at once with shutdown(SHUT_RDWR).
+// One event loop (one thread) accepts, reads, writes and times every
+// connection; calls are answered on the worker pool. A connection costs a
+// descriptor and a small object while it waits, so hundreds of idle or
+// trickling ones cost little, and each is closed at its deadline: a
+// request must arrive whole (TLS handshake included) within
+// manager.http_timeout_s of its first byte, a kept-alive connection may stay
+// idle that long, and a response must be taken within that long. Limits on
+// connections in total and per client address are checked at accept.
 struct XmlRpcServer::Impl {
   const Config& config;
   CallHandler calls;
-  int fd = -1;
-  int wake_pipe[2] = {-1, -1};
-  sockaddr_storage bound{};
-  socklen_t bound_len = sizeof bound;
-  std::thread thread;
+  asio::io_context io{1};
+  tcp::acceptor acceptor{io};
+  asio::steady_timer accept_pause{io};
+  std::unique_ptr<ssl::context> tls;
+  asio::thread_pool workers{worker_count()};
+  std::thread loop;
   std::atomic<bool> stopping{false};
+  std::uint16_t bound_port = 0;
+  RateLimitedLog refusals{log(), 10, std::chrono::seconds(60)};
 
-  std::mutex mu;
-  std::condition_variable idle;
-  std::set<int> connections;  // guarded by mu
-  std::uint64_t refused = 0;  // guarded by mu
+  // Loop thread only:
+  std::set<std::shared_ptr<Connection>> connections;
+  std::map<asio::ip::address, std::uint32_t> per_client;
 
-  Impl(const Config& c, std::vector<ApiMethod> methods) : config(c), calls(c, std::move(methods)) {
-    fd = listen_on(c.manager.xmlrpc, 64);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
-    if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
-      throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
+  Impl(const Config& c, std::vector<ApiMethod> methods);
+  void accept();
+  void admit(tcp::socket socket);
+  void forget(const std::shared_ptr<Connection>& connection, const asio::ip::address& client);
+};
+
+class XmlRpcServer::Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(XmlRpcServer::Impl& server, tcp::socket socket, asio::ip::address client)
+      : server_(server),
+        socket_(std::move(socket)),
+        client_(std::move(client)),
+        timer_(server.io),
+        reader_({.max_header_bytes = kMaxHeaderBytes,
+                 .max_body_bytes = server.config.manager.max_request_bytes}) {
+    if (server.tls) tls_ = std::make_unique<ssl::stream<tcp::socket&>>(socket_, *server.tls);
   }
 
-  ~Impl() {
-    for (int f : {fd, wake_pipe[0], wake_pipe[1]})
-      if (f >= 0) close(f);
+  const asio::ip::address& client() const { return client_; }
+
+  void start() {
+    if (!tls_) {
+      arm(timeout());  // idle: nothing received yet
+      return read();
+    }
+    // The handshake is the first request's beginning: same deadline.
+    phase_ = Phase::handshake;
+    arm(timeout());
+    tls_->async_handshake(ssl::stream_base::server,
+                          [self = shared_from_this()](boost::system::error_code error) {
+                            if (self->closed_) return;
+                            if (error) {
+                              self->server_.refusals.info("XML-RPC {}: TLS handshake failed: {}",
+                                                          self->peer(), error.message());
+                              return self->close();
+                            }
+                            self->read();
+                          });
   }
 
-  std::uint16_t port() const {
-    if (bound.ss_family == AF_INET6)
-      return ntohs(reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port);
-    return ntohs(reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
+  // Ends the connection now: pending operations complete with an error.
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    timer_.cancel();
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    server_.forget(shared_from_this(), client_);
   }
 
-  void accept_loop() {
-    for (;;) {
-      pollfd fds[2] = {{fd, POLLIN, 0}, {wake_pipe[0], POLLIN, 0}};
-      if (poll(fds, 2, -1) < 0) {
-        if (errno == EINTR) continue;
-        log()->critical("XML-RPC: poll: {}", std::strerror(errno));
-        return;
-      }
-      if (stopping || fds[1].revents) return;
-      if (!(fds[0].revents & POLLIN)) continue;
-      int conn = accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
-      if (conn < 0) {
-        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-          log()->warn("XML-RPC: accept: {}", std::strerror(errno));
-        if (errno == EMFILE || errno == ENFILE)
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        continue;
-      }
-      std::unique_lock lock(mu);
-      if (connections.size() >= config.manager.max_connections) {
-        ++refused;
-        lock.unlock();
-        static const char kBusy[] =
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        (void)send(conn, kBusy, sizeof kBusy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-        close(conn);
-        log()->warn("XML-RPC: {} connections open, the limit; refused one",
-                    config.manager.max_connections);
-        continue;
-      }
-      connections.insert(conn);
-      lock.unlock();
-      std::thread([this, conn] { serve(conn); }).detach();
+ private:
+  enum class Phase { handshake, idle, reading, answering, writing, lingering };
+
+  std::chrono::seconds timeout() const {
+    return std::chrono::seconds(server_.config.manager.http_timeout_s);
+  }
+
+  std::string peer() const { return client_.to_string(); }
+
+  // One deadline per phase; it is set when the phase begins, never pushed
+  // back by bytes that trickle in.
+  void arm(std::chrono::steady_clock::duration after) {
+    timer_.expires_after(after);
+    timer_.async_wait([self = shared_from_this(), phase = phase_](boost::system::error_code error) {
+      if (error || self->closed_ || self->phase_ != phase) return;
+      self->expired();
+    });
+  }
+
+  void expired() {
+    switch (phase_) {
+      case Phase::reading:
+        server_.refusals.info("XML-RPC {}: request not complete within {} s; refused with 408",
+                              peer(), server_.config.manager.http_timeout_s);
+        return refuse({408, "Request Timeout", "request not complete in time"});
+      case Phase::handshake:
+        server_.refusals.info("XML-RPC {}: no TLS handshake within {} s; closing", peer(),
+                              server_.config.manager.http_timeout_s);
+        return close();
+      case Phase::writing:
+        server_.refusals.info("XML-RPC {}: response not taken within {} s; closing", peer(),
+                              server_.config.manager.http_timeout_s);
+        return close();
+      case Phase::idle:
+      case Phase::lingering:
+      case Phase::answering:
+        return close();
     }
   }
 
-  // Appends what the connection sends next to `buffer`; false on EOF, error,
-  // timeout (SO_RCVTIMEO: config.manager.http_timeout_s) or stop (stop()
-  // shuts the socket down, which ends a wait at once). One system call per
-  // read rather than a poll and then a read: every call of a keep-alive
-  // connection waits here for its request.
-  bool receive_some(int conn, std::string& buffer) {
-    char chunk[16384];
-    for (;;) {
-      ssize_t n = recv(conn, chunk, sizeof chunk, 0);
-      if (n < 0 && errno == EINTR && !stopping) continue;
-      if (n <= 0 || stopping) return false;
-      buffer.append(chunk, static_cast<std::size_t>(n));
-      return true;
-    }
+  template <typename Handler>
+  void read_some(Handler&& handler) {
+    auto buffer = asio::buffer(chunk_);
+    if (tls_)
+      tls_->async_read_some(buffer, std::forward<Handler>(handler));
+    else
+      socket_.async_read_some(buffer, std::forward<Handler>(handler));
   }
 
-  static bool send_all(int conn, std::string_view data) {
-    while (!data.empty()) {
-      ssize_t n = send(conn, data.data(), data.size(), MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      data.remove_prefix(static_cast<std::size_t>(n));
+  // Serves what is buffered, then waits for more.
+  void read() {
+    std::string_view unread(pending_);
+    auto step = reader_.read(unread);
+    pending_.erase(0, pending_.size() - unread.size());
+    if (auto* request = std::get_if<http::Request>(&step)) return dispatch(std::move(*request));
+    if (auto* refusal = std::get_if<http::Refusal>(&step)) {
+      server_.refusals.info("XML-RPC {}: refused a request with {}: {}", peer(), refusal->status,
+                            escaped(refusal->detail));
+      return refuse(std::move(*refusal));
     }
-    return true;
+    const Phase now = reader_.in_request() ? Phase::reading : Phase::idle;
+    if (phase_ != now) {
+      phase_ = now;
+      arm(timeout());
+    }
+    if (reader_.take_continue()) {
+      // Within the request's deadline, which keeps running.
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      return asio_write(asio::buffer(kContinue),
+                        [self = shared_from_this()](boost::system::error_code error, std::size_t) {
+                          if (self->closed_) return;
+                          if (error) return self->close();
+                          self->read();
+                        });
+    }
+    read_some([self = shared_from_this()](boost::system::error_code error, std::size_t n) {
+      if (self->closed_) return;
+      if (error) return self->close();
+      self->pending_.append(self->chunk_.data(), n);
+      self->read();
+    });
   }
 
-  // Sends `head` and then the answer (its text with the kept pieces spliced
-  // in) with as few system calls as the socket allows, without copying them
-  // into one buffer first: a query answer is ~160 KB, mostly kept rows.
-  static bool send_answer(int conn, std::string_view head, const XmlAnswer& answer,
-                          std::vector<iovec>& parts) {
-    auto add = [&parts](std::string_view bytes) {
-      if (!bytes.empty()) parts.push_back({const_cast<char*>(bytes.data()), bytes.size()});
-    };
-    parts.clear();
-    add(head);
-    std::string_view text(answer.text);
-    std::size_t from = 0;
-    for (const auto& s : answer.splices) {
-      add(text.substr(from, s.at - from));
-      add(*s.piece);
-      from = s.at;
-    }
-    add(text.substr(from));
-    for (std::size_t first = 0; first < parts.size();) {
-      msghdr message{};
-      message.msg_iov = parts.data() + first;
-      message.msg_iovlen = std::min<std::size_t>(parts.size() - first, IOV_MAX);
-      ssize_t n = sendmsg(conn, &message, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      // Skip what was sent: whole parts, then the front of a partly sent one.
-      auto sent = static_cast<std::size_t>(n);
-      while (sent > 0 && sent >= parts[first].iov_len) sent -= parts[first++].iov_len;
-      if (sent > 0) {
-        parts[first].iov_base = static_cast<char*>(parts[first].iov_base) + sent;
-        parts[first].iov_len -= sent;
-      }
-    }
-    return true;
-  }
-
-  static void refuse(int conn, int status, std::string_view reason) {
-    send_all(conn, fmt::format("HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                               status, reason));
-  }
-
-  // Serves calls on one connection until the client closes, a limit, an
-  // error, keepalive_max_requests calls, or stop.
-  void serve_calls(int conn) {
-    http::RequestReader reader(
-        {.max_header_bytes = kMaxHeaderBytes, .max_body_bytes = config.manager.max_request_bytes});
-    std::string buffer;
-    // Kept across the connection's calls: their capacity is reused, so a
-    // large answer is not allocated (and unmapped) again on every call.
-    XmlAnswer response;
-    std::string head;
-    std::vector<iovec> parts;
-    for (std::uint32_t served = 0; served < config.manager.keepalive_max_requests;) {
-      std::string_view unread(buffer);
-      auto step = reader.read(unread);
-      buffer.erase(0, buffer.size() - unread.size());
-      if (std::holds_alternative<http::NeedMore>(step)) {
-        if (!receive_some(conn, buffer)) return;
-        continue;
-      }
-      if (auto* refusal = std::get_if<http::Refusal>(&step)) {
-        log()->warn("XML-RPC: refused a request with {}: {}", refusal->status, refusal->detail);
-        return refuse(conn, refusal->status, refusal->reason);
-      }
-      auto& request = std::get<http::Request>(step);
-      if (request.method != "POST") return refuse(conn, 405, "Method Not Allowed");
-      if (request.target != "/RPC2") return refuse(conn, 404, "Not Found");
-      response.clear();
+  void dispatch(http::Request request) {
+    if (request.method != "POST") return refuse({405, "Method Not Allowed", "only POST is served"});
+    if (request.target != "/RPC2") return refuse({404, "Not Found", "only /RPC2 is served"});
+    phase_ = Phase::answering;
+    timer_.cancel();
+    keep_alive_ = request.keep_alive;
+    asio::post(server_.workers, [self = shared_from_this(), request = std::move(request)] {
+      std::string failure;
       try {
-        calls.answer(request.body, request.authorization, response);
+        self->answer_.clear();
+        self->server_.calls.answer(request.body, request.authorization, self->answer_);
       } catch (const std::exception& e) {
-        log()->warn("XML-RPC: call refused: {}", e.what());
-        return refuse(conn, 400, "Bad Request");
+        failure = e.what();
       }
-      ++served;
-      const bool last =
-          !request.keep_alive || served >= config.manager.keepalive_max_requests || stopping;
-      head.clear();
-      fmt::format_to(std::back_inserter(head),
-                     "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n"
-                     "Connection: {}\r\n\r\n",
-                     response.size(), last ? "close" : "keep-alive");
-      if (!send_answer(conn, head, response, parts) || last) return;
+      asio::post(self->server_.io, [self, failure = std::move(failure)]() mutable {
+        if (self->closed_) return;
+        if (!failure.empty()) {
+          self->server_.refusals.warn("XML-RPC {}: call refused: {}", self->peer(),
+                                      escaped(failure));
+          return self->refuse({400, "Bad Request", std::move(failure)});
+        }
+        self->respond();
+      });
+    });
+  }
+
+  void respond() {
+    ++served_;
+    const bool last = !keep_alive_ || served_ >= server_.config.manager.keepalive_max_requests ||
+                      server_.stopping;
+    head_.clear();
+    fmt::format_to(std::back_inserter(head_),
+                   "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n"
+                   "Connection: {}\r\n\r\n",
+                   answer_.size(), last ? "close" : "keep-alive");
+    parts_.clear();
+    if (tls_) {
+      // One buffer, so that the response goes out in as few TLS records
+      // (and TCP segments) as it can: Asio's SSL stream writes one buffer
+      // of a sequence at a time.
+      flat_.assign(head_);
+      flat_ += answer_.flattened();
+      parts_.emplace_back(flat_.data(), flat_.size());
+    } else {
+      // The kept rows of a query answer are spliced in without a copy.
+      auto add = [this](std::string_view bytes) {
+        if (!bytes.empty()) parts_.emplace_back(bytes.data(), bytes.size());
+      };
+      add(head_);
+      std::string_view text(answer_.text);
+      std::size_t from = 0;
+      for (const auto& s : answer_.splices) {
+        add(text.substr(from, s.at - from));
+        add(*s.piece);
+        from = s.at;
+      }
+      add(text.substr(from));
+    }
+    write(last);
+  }
+
+  void write(bool last) {
+    phase_ = Phase::writing;
+    arm(timeout());
+    auto done = [self = shared_from_this(), last](boost::system::error_code error, std::size_t) {
+      if (self->closed_) return;
+      if (error) return self->close();
+      if (last) return self->linger();
       // A 10,000-row page is ~16 MB of XML: an idle connection does not keep
       // that much, only what a usual page needs. Nor the kept rows it sent.
-      if (response.text.capacity() > kKeptAnswerBytes) std::string().swap(response.text);
-      response.splices.clear();
-    }
+      if (self->answer_.text.capacity() > kKeptAnswerBytes) std::string().swap(self->answer_.text);
+      if (self->flat_.capacity() > kKeptAnswerBytes) std::string().swap(self->flat_);
+      self->answer_.splices.clear();
+      self->read();
+    };
+    asio_write(parts_, std::move(done));
   }
 
-  void serve(int conn) {
-    try {
-      const timeval wait{.tv_sec = static_cast<time_t>(config.manager.http_timeout_s),
-                         .tv_usec = 0};
-      if (setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait) != 0)
-        log()->warn("XML-RPC: cannot set the connection's read timeout: {}", std::strerror(errno));
-      else
-        serve_calls(conn);
-    } catch (const std::exception& e) {
-      log()->error("XML-RPC connection: {}", e.what());
-    } catch (...) {
-      log()->error("XML-RPC connection: unknown exception");
-    }
-    std::lock_guard lock(mu);
-    connections.erase(conn);
-    close(conn);
-    idle.notify_all();
+  template <typename Buffers, typename Handler>
+  void asio_write(const Buffers& buffers, Handler&& handler) {
+    if (tls_)
+      asio::async_write(*tls_, buffers, std::forward<Handler>(handler));
+    else
+      asio::async_write(socket_, buffers, std::forward<Handler>(handler));
   }
+
+  // Answers `refusal` and closes the connection the lingering way.
+  void refuse(http::Refusal refusal) {
+    head_ = fmt::format("HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        refusal.status, refusal.reason);
+    parts_.assign(1, asio::const_buffer(head_.data(), head_.size()));
+    write(true);
+  }
+
+  // The client has its last response: end the TLS session, stop sending,
+  // and read whatever it still sends, within bounds, before closing (see
+  // kLingerTime).
+  void linger() {
+    phase_ = Phase::lingering;
+    arm(kLingerTime);
+    if (!tls_) return drain();
+    tls_->async_shutdown([self = shared_from_this()](boost::system::error_code) {
+      if (!self->closed_) self->drain();
+    });
+  }
+
+  void drain() {
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    socket_.async_read_some(
+        asio::buffer(chunk_),
+        [self = shared_from_this()](boost::system::error_code error, std::size_t n) {
+          if (self->closed_) return;
+          self->drained_ += n;
+          if (error ||
+              self->drained_ > self->server_.config.manager.max_request_bytes + kLingerExtraBytes)
+            return self->close();
+          self->drain();
+        });
+  }
+
+  XmlRpcServer::Impl& server_;
+  tcp::socket socket_;
+  std::unique_ptr<ssl::stream<tcp::socket&>> tls_;  // set when the API speaks TLS
+  asio::ip::address client_;
+  asio::steady_timer timer_;
+  http::RequestReader reader_;
+  std::array<char, kReadChunkBytes> chunk_;
+  std::string pending_;  // received, not yet taken by reader_ (at most a header)
+  Phase phase_ = Phase::idle;
+  bool closed_ = false;
+  bool keep_alive_ = false;
+  std::uint32_t served_ = 0;
+  std::size_t drained_ = 0;
+  // Kept across the connection's calls: their capacity is reused, so a
+  // large answer is not allocated (and unmapped) again on every call. The
+  // answer is written by a worker while the loop leaves it alone.
+  XmlAnswer answer_;
+  std::string head_, flat_;
+  std::vector<asio::const_buffer> parts_;
 };
+
+XmlRpcServer::Impl::Impl(const Config& c, std::vector<ApiMethod> methods)
+    : config(c), calls(c, std::move(methods)) {
+  const auto& m = c.manager;
+  if (!m.tls_cert.empty()) tls = tls_context(m);
+  raise_fd_limit(m.max_connections);
+  tcp::resolver resolver(io);
+  boost::system::error_code error;
+  auto found =
+      resolver.resolve(m.xmlrpc.host, std::to_string(m.xmlrpc.port), tcp::resolver::passive, error);
+  if (error || found.empty())
+    throw std::runtime_error(
+        fmt::format("XML-RPC address {}: {}", m.xmlrpc.to_string(), error.message()));
+  const tcp::endpoint endpoint = found.begin()->endpoint();
+  // A name in the config may resolve to an outside address: check what is bound.
+  if (!tls && !m.insecure_plaintext && !endpoint.address().is_loopback())
+    throw std::runtime_error(fmt::format(
+        "manager.xmlrpc_listen: {} is not a loopback address: give manager.tls_cert and "
+        "manager.tls_key (TLS), or set manager.insecure_plaintext: true to serve plain HTTP there",
+        endpoint.address().to_string()));
+  acceptor.open(endpoint.protocol());
+  acceptor.set_option(tcp::acceptor::reuse_address(true));
+  acceptor.bind(endpoint, error);
+  if (!error) acceptor.listen(asio::socket_base::max_listen_connections, error);
+  if (error)
+    throw std::runtime_error(
+        fmt::format("XML-RPC: cannot listen on {}: {}", m.xmlrpc.to_string(), error.message()));
+  bound_port = acceptor.local_endpoint().port();
+}
+
+void XmlRpcServer::Impl::accept() {
+  acceptor.async_accept([this](boost::system::error_code error, tcp::socket socket) {
+    if (stopping || !acceptor.is_open()) return;
+    if (error) {
+      if (error == asio::error::no_descriptors || error == asio::error::no_buffer_space ||
+          error == asio::error::no_memory) {
+        refusals.warn("XML-RPC: accept: {}; pausing accepts for {} ms", error.message(),
+                      kAcceptBackoff.count());
+        accept_pause.expires_after(kAcceptBackoff);
+        accept_pause.async_wait([this](boost::system::error_code e) {
+          if (!e && !stopping) accept();
+        });
+        return;
+      }
+      refusals.info("XML-RPC: accept: {}", error.message());
+      return accept();
+    }
+    admit(std::move(socket));
+    accept();
+  });
+}
+
+void XmlRpcServer::Impl::admit(tcp::socket socket) {
+  boost::system::error_code error;
+  const auto remote = socket.remote_endpoint(error);
+  if (error) return;  // gone already
+  const auto& m = config.manager;
+  const auto client = remote.address();
+  auto& from_client = per_client[client];
+  const char* limit = connections.size() >= m.max_connections       ? "max_connections"
+                      : from_client >= m.max_connections_per_client ? "max_connections_per_client"
+                                                                    : nullptr;
+  if (limit) {
+    if (from_client == 0) per_client.erase(client);
+    refusals.warn("XML-RPC {}: manager.{} reached ({} open, {} from this client); refused",
+                  client.to_string(), limit, connections.size(), from_client);
+    // Best effort and never waiting: a plain-HTTP client may read why.
+    if (!tls) {
+      static constexpr std::string_view kBusy =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      socket.non_blocking(true, error);
+      socket.send(asio::buffer(kBusy), 0, error);
+    }
+    socket.shutdown(tcp::socket::shutdown_both, error);
+    return;
+  }
+  ++from_client;
+  socket.set_option(tcp::no_delay(true), error);
+  auto connection = std::make_shared<Connection>(*this, std::move(socket), client);
+  connections.insert(connection);
+  connection->start();
+}
+
+void XmlRpcServer::Impl::forget(const std::shared_ptr<Connection>& connection,
+                                const asio::ip::address& client) {
+  if (connections.erase(connection) == 0) return;
+  auto it = per_client.find(client);
+  if (it != per_client.end() && --it->second == 0) per_client.erase(it);
+}
 
 XmlRpcServer::XmlRpcServer(const Config& config, std::vector<ApiMethod> methods)
     : impl_(std::make_unique<Impl>(config, std::move(methods))) {}
 
 XmlRpcServer::~XmlRpcServer() { stop(); }
 
-std::uint16_t XmlRpcServer::port() const { return impl_->port(); }
+std::uint16_t XmlRpcServer::port() const { return impl_->bound_port; }
 
 void XmlRpcServer::start() {
-  impl_->thread = std::thread([this] { impl_->accept_loop(); });
-  log()->info("XML-RPC API on {} port {}", impl_->config.manager.xmlrpc.host, port());
+  impl_->accept();
+  impl_->loop = std::thread([impl = impl_.get()] {
+    auto work = asio::make_work_guard(impl->io);
+    for (;;) {
+      try {
+        impl->io.run();
+        return;
+      } catch (const std::exception& e) {
+        log()->error("XML-RPC: event loop: {}", e.what());
+      }
+    }
+  });
+  log()->info("XML-RPC API on {} port {} ({})", impl_->config.manager.xmlrpc.host, port(),
+              impl_->tls ? impl_->config.manager.tls_client_ca.empty()
+                               ? "TLS"
+                               : "TLS, client certificates required"
+                         : "plain HTTP");
 }
 
 void XmlRpcServer::stop() {
-  if (impl_->stopping.exchange(true)) return;
-  char byte = 1;
-  (void)write(impl_->wake_pipe[1], &byte, 1);
-  if (impl_->thread.joinable()) impl_->thread.join();
-  // Wake every connection thread: a read in progress fails at once.
-  std::unique_lock lock(impl_->mu);
-  for (int conn : impl_->connections) shutdown(conn, SHUT_RDWR);
-  impl_->idle.wait(lock, [this] { return impl_->connections.empty(); });
+  auto& impl = *impl_;
+  if (impl.stopping.exchange(true)) return;
+  // Stop accepting and end every connection; calls being answered finish
+  // (they may use the manager's core, which stops after this returns), and
+  // their answers find the connection closed.
+  std::promise<void> closed;
+  asio::post(impl.io, [&impl, &closed] {
+    boost::system::error_code ignored;
+    impl.acceptor.close(ignored);
+    impl.accept_pause.cancel();
+    for (const auto& connection : std::vector(impl.connections.begin(), impl.connections.end()))
+      connection->close();
+    closed.set_value();
+  });
+  if (impl.loop.joinable()) closed.get_future().wait();
+  impl.workers.join();
+  impl.io.stop();
+  if (impl.loop.joinable()) impl.loop.join();
 }
 
 }  // namespace flexmon::manager

@@ -1,7 +1,10 @@
 // libFuzzer target: the bytes an XML-RPC client sends the manager, read by
 // common/http_request.h. The first byte picks how the stream is split into
-// receives, so the fuzzer also reaches requests cut at every point; whatever
-// comes in, each step is a request within the limits, a refusal, or a wait.
+// receives, so the fuzzer also reaches requests cut at every point (the
+// trickle); whatever comes in, each step is a request within the limits
+// framed by Content-Length, a refusal, or a wait. The corpus holds the
+// hostile cases of issue 14: oversized, chunked, Content-Length with
+// Transfer-Encoding, no length, entity bombs, long headers, nothing at all.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -33,6 +36,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       const auto& request = std::get<flexmon::http::Request>(step);
       if (request.body.size() > limits.max_body_bytes) std::abort();
+      // A returned request ends the reader's request: the next starts afresh.
+      if (reader.in_request()) std::abort();
     }
     // What stays unconsumed is bounded: at most one incomplete header.
     if (buffer.size() > limits.max_header_bytes) std::abort();
