@@ -1,5 +1,6 @@
 #include "manager/xmlrpc_server.h"
 
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/resource.h>
@@ -55,6 +56,13 @@ constexpr std::size_t kLingerExtraBytes = 1 << 20;
 // After accept() fails for want of file descriptors, accepting resumes after
 // this pause (the pending connection stays in the backlog meanwhile).
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+// Memory that many connections held goes back to the system once this many
+// of them have closed (checked every kTrimEvery): glibc keeps freed heap
+// memory for later otherwise, and a flood of hostile connections would
+// leave the manager's RSS at its peak for good.
+constexpr std::size_t kTrimAfterClosed = 64;
+constexpr auto kTrimEvery = std::chrono::seconds(5);
 
 // Calls are answered on this many worker threads, so a slow call (a large
 // query) never stalls the event loop that reads and writes every connection.
@@ -140,11 +148,14 @@ struct XmlRpcServer::Impl {
   // Loop thread only:
   std::set<std::shared_ptr<Connection>> connections;
   std::map<asio::ip::address, std::uint32_t> per_client;
+  std::size_t most_since_trim = 0;  // connections open at once since the last trim
+  asio::steady_timer trim_timer{io};
 
   Impl(const Config& c, std::vector<ApiMethod> methods);
   void accept();
   void admit(tcp::socket socket);
   void forget(const std::shared_ptr<Connection>& connection, const asio::ip::address& client);
+  void trim_memory();
 };
 
 class XmlRpcServer::Connection : public std::enable_shared_from_this<Connection> {
@@ -495,7 +506,21 @@ void XmlRpcServer::Impl::admit(tcp::socket socket) {
   socket.set_option(tcp::no_delay(true), error);
   auto connection = std::make_shared<Connection>(*this, std::move(socket), client);
   connections.insert(connection);
+  most_since_trim = std::max(most_since_trim, connections.size());
   connection->start();
+}
+
+void XmlRpcServer::Impl::trim_memory() {
+  trim_timer.expires_after(kTrimEvery);
+  trim_timer.async_wait([this](boost::system::error_code error) {
+    if (error || stopping) return;
+    if (most_since_trim >= connections.size() + kTrimAfterClosed) {
+      // Every arena: the workers' too, where calls were answered.
+      malloc_trim(0);
+      most_since_trim = connections.size();
+    }
+    trim_memory();
+  });
 }
 
 void XmlRpcServer::Impl::forget(const std::shared_ptr<Connection>& connection,
@@ -514,6 +539,7 @@ std::uint16_t XmlRpcServer::port() const { return impl_->bound_port; }
 
 void XmlRpcServer::start() {
   impl_->accept();
+  impl_->trim_memory();
   impl_->loop = std::thread([impl = impl_.get()] {
     auto work = asio::make_work_guard(impl->io);
     for (;;) {
@@ -543,6 +569,7 @@ void XmlRpcServer::stop() {
     boost::system::error_code ignored;
     impl.acceptor.close(ignored);
     impl.accept_pause.cancel();
+    impl.trim_timer.cancel();
     for (const auto& connection : std::vector(impl.connections.begin(), impl.connections.end()))
       connection->close();
     closed.set_value();

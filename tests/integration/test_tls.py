@@ -58,8 +58,12 @@ class TlsLab(Flexmon):
         make_pki(self.dir)
         self.start("manager", [binary("flexmon-manager"), "--config", self.config])
         context = self.context(cert=self.client_ca)
-        wait_for(lambda: xmlrpc.client.ServerProxy(self.https_url(), context=context)
-                 .node.list() is not None, 15, "the manager's TLS API")
+        wait_for(lambda: self.probe_list(context) is not None, 15, "the manager's TLS API")
+
+    def probe_list(self, context):
+        """One probe.list call on a connection of its own, with `context`."""
+        with xmlrpc.client.ServerProxy(self.https_url(), context=context) as api:
+            return api.probe.list()
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -91,9 +95,9 @@ class Tls(unittest.TestCase):
 
     def test_python_curl_and_cli_are_served_over_tls(self):
         lab = self.lab
-        api = xmlrpc.client.ServerProxy(lab.https_url(), context=lab.context())
-        for _ in range(3):  # one keep-alive connection, several calls
-            self.assertEqual(api.probe.list(), [])
+        with xmlrpc.client.ServerProxy(lab.https_url(), context=lab.context()) as api:
+            for _ in range(3):  # one keep-alive connection, several calls
+                self.assertEqual(api.probe.list(), [])
 
         done = lab.curl("--cacert", lab.path("ca.pem"))
         self.assertEqual(done.returncode, 0, done.stderr)
@@ -104,26 +108,24 @@ class Tls(unittest.TestCase):
 
     def test_a_certificate_from_another_ca_is_refused_by_every_client(self):
         lab = self.lab
-        api = xmlrpc.client.ServerProxy(lab.https_url(), context=lab.context("other-ca.pem"))
         with self.assertRaises(ssl.SSLCertVerificationError):
-            api.probe.list()
+            lab.probe_list(lab.context("other-ca.pem"))
         self.assertNotEqual(lab.curl("--cacert", lab.path("other-ca.pem")).returncode, 0)
         cli = lab.cli("--ca", lab.path("other-ca.pem"))
         self.assertEqual(cli.returncode, 69, cli.stderr)  # server unreachable
 
     def test_plain_http_on_the_tls_port_gets_no_answer(self):
-        api = xmlrpc.client.ServerProxy(self.lab.url())
-        with self.assertRaises((OSError, xmlrpc.client.ProtocolError,
-                                xmlrpc.client.ResponseError)):
-            api.probe.list()
+        with xmlrpc.client.ServerProxy(self.lab.url()) as api:
+            with self.assertRaises((OSError, xmlrpc.client.ProtocolError,
+                                    xmlrpc.client.ResponseError)):
+                api.probe.list()
 
     def test_a_handshake_that_never_comes_is_closed_at_the_deadline(self):
         with socket.create_connection(("127.0.0.1", self.lab.ports["xmlrpc"])) as s:
             s.settimeout(30)  # far past http_timeout_s: 2
             self.assertEqual(s.recv(100), b"")
         # And the manager still serves.
-        api = xmlrpc.client.ServerProxy(self.lab.https_url(), context=self.lab.context())
-        self.assertEqual(api.probe.list(), [])
+        self.assertEqual(self.lab.probe_list(self.lab.context()), [])
 
 
 class TlsClientCertificates(unittest.TestCase):
@@ -137,11 +139,9 @@ class TlsClientCertificates(unittest.TestCase):
 
     def test_only_clients_with_a_certificate_from_the_ca_get_in(self):
         lab = self.lab
-        api = xmlrpc.client.ServerProxy(lab.https_url(), context=lab.context(cert=True))
-        self.assertEqual(api.probe.list(), [])
-        without = xmlrpc.client.ServerProxy(lab.https_url(), context=lab.context())
+        self.assertEqual(lab.probe_list(lab.context(cert=True)), [])
         with self.assertRaises((ssl.SSLError, OSError)):
-            without.probe.list()
+            lab.probe_list(lab.context())
 
         ca, cert, key = lab.path("ca.pem"), lab.path("client.pem"), lab.path("client.key")
         self.assertNotEqual(lab.curl("--cacert", ca).returncode, 0)
