@@ -19,6 +19,7 @@ from flexmon_harness import Flexmon, wait_for
 
 HTTP_TIMEOUT_S = 3
 ATTACK_S = 12
+CALL_TIMEOUT_S = 10
 SOURCES = [f"127.0.0.{i}" for i in range(10, 18)]  # 8 addresses, 30 connections each
 PER_KIND = 60  # slow, idle, oversized and bombs: 240 connections
 
@@ -37,6 +38,16 @@ class LimitedLab(Flexmon):
         return super().config_text().replace(
             "manager:\n", f"manager:\n  http_timeout_s: {HTTP_TIMEOUT_S}\n"
             "  max_connections_per_client: 40\n", 1)
+
+
+class PatientTransport(xmlrpc.client.Transport):
+    """Gives up on a call after CALL_TIMEOUT_S, so a manager that stops
+    answering fails the test instead of hanging it."""
+
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.timeout = CALL_TIMEOUT_S
+        return connection
 
 
 def rss_kib(pid):
@@ -161,7 +172,8 @@ class HostileConnections(unittest.TestCase):
                 try:
                     # A fresh proxy: one keep-alive connection per call, as most
                     # scripts make them.
-                    with self.lab.proxy() as api:
+                    with xmlrpc.client.ServerProxy(self.lab.url(),
+                                                   transport=PatientTransport()) as api:
                         api.probe.list()
                     answered += 1
                 except (OSError, xmlrpc.client.Error) as e:
