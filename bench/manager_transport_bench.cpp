@@ -44,7 +44,7 @@ const std::string kList =
     "</methodCall>";
 const std::string kRequest =
     "POST /RPC2 HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml\r\n"
-    "Authorization: Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OQ==\r\nContent-Length: " +
+    "Authorization: Basic YWxpY2U6YWxpY2UtdG9rZW4tMDEyMzQ1Njc4OWFiY2RlZg==\r\nContent-Length: " +
     std::to_string(kList.size()) + "\r\n\r\n" + kList;
 
 // A TCP connection to 127.0.0.1:port from `source`, Nagle off; -1 on failure.

@@ -318,7 +318,9 @@ TEST(Server, ChunkedBodiesAreRefusedWith411) {
 TEST(Server, PlainHttpOnANonLoopbackAddressDoesNotStart) {
   auto dir = testing::temp_dir();
   const std::string users =
-      "users:\n  - {name: alice, token: alice-token-0123456789, role: admin}\n";
+      "users:\n  - {name: alice, token_hash: "
+      "\"hmac-sha256:28:000102030405060708090a0b0c0d0e0f:"
+      "95fd288ef5ebf6ed5816c420792ba921279f0d06ae564b38bdca924e2a39178b\", role: admin}\n";
   for (const char* listen : {"0.0.0.0:8470", "192.0.2.1:8470", "[::]:8470"}) {
     try {
       parse_config(std::string("manager:\n  xmlrpc_listen: \"") + listen + "\"\n" + users, "t.yaml",
