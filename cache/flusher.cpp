@@ -94,6 +94,14 @@ std::int64_t apply_retention(sqlite::Database& cache, double retention_s, std::s
   return deleted;
 }
 
+// Throws sqlite::UnwritableError when the cache's files cannot be written:
+// every step of a flush may write the cache's -shm (even a read records its
+// snapshot there), which is a SIGBUS then (sqlite::Database::unwritable).
+void check_writable(const sqlite::Database& cache) {
+  if (std::string why = cache.unwritable(); !why.empty())
+    throw sqlite::UnwritableError("flush: the cache cannot be written: " + why);
+}
+
 }  // namespace
 
 FlushLag flush_lag(const Config& config) {
@@ -163,6 +171,7 @@ FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_to
     std::int64_t upper = last_committed_by(*cache, lower, cutoff);
 
     while (lower < upper) {
+      check_writable(*cache);
       std::int64_t batch_upper =
           std::min<std::int64_t>(upper, lower + config.archive.flush_batch_rows);
       report.rows += archive->append(*cache, uuid, batch_upper, hook, stop);
@@ -182,6 +191,7 @@ FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_to
   }
   report.deleted = apply_retention(*cache, config.archive.retention_s, stop);
   if (hook) hook("after_retention");
+  check_writable(*cache);
   report.lag = lag_of(*cache);
   record_status(*cache, report);
   if (report.archive_ok)

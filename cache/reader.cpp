@@ -204,8 +204,15 @@ struct ResultReader::Impl {
 
   // Runs `read(snapshot, watermark)` inside a read snapshot of the cache
   // (taken first) and one of the archive.
+  // A read may write the cache's -shm too (SQLite records there which WAL
+  // frame each reader's snapshot ends at), and a write to that mapping once
+  // the file cannot be written is a SIGBUS (sqlite::Database::unwritable):
+  // so no snapshot starts while it cannot. Nothing is lost; ask again later.
   template <typename Read>
   Status with_snapshot(Read&& read) {
+    if (std::string why = cache->unwritable(); !why.empty())
+      return fail(
+          fmt::format("the cache cannot be read while its files cannot be written: {}", why));
     statements->run("BEGIN");
     struct End {
       storage::StatementCache& statements;

@@ -19,6 +19,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <tuple>
@@ -59,6 +60,8 @@ constexpr int kCatchUpRounds = 8;
 // writer waits meanwhile); when they do not let go, the WAL grows until a
 // later try.
 constexpr int kWalRestartBusyMs = 10;
+// While the cache cannot be written, how often the writer says so again.
+constexpr auto kUnwritableReportEvery = std::chrono::seconds(60);
 
 struct Peer {
   sockaddr_storage address{};
@@ -499,6 +502,9 @@ class CollectorDaemon : public Collector {
           }
         });
         counters_.commit_time.record(elapsed_ns(began));
+      } catch (const sqlite::UnwritableError& e) {
+        cache_unwritable(e.what(), accepted.size());
+        return;
       } catch (const std::exception& e) {
         ++counters_.commit_failures;
         rejects_.warn("collector: commit of {} datagrams failed, not acknowledged: {}",
@@ -506,6 +512,7 @@ class CollectorDaemon : public Collector {
         return;
       }
       ++counters_.commits;
+      if (unwritable_since_) cache_writable_again();
       for (std::size_t i = 0; i < outcomes.size(); ++i) {
         const auto& o = outcomes[i];
         counters_.stored += o.stored;
@@ -537,6 +544,43 @@ class CollectorDaemon : public Collector {
     std::lock_guard lock(ack_mutex_);
     acks_.push_back(std::move(pending));
     ack_ready_.notify_one();
+  }
+
+  // The writer's commit did not begin: the cache's files cannot be written
+  // (sqlite::Transaction checks before each one). SQLite writes the -shm
+  // through a shared mapping, and its first write to a page there after the
+  // file became unwritable (chattr +i: ext4's page_mkwrite refuses it) would
+  // be a SIGBUS, so nothing was tried. The batch is neither stored nor
+  // acknowledged: its probers keep the results and send them again, and the
+  // first commit that begins again ends the pause. Said when it begins, every
+  // minute while it lasts, and when it ends.
+  void cache_unwritable(const std::string& why, std::size_t datagrams) {
+    auto now = Mono::now();
+    if (!unwritable_since_) {
+      unwritable_since_ = unwritable_reported_ = now;
+      unwritable_datagrams_before_ = counters_.unwritable_datagrams.load();
+      log_->error(
+          "collector: cannot write the cache ({}); storing and acknowledging nothing until it can "
+          "be written again (the probers keep their results and send them again)",
+          why);
+    } else if (now - unwritable_reported_ >= kUnwritableReportEvery) {
+      unwritable_reported_ = now;
+      log_->error(
+          "collector: still cannot write the cache ({}) after {:.0f} s; {} datagrams left "
+          "unacknowledged so far",
+          why, std::chrono::duration<double>(now - *unwritable_since_).count(),
+          counters_.unwritable_datagrams.load() - unwritable_datagrams_before_ + datagrams);
+    }
+    counters_.unwritable_datagrams += datagrams;
+  }
+
+  void cache_writable_again() {
+    log_->info(
+        "collector: the cache can be written again after {:.0f} s ({} datagrams were left "
+        "unacknowledged meanwhile); storing and acknowledging resume",
+        std::chrono::duration<double>(Mono::now() - *unwritable_since_).count(),
+        counters_.unwritable_datagrams.load() - unwritable_datagrams_before_);
+    unwritable_since_.reset();
   }
 
   void sync_loop() {
@@ -615,6 +659,13 @@ class CollectorDaemon : public Collector {
         if (checkpoint_stop_) break;
       }
       int wal = 0, copied = 0;
+      // A checkpoint writes the -shm too (cache_unwritable): not while the
+      // cache cannot be written; the writer commits nothing meanwhile either.
+      if (!checkpoint_db_->unwritable().empty()) {
+        std::lock_guard lock(checkpoint_mutex_);
+        checkpointed_frames_ = wal_frames_;
+        continue;
+      }
       int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
       if (rc == SQLITE_OK) ++counters_.checkpoints;
       // Before holding the writer, more PASSIVE rounds while each still has
@@ -626,7 +677,9 @@ class CollectorDaemon : public Collector {
       if (rc == SQLITE_OK && wal > max_wal_frames_) {
         std::unique_lock between_commits(commit_mutex_);
         auto held_since = Mono::now();
-        rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_RESTART, &wal, &copied);
+        rc = checkpoint_db_->unwritable().empty()
+                 ? sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_RESTART, &wal, &copied)
+                 : SQLITE_BUSY;
         between_commits.unlock();
         auto held = static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(Mono::now() - held_since).count());
@@ -713,6 +766,11 @@ class CollectorDaemon : public Collector {
   WindowTable window_table_;                // the writer's
   std::map<WindowKey, SeqWindow> windows_;  // as committed; the writer's
   std::uint64_t commits_done_ = 0;          // the writer's
+  // Since when the cache could not be written (cache_unwritable), when that
+  // was last said, and unwritable_datagrams when it began; the writer's.
+  std::optional<Mono::time_point> unwritable_since_;
+  Mono::time_point unwritable_reported_{};
+  std::uint64_t unwritable_datagrams_before_ = 0;
 
   std::mutex queue_mutex_;  // receiver -> writer
   std::condition_variable queue_ready_, queue_space_;

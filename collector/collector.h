@@ -24,6 +24,9 @@ struct CollectorCounters {
   std::atomic<std::uint64_t> acks{0};        // ack datagrams sent
   std::atomic<std::uint64_t> commits{0};     // transactions
   std::atomic<std::uint64_t> commit_failures{0};
+  // Datagrams neither stored nor acknowledged because the cache's files
+  // could not be written (immutable, read-only): their probers send them again.
+  std::atomic<std::uint64_t> unwritable_datagrams{0};
   std::atomic<std::uint64_t> syncs{0};  // fdatasyncs of the cache's WAL before acks
   std::atomic<std::uint64_t> sync_failures{0};
   std::atomic<std::uint64_t> checkpoints{0};   // PASSIVE, by the checkpointer thread

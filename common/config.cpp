@@ -220,6 +220,16 @@ double Section::convert<double>(const YAML::Node& value, const std::string& key)
 }
 
 template <>
+std::vector<std::string> Section::convert<std::vector<std::string>>(const YAML::Node& value,
+                                                                    const std::string& key) const {
+  if (!value.IsSequence()) error_at(value, key, "expected a list of strings");
+  std::vector<std::string> items;
+  for (std::size_t i = 0; i < value.size(); ++i)
+    items.push_back(convert<std::string>(value[i], fmt::format("{}[{}]", key, i)));
+  return items;
+}
+
+template <>
 std::filesystem::path Section::convert<std::filesystem::path>(const YAML::Node& value,
                                                               const std::string& key) const {
   std::string text = convert<std::string>(value, key);
@@ -337,6 +347,19 @@ void read_control_limits(Section& s, ManagerConfig& m) {
   s.bounded("control_frame_timeout_s", m.control_frame_timeout_s, 1u, 3600u);
 }
 
+// An allow-list of network namespaces (Limits::netns): each entry a name
+// pattern (no '/') or an absolute path pattern, without '..'.
+void check_netns_patterns(const Section& s, const std::string& key,
+                          const std::vector<std::string>& patterns) {
+  for (const auto& p : patterns) {
+    if (p.empty() || p.size() > 255 || p.find('\0') != std::string::npos)
+      s.fail(key, "each entry must be 1 to 255 characters");
+    if (p.find('/') != std::string::npos && p.front() != '/')
+      s.fail(key, fmt::format("'{}' is neither a name under /run/netns nor an absolute path", p));
+    if (p.find("..") != std::string::npos) s.fail(key, fmt::format("'{}' contains '..'", p));
+  }
+}
+
 void read_limits(Section s, Limits& limits) {
   s.bounded("min_interval_s", limits.min_interval_s, kMinIntervalS, kMaxIntervalS);
   s.bounded("max_interval_s", limits.max_interval_s, kMinIntervalS, kMaxIntervalS);
@@ -360,6 +383,8 @@ void read_limits(Section s, Limits& limits) {
   latency.finish();
   s.bounded("max_requests_per_user", limits.max_requests_per_user, 1u, kMaxRequestsPerUser);
   s.bounded("max_paths_per_user", limits.max_paths_per_user, 1u, kMaxPaths);
+  s.optional("netns", limits.netns);
+  check_netns_patterns(s, "netns", limits.netns);
   {
     Section abw = s.section("abw");
     auto& a = limits.abw;
@@ -396,7 +421,20 @@ void read_limits(Section s, Limits& limits) {
       read("max_paths_per_request", into->max_paths_per_request, 1u, kMaxPaths);
       read("max_requests_per_user", into->max_requests_per_user, 1u, kMaxRequestsPerUser);
       read("max_paths_per_user", into->max_paths_per_user, 1u, kMaxPaths);
+      if (r.has("netns")) {
+        std::vector<std::string> netns;
+        r.optional("netns", netns);
+        check_netns_patterns(r, "netns", netns);
+        into->netns = std::move(netns);
+        into->netns_key = r.key_path("netns");
+      }
       r.finish();
+    }
+    // The admin's default (config.h): "*" and whatever limits.netns allows.
+    if (limits.admin.netns_key == kAdminNetnsDefaultKey) {
+      limits.admin.netns = std::vector<std::string>{"*"};
+      limits.admin.netns->insert(limits.admin.netns->end(), limits.netns.begin(),
+                                 limits.netns.end());
     }
     roles.finish();
   }
@@ -556,7 +594,9 @@ EffectiveLimits Config::limits_for(Role role) const {
           r.max_duration_s.value_or(limits.max_duration_s),
           r.max_paths_per_request.value_or(limits.max_paths_per_request),
           r.max_requests_per_user.value_or(limits.max_requests_per_user),
-          r.max_paths_per_user.value_or(limits.max_paths_per_user)};
+          r.max_paths_per_user.value_or(limits.max_paths_per_user),
+          r.netns.value_or(limits.netns),
+          r.netns ? r.netns_key : "limits.netns"};
 }
 
 Budget Config::budget_for_user(const std::string& name) const {

@@ -114,6 +114,9 @@ struct ThroughputLimits {
   double min_interval_s = 300.0;
 };
 
+// Names the admin's default netns allow-list in messages (Limits::admin).
+inline constexpr const char* kAdminNetnsDefaultKey = "limits.roles.admin.netns, by default,";
+
 // Per-role overrides of the request limits below (unset: the general value).
 struct RoleLimits {
   std::optional<double> min_interval_s;
@@ -121,7 +124,19 @@ struct RoleLimits {
   std::optional<std::uint32_t> max_paths_per_request;
   std::optional<std::uint32_t> max_requests_per_user;
   std::optional<std::uint32_t> max_paths_per_user;
+  // The network namespaces a request of this role may name (see
+  // Limits::netns); set, it replaces limits.netns for the role.
+  std::optional<std::vector<std::string>> netns;
+  std::string netns_key;  // the config key `netns` came from, for messages
 };
+
+// limits.roles.admin before the config says anything (Limits::admin).
+inline RoleLimits admin_role_defaults() {
+  RoleLimits admin;
+  admin.netns = std::vector<std::string>{"*"};
+  admin.netns_key = kAdminNetnsDefaultKey;
+  return admin;
+}
 
 struct Limits {
   double min_interval_s = 1.0;
@@ -133,9 +148,19 @@ struct Limits {
   LatencyLimits latency;
   AbwLimits abw;
   ThroughputLimits throughput;
+  // The network namespaces a request may name: names under /run/netns or
+  // absolute paths, each entry a glob pattern (fnmatch, FNM_PATHNAME; an
+  // entry without '/' stands for /run/netns/ENTRY). Empty: none.
+  std::vector<std::string> netns;
   RoleLimits user;     // limits.roles.user
   RoleLimits service;  // limits.roles.service
-  RoleLimits admin;    // limits.roles.admin
+  // limits.roles.admin. Unless it sets netns, admins may name what
+  // limits.netns allows and any namespace under /run/netns ("*"): those
+  // exist only because root on the node made them (`ip netns add`), for
+  // measurements; a /proc/PID/ns/net path reaches into any process on the
+  // node (another tenant's container), so not even admins get those unless
+  // the config lists them.
+  RoleLimits admin = admin_role_defaults();
 };
 
 // Bandwidth budgets (schemas/config.md, "budgets"): average bits per second
@@ -160,6 +185,8 @@ struct EffectiveLimits {
   std::uint32_t max_paths_per_request;
   std::uint32_t max_requests_per_user;
   std::uint32_t max_paths_per_user;
+  std::vector<std::string> netns;  // allowed namespace patterns (Limits::netns)
+  std::string netns_key;           // where they were configured, for messages
 };
 
 struct ManagerConfig {

@@ -20,11 +20,39 @@ class SqliteError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A transaction that did not begin, or a read-write open that did not
+// happen, because the database's files cannot be written
+// (Database::unwritable): nothing was tried, nothing changed.
+class UnwritableError : public SqliteError {
+ public:
+  using SqliteError::SqliteError;
+};
+
 class Statement;
+
+// Why `file` cannot be written now, or empty: it is immutable (chattr +i),
+// append-only (chattr +a), or on a read-only file system. A file that does
+// not exist can be.
+std::string unwritable_reason(const std::filesystem::path& file);
+
+// Exit status of a process whose SQLite file mapping failed (EX_IOERR).
+inline constexpr int kExitMappedFileFault = 74;
 
 class Database {
  public:
   // Opens (creating if needed) a database file in WAL mode with a busy timeout.
+  // A read-write open of files that cannot be written (unwritable_reason of
+  // the file, its -wal or its -shm) throws UnwritableError naming the file.
+  //
+  // The first Database of a process also makes a SIGBUS in a memory-mapped
+  // file end the process at once with one line on stderr ("PROGRAM: SIGBUS
+  // writing ADDRESS in FILE, ...") and kExitMappedFileFault, instead of a
+  // silent death. SQLite writes its -shm through a shared mapping, and its
+  // first write to a page there after the file became unwritable is a SIGBUS
+  // (ext4 refuses it in page_mkwrite since Linux 5.3); unwritable() before a
+  // transaction keeps that from happening, and this names the file when the
+  // file changed between that check and SQLite's write. Any other SIGBUS
+  // keeps its default action (a core dump).
   explicit Database(const std::filesystem::path& file, bool read_only = false);
   ~Database();
   Database(const Database&) = delete;
@@ -37,6 +65,11 @@ class Database {
   int changes() const;
   sqlite3* handle() { return db_; }
   const std::filesystem::path& file() const { return file_; }
+  // Why the database, its -wal or its -shm cannot be written now, naming the
+  // file; empty when they can. Call it before each transaction (reads too:
+  // a reader writes its snapshot's end into the -shm): SQLite's write to a
+  // page of the -shm's mapping would otherwise be a SIGBUS.
+  std::string unwritable() const;
 
  private:
   // How long a statement waits for another connection's lock.
@@ -83,6 +116,8 @@ class Statement {
 };
 
 // BEGIN IMMEDIATE on construction; ROLLBACK on destruction unless committed.
+// Throws UnwritableError instead of beginning when the database's files
+// cannot be written (Database::unwritable).
 class Transaction {
  public:
   explicit Transaction(Database& db);

@@ -13,6 +13,7 @@
 #include "cache/rtts.h"
 #include "common/log.h"
 #include "common/seal.h"
+#include "common/sqlite.h"
 #include "manager/api_types.h"
 #include "manager/rendered_rows.h"
 #include "manager/spec.h"
@@ -481,7 +482,12 @@ std::unique_ptr<ResultReader> QueryService::borrow() {
       return reader;
     }
   }
-  return std::make_unique<ResultReader>(config_);
+  try {
+    return std::make_unique<ResultReader>(config_);
+  } catch (const sqlite::UnwritableError& e) {
+    // Reading could write the cache's -shm (sqlite::Database::unwritable).
+    throw ApiFault(kStorageUnavailable, fmt::format("results cannot be read now: {}", e.what()));
+  }
 }
 
 void QueryService::give_back(std::unique_ptr<ResultReader> reader) {

@@ -1,5 +1,7 @@
 #include "manager/spec.h"
 
+#include <fnmatch.h>
+
 #include <cmath>
 #include <ctime>
 #include <limits>
@@ -99,6 +101,26 @@ std::uint32_t bounded_uint(const V& v, const std::string& name, std::uint32_t mi
 void check_range(std::uint32_t x, const std::string& name, std::uint32_t min, std::uint32_t max) {
   if (x < min) bad(fmt::format("{}: {} (the default) is below the limit of {}", name, x, min));
   if (x > max) bad(fmt::format("{}: {} (the default) is above the limit of {}", name, x, max));
+}
+
+// A netns as the prober resolves it: a name stands for /run/netns/NAME.
+std::string netns_path(const std::string& netns) {
+  return netns.find('/') == std::string::npos ? "/run/netns/" + netns : netns;
+}
+
+// Refuses a netns that none of the role's patterns (limits.netns, or
+// limits.roles.ROLE.netns) allows: kNotPermitted naming the key and its list.
+void check_netns_allowed(const std::string& netns, const EffectiveLimits& limits) {
+  const std::string path = netns_path(netns);
+  for (const auto& pattern : limits.netns)
+    if (fnmatch(netns_path(pattern).c_str(), path.c_str(), FNM_PATHNAME) == 0) return;
+  std::string allowed;
+  for (std::size_t i = 0; i < limits.netns.size() && i < 8; ++i)
+    allowed += (i ? ", " : "") + quote(limits.netns[i]);
+  if (limits.netns.size() > 8) allowed += fmt::format(" and {} more", limits.netns.size() - 8);
+  throw ApiFault(kNotPermitted,
+                 fmt::format("netns: {} is not allowed for this role ({} allows {})", quote(netns),
+                             limits.netns_key, allowed.empty() ? "none" : allowed));
 }
 
 std::string node_arg(const V& v, const std::string& where, const Config& config) {
@@ -363,8 +385,11 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
     spec.netns = get_string(it->second, "netns");
     if (spec.netns.size() > 255 || spec.netns.find('\0') != std::string::npos ||
         spec.netns.find("..") != std::string::npos ||
-        spec.netns.find_first_of(" \t\n") != std::string::npos)
-      bad(fmt::format("netns: {} is not a namespace name or /proc path", quote(spec.netns)));
+        spec.netns.find_first_of(" \t\n") != std::string::npos ||
+        (spec.netns.find('/') != std::string::npos && spec.netns.front() != '/'))
+      bad(fmt::format("netns: {} is neither a name under /run/netns nor an absolute path",
+                      quote(spec.netns)));
+    check_netns_allowed(spec.netns, config.limits_for(role));
   }
   if (auto it = s.find("dry_run"); it != s.end())
     expect_type(it->second, V::TYPE_BOOLEAN, "dry_run", "a boolean");

@@ -15,7 +15,8 @@
 namespace flexmon::manager {
 
 // Checks a probe.request spec against config.limits (those of `role`) and
-// config.nodes. Throws ApiFault (kBadArgument, kUnknownNode).
+// config.nodes. Throws ApiFault (kBadArgument, kUnknownNode; kNotPermitted for a
+// netns that the role's limits.netns / limits.roles.ROLE.netns does not allow).
 RequestSpec parse_spec(const xmlrpc_c::value& spec, const Config& config, Role role = Role::user);
 
 // Whether a probe.request spec asks for a dry run (`dry_run: true`).

@@ -183,10 +183,9 @@ class AbwSession {
     while (got < expected) {
       std::int64_t left = until - mono_ns();
       if (left <= 0) break;
+      if (context_.stop && context_.stop->load()) break;
       pollfd p{fd_, POLLIN, 0};
-      timespec t{static_cast<time_t>(left / 1'000'000'000),
-                 static_cast<long>(left % 1'000'000'000)};
-      if (ppoll(&p, 1, &t, nullptr) <= 0) continue;
+      if (poll_or_stop(&p, 1, left, context_) <= 0) continue;
       for (int k = 0; k < 4096; ++k) {
         ssize_t n = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
         if (n < 0) break;

@@ -332,10 +332,8 @@ PingOutcome ping_datagram(const Address& dst, const PingPlan& plan, const ToolCo
       if (out.tx_utc[i] != 0 && rx_utc[i] == 0) end = std::max(end, tx_mono[i] + plan.timeout_ns);
     if (next >= plan.count && (end == 0 || now >= end)) break;
     std::int64_t wake = next < plan.count ? first + plan.spacing_ns * next : end;
-    std::int64_t left = std::max<std::int64_t>(0, wake - now);
-    timespec t{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
     pollfd p{pinger.fd(), POLLIN, 0};
-    if (ppoll(&p, 1, &t, nullptr) > 0) pinger.drain(on_reply);
+    if (poll_or_stop(&p, 1, wake - now, context) > 0) pinger.drain(on_reply);
   }
   // Late tx timestamps (error queue) of answered probes.
   pinger.drain([](std::uint32_t, std::int64_t, std::int64_t) {});
@@ -449,9 +447,7 @@ PingOutcome ping_tcp(const Address& dst, const PingPlan& plan, const ToolContext
     for (auto& c : open) wake = std::min(wake, c.tx_mono + plan.timeout_ns + 1);
     std::vector<pollfd> fds;
     for (auto& c : open) fds.push_back({c.fd, POLLOUT, 0});
-    std::int64_t left = std::max<std::int64_t>(0, wake - now);
-    timespec t{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
-    if (ppoll(fds.data(), fds.size(), &t, nullptr) <= 0) continue;
+    if (poll_or_stop(fds.data(), fds.size(), wake - now, context) <= 0) continue;
     std::int64_t rx_mono = mono_ns();
     for (std::size_t k = 0; k < fds.size(); ++k) {
       if (!fds[k].revents) continue;

@@ -22,14 +22,14 @@ namespace flexmon::prober::tools {
 
 namespace {
 
-// Waits for `events` on fd until mono deadline; false on timeout.
-bool wait_fd(int fd, short events, std::int64_t deadline) {
+// Waits for `events` on fd until mono deadline; false on timeout or when
+// the measurement is asked to stop.
+bool wait_fd(int fd, short events, std::int64_t deadline, const ToolContext& context) {
   for (;;) {
     std::int64_t left = deadline - mono_ns();
-    if (left <= 0) return false;
+    if (left <= 0 || (context.stop && context.stop->load())) return false;
     pollfd p{fd, events, 0};
-    timespec t{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
-    int n = ppoll(&p, 1, &t, nullptr);
+    int n = poll_or_stop(&p, 1, left, context);
     if (n > 0) return true;
     if (n < 0 && errno != EINTR) return false;
   }
@@ -86,7 +86,7 @@ wire::Result measure_throughput(const wire::Stream& stream, const ToolContext& c
   if (::connect(fd, dst->get(), dst->length) != 0 && errno != EINPROGRESS)
     return fail(errno == ECONNREFUSED ? wire::REFUSED : wire::UNREACHABLE,
                 fmt::format("connect {}: {}", dst->to_string(), std::strerror(errno)));
-  if (!wait_fd(fd, POLLOUT, start + std::min<std::int64_t>(duration, 3'000'000'000)))
+  if (!wait_fd(fd, POLLOUT, start + std::min<std::int64_t>(duration, 3'000'000'000), context))
     return fail(wire::TIMEOUT, "connect timed out");
   int err = 0;
   socklen_t len = sizeof err;
@@ -104,7 +104,7 @@ wire::Result measure_throughput(const wire::Stream& stream, const ToolContext& c
   std::int64_t end = first + duration;
   while (sent < max_bytes && mono_ns() < end) {
     if (context.stop && context.stop->load()) break;
-    if (!wait_fd(fd, POLLOUT, end)) break;
+    if (!wait_fd(fd, POLLOUT, end, context)) break;
     std::size_t want =
         static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), max_bytes - sent));
     ssize_t n = ::send(fd, chunk.data(), want, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -120,7 +120,7 @@ wire::Result measure_throughput(const wire::Stream& stream, const ToolContext& c
   std::uint8_t report[8];
   std::size_t got = 0;
   std::int64_t report_deadline = mono_ns() + 10'000'000'000;
-  while (got < sizeof report && wait_fd(fd, POLLIN, report_deadline)) {
+  while (got < sizeof report && wait_fd(fd, POLLIN, report_deadline, context)) {
     ssize_t n = ::recv(fd, report + got, sizeof report - got, MSG_DONTWAIT);
     if (n <= 0) break;
     got += static_cast<std::size_t>(n);

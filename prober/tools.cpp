@@ -5,17 +5,26 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/nsfs.h>
 #include <netdb.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -110,6 +119,20 @@ void sleep_until(std::int64_t deadline) {
 
 void min_timer_slack() { prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0); }
 
+int poll_or_stop(pollfd* fds, std::size_t count, std::int64_t timeout_ns,
+                 const ToolContext& context) {
+  timespec t{static_cast<time_t>(std::max<std::int64_t>(0, timeout_ns) / 1'000'000'000),
+             static_cast<long>(std::max<std::int64_t>(0, timeout_ns) % 1'000'000'000)};
+  if (context.stop_fd < 0) return ::ppoll(fds, count, &t, nullptr);
+  std::vector<pollfd> all(fds, fds + count);
+  all.push_back({context.stop_fd, POLLIN, 0});
+  int n = ::ppoll(all.data(), all.size(), &t, nullptr);
+  if (n <= 0) return n;
+  if (all.back().revents) --n;
+  for (std::size_t i = 0; i < count; ++i) fds[i].revents = all[i].revents;
+  return n;
+}
+
 std::array<std::uint8_t, kSealBytes> seal16(const std::string& key, const std::uint8_t* data,
                                             std::size_t size) {
   std::array<std::uint8_t, EVP_MAX_MD_SIZE> full{};
@@ -135,6 +158,89 @@ std::uint64_t get_be(const std::uint8_t* p, int bytes) {
 
 }  // namespace tools
 
+namespace {
+
+// What a file that is not a network namespace is, for the message that refuses it.
+std::string file_kind(mode_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFIFO:
+      return "a FIFO";
+    case S_IFREG:
+      return "a regular file";
+    case S_IFDIR:
+      return "a directory";
+    case S_IFCHR:
+      return "a character device";
+    case S_IFBLK:
+      return "a block device";
+    case S_IFSOCK:
+      return "a socket";
+    default:
+      return fmt::format("a file of type {:o}", mode & S_IFMT);
+  }
+}
+
+std::string namespace_kind(int type) {
+  switch (type) {
+    case CLONE_NEWNS:
+      return "a mount namespace";
+    case CLONE_NEWUTS:
+      return "a UTS namespace";
+    case CLONE_NEWIPC:
+      return "an IPC namespace";
+    case CLONE_NEWUSER:
+      return "a user namespace";
+    case CLONE_NEWPID:
+      return "a PID namespace";
+    case CLONE_NEWCGROUP:
+      return "a cgroup namespace";
+    default:
+      return fmt::format("a namespace of type {:#x}", type);
+  }
+}
+
+// An fd of network namespace `path` for setns(), or -1 with `error` naming
+// the path and what it is instead. Never blocks and has no side effect on
+// the file: a FIFO or a device opened for reading may wait for a writer or
+// act on the open, so the path is first opened with O_PATH (no open of the
+// file itself), and only a file of nsfs is then opened for reading, through
+// that very descriptor (/proc/self/fd), so the file checked is the file used.
+int open_netns(const std::string& path, std::string& error) {
+  int probe = ::open(path.c_str(), O_PATH | O_CLOEXEC);
+  if (probe < 0) {
+    error = fmt::format("netns {}: {}", path, std::strerror(errno));
+    return -1;
+  }
+  struct stat st {};
+  struct statfs fs {};
+  if (::fstat(probe, &st) != 0 || ::fstatfs(probe, &fs) != 0) {
+    error = fmt::format("netns {}: {}", path, std::strerror(errno));
+    ::close(probe);
+    return -1;
+  }
+  if (fs.f_type != NSFS_MAGIC) {
+    error = fmt::format("netns {}: {}, not a network namespace", path, file_kind(st.st_mode));
+    ::close(probe);
+    return -1;
+  }
+  int fd = ::open(fmt::format("/proc/self/fd/{}", probe).c_str(), O_RDONLY | O_CLOEXEC);
+  int saved = errno;
+  ::close(probe);
+  if (fd < 0) {
+    error = fmt::format("netns {}: {}", path, std::strerror(saved));
+    return -1;
+  }
+  int type = ::ioctl(fd, NS_GET_NSTYPE);
+  if (type >= 0 && type != CLONE_NEWNET) {
+    error = fmt::format("netns {}: {}, not a network namespace", path, namespace_kind(type));
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
 int open_socket_in(const std::string& netns, int domain, int type, int protocol,
                    std::string& error) {
   if (netns.empty()) {
@@ -143,25 +249,24 @@ int open_socket_in(const std::string& netns, int domain, int type, int protocol,
     return fd;
   }
   std::string path = netns.find('/') == std::string::npos ? "/run/netns/" + netns : netns;
+  int target = open_netns(path, error);
+  if (target < 0) return -1;
   int fd = -1;
   // setns() changes only the calling thread: a helper thread enters the
   // namespace, creates the socket (which keeps that namespace) and returns.
   std::thread helper([&] {
     int own = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    int target = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (target < 0) {
-      error = fmt::format("netns {}: {}", path, std::strerror(errno));
-    } else if (setns(target, CLONE_NEWNET) != 0) {
+    if (setns(target, CLONE_NEWNET) != 0) {
       error = fmt::format("setns {}: {}", path, std::strerror(errno));
     } else {
       fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
       if (fd < 0) error = fmt::format("socket in {}: {}", path, std::strerror(errno));
       if (own >= 0) setns(own, CLONE_NEWNET);
     }
-    if (target >= 0) ::close(target);
     if (own >= 0) ::close(own);
   });
   helper.join();
+  ::close(target);
   return fd;
 }
 
@@ -255,6 +360,7 @@ std::string result_json(const wire::Result& r) {
 struct ToolRunner::Impl {
   ToolContext context;
   std::atomic<bool> stopping{false};
+  int stop_fd = -1;  // readable once stopping: wakes the measurements' waits
   std::mutex mutex;
   std::condition_variable wake;
   struct Job {
@@ -295,6 +401,10 @@ struct ToolRunner::Impl {
 ToolRunner::ToolRunner(ToolContext context, unsigned threads) : impl_(std::make_unique<Impl>()) {
   impl_->context = std::move(context);
   impl_->context.stop = &impl_->stopping;
+  impl_->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (impl_->stop_fd < 0)
+    throw std::runtime_error(fmt::format("prober: eventfd: {}", std::strerror(errno)));
+  impl_->context.stop_fd = impl_->stop_fd;
   for (unsigned i = 0; i < std::max(1U, threads); ++i)
     impl_->workers.emplace_back([this] { impl_->work(); });
 }
@@ -304,8 +414,11 @@ ToolRunner::~ToolRunner() {
     std::lock_guard lock(impl_->mutex);
     impl_->stopping = true;
   }
+  std::uint64_t one = 1;
+  [[maybe_unused]] auto written = ::write(impl_->stop_fd, &one, sizeof one);
   impl_->wake.notify_all();
   for (auto& t : impl_->workers) t.join();
+  ::close(impl_->stop_fd);
 }
 
 void ToolRunner::measure(const wire::Stream& stream, Done done) {

@@ -32,6 +32,9 @@ struct ToolContext {
   std::string source_address;  // bind probing sockets here; empty = any
   OutageOptions outage;
   const std::atomic<bool>* stop = nullptr;  // ends a measurement early when set
+  // Readable once `stop` is set (an eventfd, -1: none): a measurement waiting
+  // for a reply or its next probe wakes at once instead of at its deadline.
+  int stop_fd = -1;
 };
 
 // Runs one measurement of `stream` and returns its result (seq unset). Never
@@ -51,12 +54,17 @@ std::string result_json(const wire::Result& result);
 
 // Opens a socket inside network namespace `netns` (a name under /run/netns or
 // a path such as /proc/PID/ns/net; empty = this process's namespace). The
-// socket keeps its namespace. -1 with `error` set on failure.
+// socket keeps its namespace. -1 with `error` set on failure; a path that is
+// not a network namespace (a FIFO, a regular file, a directory, a device,
+// another kind of namespace) is refused without opening the file itself, so
+// it never blocks, and `error` names the path and what it is.
 int open_socket_in(const std::string& netns, int domain, int type, int protocol,
                    std::string& error);
 
 // Runs measurements on worker threads for the daemon: latency in parallel,
-// bandwidth tools (abw, throughput) one at a time per node.
+// bandwidth tools (abw, throughput) one at a time per node. Destroying it
+// (the prober's SIGTERM) wakes every running measurement through
+// ToolContext::stop_fd and joins the workers.
 class ToolRunner {
  public:
   using Done = std::function<void(wire::Result)>;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -39,6 +40,12 @@ std::int64_t mono_ns();
 void sleep_until(std::int64_t mono_deadline_ns);
 // Timer slack of the calling thread to 1 ns (precise spacing).
 void min_timer_slack();
+
+// ppoll(fds, count) for up to `timeout_ns`, woken early by context.stop_fd:
+// the number of `fds` ready, 0 on timeout or when stopping (the caller's
+// loop then sees context.stop), -1 on error.
+int poll_or_stop(pollfd* fds, std::size_t count, std::int64_t timeout_ns,
+                 const ToolContext& context);
 
 // Latency engine: `count` probes `spacing_ns` apart, each waited for up to
 // `timeout_ns`; stop early at the first reply when `stop_on_reply`.

@@ -1,7 +1,11 @@
 #include "cache/cache.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -13,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "cache/flusher.h"
+#include "cache/reader.h"
 #include "cache/storage.h"
 #include "common/config.h"
 #include "common/sqlite.h"
@@ -314,6 +319,96 @@ TEST_F(CacheTest, FlushAfterTheClockSteppedBackFlushesEveryRowOnceItPassed) {
   EXPECT_EQ(archived_ids(), ids(1, 100));
   EXPECT_EQ(later.lag.rows, 0);
   EXPECT_EQ(Cache(dir_ / "cache.db").count_results(), 0);
+}
+
+// chattr +i / -i on `files`; false when it failed.
+bool set_immutable(const std::vector<std::filesystem::path>& files, bool immutable) {
+  std::string command = immutable ? "chattr +i" : "chattr -i";
+  for (const auto& f : files) command += " '" + f.string() + "'";
+  return std::system((command + " 2>/dev/null").c_str()) == 0;
+}
+
+// Makes the database's three files immutable, then writes back the -shm's
+// pages: the kernel write-protects them, and SQLite's next write to one is
+// a SIGBUS (ext4's page_mkwrite refuses an immutable file). Clears it again
+// at destruction. `supported` is false when chattr does not work here.
+struct Immutable {
+  std::vector<std::filesystem::path> files;
+  bool supported = false;
+  explicit Immutable(const std::filesystem::path& db)
+      : files{db, db.string() + "-wal", db.string() + "-shm"} {
+    if (geteuid() != 0 || !set_immutable(files, true)) return;
+    supported = true;
+    int fd = ::open(files[2].c_str(), O_RDONLY | O_CLOEXEC);
+    ::fsync(fd);
+    ::close(fd);
+  }
+  ~Immutable() {
+    if (supported) set_immutable(files, false);
+  }
+};
+
+// Regression (the collector's SIGBUS, and the manager's reader's): nothing
+// begins on a database whose files cannot be written, since even a read may
+// write its -shm; the error names the file.
+TEST_F(CacheTest, NothingBeginsWhileTheFilesCannotBeWritten) {
+  auto file = dir_ / "cache.db";
+  Config config;
+  config.collector.cache_db = file;
+  config.archive.sqlite_db = dir_ / "archive.db";
+  Cache cache(file);
+  auto r = latency(1, "n1", "n2", 1'700'000'000'000'000'000, {100});
+  cache.store("n1", 1, {&r});
+  ResultReader reader(config);
+  ASSERT_TRUE(reader.results(PageQuery{}));
+  auto r2 = latency(2, "n1", "n2", 1'700'000'001'000'000'000, {100});
+  cache.store("n1", 1, {&r2});  // a new WAL frame: the next read takes a new read mark
+  Immutable immutable(file);
+  if (!immutable.supported) GTEST_SKIP() << "chattr +i needs root and a file system that has it";
+  const std::string why = file.string() + " is immutable (chattr +i)";
+  try {
+    cache.store("n1", 1, {&r});
+    ADD_FAILURE() << "stored";
+  } catch (const sqlite::UnwritableError& e) {
+    EXPECT_EQ(std::string(e.what()), "sqlite: not writing: " + why);
+  }
+  auto page = reader.results(PageQuery{});
+  ASSERT_FALSE(page);
+  EXPECT_EQ(page.error().message,
+            "the cache cannot be read while its files cannot be written: " + why);
+  EXPECT_THROW(Cache{file}, sqlite::UnwritableError);
+  EXPECT_THROW(flush_once(config), sqlite::UnwritableError);
+  EXPECT_EQ(sqlite::unwritable_reason(dir_ / "absent.db"), "");
+}
+
+// What is left: a write between Database::unwritable()'s check and SQLite's
+// write to the -shm. It ends the process at once with a line naming the
+// file (and EX_IOERR), not a silent SIGBUS.
+TEST_F(CacheTest, ASigbusInTheShmEndsTheProcessNamingTheFile) {
+  auto file = dir_ / "race.db";
+  {
+    for (const char* name : {"probe", "probe-wal", "probe-shm"}) std::ofstream(dir_ / name) << "x";
+    Immutable probe(dir_ / "probe");
+    if (!probe.supported) GTEST_SKIP() << "chattr +i needs root and a file system that has it";
+  }
+  {
+    sqlite::Database probe(file);
+    probe.exec("CREATE TABLE t (x)");
+  }
+  GTEST_FLAG_SET(death_test_style, "fast");  // the child's files are the parent's to clean
+  EXPECT_EXIT(
+      {
+        sqlite::Database db(file);
+        sqlite3_exec(db.handle(), "PRAGMA wal_autocheckpoint=0", nullptr, nullptr, nullptr);
+        db.exec("INSERT INTO t VALUES (1)");
+        Immutable immutable(file);
+        // Past the check, as if the file changed just after it.
+        sqlite3_exec(db.handle(), "SELECT COUNT(*) FROM t", nullptr, nullptr, nullptr);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(sqlite::kExitMappedFileFault),
+      "cache_test: SIGBUS writing 0x[0-9a-f]+ in .*race\\.db-shm, a file memory-mapped by SQLite");
+  set_immutable({file, file.string() + "-wal", file.string() + "-shm"}, false);
 }
 
 }  // namespace

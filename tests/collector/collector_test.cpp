@@ -2,18 +2,23 @@
 #include "collector/collector.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <sstream>
 
 #include <spdlog/sinks/ostream_sink.h>
+#include <fstream>
 
 #include "cache/cache.h"
 #include "collector/window.h"
@@ -22,6 +27,7 @@
 #include "common/sqlite.h"
 #include "prober/event_loop.h"
 #include "prober/result_sender.h"
+#include "prober/spool.h"
 #include "test_util.h"
 #include "wire.pb.h"
 
@@ -502,6 +508,109 @@ TEST(Collector, NodeNameWithANewlineIsLoggedEscaped) {
   std::istringstream lines(text);
   for (std::string line; std::getline(lines, line);)
     EXPECT_NE(line.rfind("2026-12-04T00:00:00Z collector info: FORGED", 0), 0u) << line;
+}
+
+// Sets or clears the immutable attribute (chattr) of `files`; false if chattr
+// failed (not root, or a file system without the attribute).
+bool set_immutable(const std::vector<std::filesystem::path>& files, bool immutable) {
+  std::string command = immutable ? "chattr +i" : "chattr -i";
+  for (const auto& f : files) command += " '" + f.string() + "'";
+  return std::system((command + " 2>/dev/null").c_str()) == 0;
+}
+
+// Whether chattr +i works here (root, and a file system that has it).
+std::string why_no_chattr(const std::filesystem::path& dir) {
+  if (geteuid() != 0) return "chattr +i needs root";
+  auto probe = dir / "chattr-probe";
+  std::ofstream(probe) << "x";
+  if (!set_immutable({probe}, true))
+    return "chattr +i does not work on " + dir.string() + " (file system without it?)";
+  set_immutable({probe}, false);
+  return {};
+}
+
+// The cache's files made immutable for the guard's life.
+struct ImmutableCache {
+  std::vector<std::filesystem::path> files;
+  explicit ImmutableCache(const std::filesystem::path& cache)
+      : files{cache, cache.string() + "-wal", cache.string() + "-shm"} {
+    EXPECT_TRUE(set_immutable(files, true));
+    // Writes back the -shm's dirty pages, so that the kernel write-protects
+    // them: the next write there goes through ext4's page_mkwrite, which
+    // refuses an immutable file with SIGBUS (what killed the collector).
+    int fd = ::open(files[2].c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::fsync(fd), 0);
+    ::close(fd);
+  }
+  ~ImmutableCache() { set_immutable(files, false); }
+};
+
+// Regression: with the cache's files made immutable under a running
+// collector (chattr +i), the collector died of SIGBUS in SQLite's mapping of
+// cache.db-shm, without a log line. It now says so, stores and acknowledges
+// nothing while it lasts (the prober keeps its spool), and once the files can
+// be written again every result arrives, each stored once.
+TEST(Collector, KeepsRunningWhileTheCacheCannotBeWrittenAndLosesNothing) {
+  test::TempDir probe_dir;
+  if (auto why = why_no_chattr(probe_dir.path); !why.empty()) GTEST_SKIP() << why;
+  auto lines = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+  logger("collector")->sinks().push_back(lines);
+  auto logged = [&](const std::string& text) {
+    for (const auto& line : lines->last_formatted())
+      if (line.find(text) != std::string::npos) return true;
+    return false;
+  };
+  Fixture f;
+  test::TempDir spool_dir;
+  prober::EventLoop loop;
+  prober::SenderOptions o;
+  o.node = "n1";
+  o.key = kKey1;
+  o.boot_epoch = 7;
+  o.source_address = "127.0.0.1";
+  o.collectors = {f.collector->local_endpoint()};
+  o.initial_backoff_s = 0.1;
+  o.max_backoff_s = 0.5;
+  auto sender = std::make_unique<prober::ResultSender>(
+      loop, o,
+      std::make_unique<prober::SqliteSpool>(spool_dir.path / "spool.db",
+                                            prober::SqliteSpoolOptions{100'000, false}));
+  loop.start();
+  auto results = batch("n1", 7, 1, 40, "n1");
+  auto submit = [&](int first, int last) {
+    for (int i = first; i <= last; ++i) {
+      auto copy = results.results().results(i - 1);
+      copy.clear_seq();
+      loop.post([&sender, copy] { sender->submit(copy); });
+    }
+  };
+  submit(1, 20);
+  ASSERT_TRUE(test::eventually([&] { return sender->counters().acked.load() == 20; }));
+  {
+    ImmutableCache immutable(f.config.collector.cache_db);
+    submit(21, 40);
+    // Sent, refused, sent again and refused again: the collector lives on.
+    ASSERT_TRUE(
+        test::eventually([&] { return f.collector->counters().unwritable_datagrams.load() >= 2; },
+                         std::chrono::seconds(30)));
+    EXPECT_TRUE(logged("collector: cannot write the cache (sqlite: not writing: " +
+                       f.config.collector.cache_db.string() + " is immutable (chattr +i))"));
+    EXPECT_EQ(sender->counters().acked.load(), 20u);
+    EXPECT_EQ(sender->counters().spooled.load(), 20u);
+    EXPECT_EQ(f.collector->counters().commit_failures.load(), 0u);
+  }
+  ASSERT_TRUE(test::eventually([&] { return sender->counters().acked.load() == 40; },
+                               std::chrono::seconds(60)));
+  EXPECT_EQ(sender->counters().spooled.load(), 0u);
+  EXPECT_TRUE(logged("collector: the cache can be written again after"));
+  loop.stop();
+  loop.join();
+  Cache cache(f.config.collector.cache_db, true);
+  auto rows = cache.query_latency(LatencyQuery{});
+  EXPECT_EQ(rows.size(), 40u);
+  EXPECT_EQ(f.stored_rows(), 40);
+  logger("collector")->sinks().pop_back();
 }
 
 }  // namespace

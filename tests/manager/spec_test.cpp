@@ -148,6 +148,78 @@ TEST_F(SpecTest, RejectsShapes) {
   }
 }
 
+// Regression: any caller could name any netns, and the prober opened what
+// was named. The config says which namespaces each role may name: none for
+// role user, any name under /run/netns for admins, unless limits.netns or
+// limits.roles.ROLE.netns says otherwise.
+TEST_F(SpecTest, NetnsIsLimitedByRole) {
+  auto as = [&](Role role, const std::string& netns) {
+    return parse_spec(xmlrpc_c::value_struct(with("netns", str(netns.c_str()))), config, role);
+  };
+  auto refusal = [&](Role role, const std::string& netns) -> std::string {
+    try {
+      as(role, netns);
+    } catch (const ApiFault& f) {
+      EXPECT_EQ(f.code(), kNotPermitted) << f.what();
+      return f.what();
+    }
+    ADD_FAILURE() << netns << " accepted";
+    return {};
+  };
+  EXPECT_EQ(refusal(Role::user, "blue"),
+            "netns: 'blue' is not allowed for this role (limits.netns allows none)");
+  EXPECT_EQ(as(Role::admin, "blue").netns, "blue");
+  EXPECT_EQ(as(Role::admin, "/run/netns/blue").netns, "/run/netns/blue");
+  EXPECT_EQ(refusal(Role::admin, "/proc/1/ns/net"),
+            "netns: '/proc/1/ns/net' is not allowed for this role (limits.roles.admin.netns, by "
+            "default, allows '*')");
+  EXPECT_EQ(refusal(Role::admin, "/run/netns/sub/blue"),
+            "netns: '/run/netns/sub/blue' is not allowed for this role (limits.roles.admin.netns, "
+            "by default, allows '*')");
+  expect_bad(with("netns", str("run/netns/blue")),
+             "netns: 'run/netns/blue' is neither a name under /run/netns nor an absolute path");
+  expect_bad(with("netns", str("/run/netns/../../tmp/fifo")),
+             "netns: '/run/netns/../../tmp/fifo' is neither a name under /run/netns nor an "
+             "absolute path");
+
+  config = parse_config(R"(
+limits:
+  netns: [lab-*, "/proc/*/ns/net"]
+  roles:
+    user: {netns: [lab-a]}
+nodes:
+  - {id: n1, site: a, address: 127.0.0.1, key: 000102030405060708090a0b0c0d0e0f}
+  - {id: n2, site: a, address: 127.0.0.2, key: 101112131415161718191a1b1c1d1e1f}
+)",
+                        "roles.yaml", testing::temp_dir());
+  EXPECT_EQ(as(Role::user, "lab-a").netns, "lab-a");
+  EXPECT_EQ(refusal(Role::user, "lab-b"),
+            "netns: 'lab-b' is not allowed for this role (limits.roles.user.netns allows 'lab-a')");
+  EXPECT_EQ(as(Role::admin, "lab-b").netns, "lab-b");
+  EXPECT_EQ(as(Role::admin, "/proc/42/ns/net").netns, "/proc/42/ns/net");
+  EXPECT_EQ(as(Role::admin, "other").netns, "other");
+
+  for (const auto& [text, message] : std::vector<std::pair<std::string, std::string>>{
+           {"limits: {netns: [run/netns/x]}",
+            "bad.yaml:1: limits.netns: 'run/netns/x' is neither a name under /run/netns nor an "
+            "absolute path"},
+           {"limits: {roles: {user: {netns: [\"/proc/../x\"]}}}",
+            "bad.yaml:1: limits.roles.user.netns: '/proc/../x' contains '..'"},
+           {"limits: {netns: blue}", "bad.yaml:1: limits.netns: expected a list of strings"}}) {
+    try {
+      parse_config(text, "bad.yaml", testing::temp_dir());
+      ADD_FAILURE() << text << " accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()), message);
+    }
+  }
+
+  config.limits.admin.netns = std::vector<std::string>{};
+  config.limits.admin.netns_key = "limits.roles.admin.netns";
+  EXPECT_EQ(refusal(Role::admin, "lab-a"),
+            "netns: 'lab-a' is not allowed for this role (limits.roles.admin.netns allows none)");
+}
+
 TEST(RequestId, Parses) {
   EXPECT_EQ(parse_request_id("r1"), 1u);
   EXPECT_EQ(parse_request_id("r123"), 123u);

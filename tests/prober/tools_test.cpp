@@ -1,9 +1,13 @@
 // The synchronous probe tools on loopback: every latency method, statuses,
-// outage bound, sealed abw / throughput against a real responder, caps, JSON.
+// outage bound, sealed abw / throughput against a real responder, caps, JSON,
+// the netns check, and workers that stop while measurements run.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <future>
 
 #include "prober/event_loop.h"
@@ -205,6 +209,118 @@ TEST(Tools, DaemonDispatchFollowsAnOutageOfUdpStreams) {
             [promise2](wire::Result r) { promise2->set_value(std::move(r)); });
   ASSERT_EQ(future2.wait_for(std::chrono::seconds(30)), std::future_status::ready);
   EXPECT_EQ(future2.get().status(), wire::OK);
+}
+
+// Ends open() calls of `fifo` that wait for a writer (what the netns check
+// prevents), so that a test of a prober without it fails instead of hanging.
+template <typename Future>
+void release_fifo_readers(const std::filesystem::path& fifo, Future& pending) {
+  for (int round = 0; round < 10'000; ++round) {
+    if (pending.wait_for(std::chrono::milliseconds(10)) == std::future_status::ready) return;
+    int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+// Regression: a netns naming a FIFO blocked the measurement in open() for
+// good (and with it a worker of the daemon). Whatever is named that is not a
+// network namespace is refused at once, with the path and what it is.
+TEST(Tools, NetnsThatIsNotANetworkNamespaceIsRefusedAtOnce) {
+  Lab lab;
+  test::TempDir dir;
+  const auto fifo = dir.path / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const auto file = dir.path / "file";
+  std::ofstream(file) << "not a namespace\n";
+  const auto folder = dir.path / "folder";
+  std::filesystem::create_directory(folder);
+  const std::pair<std::string, std::string> cases[] = {
+      {fifo.string(), "a FIFO"},
+      {file.string(), "a regular file"},
+      {folder.string(), "a directory"},
+      {(dir.path / "missing").string(), "No such file or directory"},
+      {"/dev/null", "a character device"},
+      {"/proc/self/ns/uts", "a UTS namespace"},
+  };
+  for (const auto& [path, what] : cases) {
+    for (const char* method : {"udp", "tcp"}) {
+      auto s = latency(method, lab.responder->port(), 2);
+      s.set_netns(path);
+      auto pending = std::async(std::launch::async, [s] { return run_measurement(s, context()); });
+      if (pending.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+        ADD_FAILURE() << method << " with netns " << path << " is still blocked after 30 s";
+        release_fifo_readers(fifo, pending);
+      }
+      auto r = pending.get();
+      EXPECT_EQ(r.status(), wire::ERROR) << path;
+      EXPECT_NE(r.error().find(path), std::string::npos) << r.error();
+      EXPECT_NE(r.error().find(what), std::string::npos) << r.error();
+    }
+  }
+}
+
+TEST(Tools, NetnsOfTheProcessItselfIsANetworkNamespace) {
+  if (geteuid() != 0) GTEST_SKIP() << "setns() into a network namespace needs root";
+  Lab lab;
+  auto s = latency("udp", lab.responder->port(), 2);
+  s.set_netns("/proc/self/ns/net");
+  auto r = run_measurement(s, context());
+  EXPECT_EQ(r.status(), wire::OK) << r.error();
+}
+
+// Regression: with a FIFO as netns, the daemon's worker blocked, and every
+// measurement queued behind it (every user's) waited with it.
+TEST(Tools, AFifoNetnsLeavesTheOtherMeasurementsRunning) {
+  Lab lab;
+  test::TempDir dir;
+  const auto fifo = dir.path / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  Measurements m(lab.loop, "127.0.0.1", "n1", kKey, 1);  // one worker: nothing can go around it
+  auto blocked = std::make_shared<std::promise<wire::Result>>();
+  auto other = std::make_shared<std::promise<wire::Result>>();
+  auto blocked_result = blocked->get_future();
+  auto other_result = other->get_future();
+  auto hostile = latency("udp", lab.responder->port(), 2);
+  hostile.set_netns(fifo.string());
+  m.measure(hostile, [blocked](wire::Result r) { blocked->set_value(std::move(r)); });
+  m.measure(latency("tcp", lab.responder->port(), 2),
+            [other](wire::Result r) { other->set_value(std::move(r)); });
+  if (other_result.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "the measurement behind the FIFO netns did not run within 30 s";
+    release_fifo_readers(fifo, other_result);
+  }
+  ASSERT_EQ(blocked_result.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_EQ(other_result.get().status(), wire::OK);
+  auto r = blocked_result.get();
+  EXPECT_EQ(r.status(), wire::ERROR);
+  EXPECT_NE(r.error().find(fifo.string() + ": a FIFO, not a network namespace"), std::string::npos)
+      << r.error();
+}
+
+// Regression: the prober's SIGTERM destroys its ToolRunner, which joins the
+// workers; a worker blocked on a FIFO netns never ended, and one waiting for
+// its next probe ended only when that wait did (up to the spacing). Both end
+// as soon as the runner stops.
+TEST(Tools, StoppingTheWorkersEndsTheMeasurementsTheyRun) {
+  test::TempDir dir;
+  const auto fifo = dir.path / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  SilentPort silent;
+  auto runner = std::make_unique<ToolRunner>(context(), 2);
+  auto waiting = latency("udp", silent.port, 2);
+  waiting.mutable_latency()->set_spacing_ms(120'000);  // longer than any wait below
+  waiting.mutable_latency()->set_timeout_ms(120'000);
+  runner->measure(waiting, [](wire::Result) {});
+  auto hostile = latency("udp", silent.port, 2);
+  hostile.set_netns(fifo.string());
+  runner->measure(hostile, [](wire::Result) {});
+  ASSERT_TRUE(silent.receive()) << "the first probe never came: the measurement is not running";
+  auto stopped = std::async(std::launch::async, [&runner] { runner.reset(); });
+  if (stopped.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "the workers did not stop within 30 s";
+    release_fifo_readers(fifo, stopped);
+  }
+  stopped.get();
 }
 
 TEST(Tools, CheckToolArgsAndJson) {
