@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
       "cache to the archive";
   spec.check = [](const flexmon::Config& config) {
     flexmon::check_sqlite_file(config, "collector.cache_db", config.collector.cache_db);
+  };
+  spec.check_reachable = [](const flexmon::Config& config) {
     if (config.archive.postgres.empty())
       flexmon::check_sqlite_file(config, "archive.sqlite_db", config.archive.sqlite_db);
     if (config.archive.dump_weekly)

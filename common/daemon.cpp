@@ -67,6 +67,7 @@ int daemon_main(int argc, char** argv, const DaemonSpec& spec) {
   try {
     config = load_config(config_path);
     if (spec.check) spec.check(config);
+    if (check_only && spec.check_reachable) spec.check_reachable(config);
   } catch (const ConfigError& e) {
     std::cerr << spec.name << ": " << e.what() << "\n";
     return kExitConfig;

@@ -47,6 +47,9 @@ struct DaemonSpec {
   std::function<void(CLI::App&)> add_options;
   // Checks what the config must hold for this daemon (throws ConfigError).
   std::function<void(const Config&)> check;
+  // Checks that only --check-config makes: of what the daemon rides out once
+  // running (the collector's archive may be down at start: flushing waits).
+  std::function<void(const Config&)> check_reachable;
   // Starts the daemon's threads; throws on a start-up failure.
   std::function<std::unique_ptr<Daemon>(const Config&)> start;
   // Subcommands, e.g. `flexmon-manager hash-token`.

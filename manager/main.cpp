@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
        .summary = "flexmon manager: XML-RPC API, request store, dispatch to probers",
        .add_options = nullptr,
        .check = flexmon::check_manager_config,
+       .check_reachable = flexmon::check_manager_reads,
        .start = flexmon::start_manager,
        .commands = {
            {.name = "hash-token",

@@ -64,7 +64,9 @@ void check_manager_config(const Config& config) {
     throw ConfigError(fmt::format("{}: users: at least one user is needed to call the manager",
                                   config.file.string()));
   check_sqlite_file(config, "manager.state_db", config.manager.state_db);
-  // Read for queries; the collector creates them.
+}
+
+void check_manager_reads(const Config& config) {
   check_sqlite_file(config, "collector.cache_db", config.collector.cache_db);
   if (config.archive.postgres.empty())
     check_sqlite_file(config, "archive.sqlite_db", config.archive.sqlite_db);

@@ -13,6 +13,10 @@ namespace flexmon {
 // Checks what the manager needs from the config (throws ConfigError).
 void check_manager_config(const Config& config);
 
+// --check-config only: the files the manager reads for queries (the
+// collector makes them; while they cannot be read, queries answer 5030).
+void check_manager_reads(const Config& config);
+
 // Starts the manager's threads; throws on a start-up failure (a port in use,
 // an unreadable state database).
 std::unique_ptr<Daemon> start_manager(const Config& config);

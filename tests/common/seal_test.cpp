@@ -74,6 +74,14 @@ TEST(Seal, UnknownNodeIsRejected) {
   EXPECT_EQ(refusal(ring(), seal(heartbeat_from("n9"), Sealer(kKeyN1))), "unknown node 'n9'");
 }
 
+// A node name that is not UTF-8 is an unknown node, not a protobuf parse
+// error: with `string` fields protobuf refused the frame and wrote its own
+// "invalid UTF-8" line to stderr for each datagram, unlimited.
+TEST(Seal, ANodeNameThatIsNotUtf8IsAnUnknownNode) {
+  wire::Message message = heartbeat_from("n\xff\xfe");
+  EXPECT_EQ(refusal(ring(), seal(message, Sealer(kKeyN1))), "unknown node 'n\\xff\\xfe'");
+}
+
 // Item 9 of issue 14: a node name is outside bytes until the seal verifies;
 // a newline in it must not start a forged log line.
 TEST(Seal, OutsideBytesInTheReasonAreEscaped) {
