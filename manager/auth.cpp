@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <cctype>
+
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
+#include "manager/base64.h"
 
 #include <fmt/format.h>
 
@@ -16,15 +18,6 @@
 namespace flexmon::manager {
 
 namespace {
-
-int base64_value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
 
 // Strict RFC 4648 base64 with padding; nullopt on any other character.
 std::optional<std::string> decode_base64(std::string_view in) {
@@ -43,7 +36,7 @@ std::optional<std::string> decode_base64(std::string_view in) {
         continue;
       }
       if (pad) return std::nullopt;  // data after padding
-      v[j] = base64_value(c);
+      v[j] = base64_symbol_value(c);
       if (v[j] < 0) return std::nullopt;
     }
     std::uint32_t n = (v[0] << 18) | (v[1] << 12) | (v[2] << 6) | v[3];

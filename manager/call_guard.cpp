@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "common/log.h"
+#include "manager/base64.h"
 
 namespace flexmon::manager {
 
@@ -205,7 +206,7 @@ class Base64Check {
         if (quad_ == 4) quad_ = 0;
         continue;
       }
-      const int symbol = value_of(c);
+      const int symbol = base64_symbol_value(c);
       if (symbol < 0) {
         problem_ = fmt::format("has {}, which is not a base64 symbol", quoted({&c, 1}));
       } else if (pads_ > 0) {
@@ -224,14 +225,6 @@ class Base64Check {
   }
 
  private:
-  static int value_of(char c) {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-  }
   int quad_ = 0;    // symbols (and pads) of the current group of 4
   int pads_ = 0;    // '=' seen
   int symbol_ = 0;  // the last symbol's value

@@ -28,6 +28,7 @@
 #include "manager/control.h"
 #include "manager/core.h"
 #include "manager/store.h"
+#include "tests/manager/control_frames.h"
 #include "tests/manager/test_config.h"
 #include "wire.pb.h"
 
@@ -83,17 +84,7 @@ int dial(std::uint16_t port, const char* from = "127.0.0.1") {
   return fd;
 }
 
-// One length-prefixed frame; empty when the connection ends first.
-std::string read_frame(int fd) {
-  std::uint8_t header[kFrameHeaderBytes];
-  if (recv(fd, header, sizeof header, MSG_WAITALL) != sizeof header) return {};
-  auto length = frame_length(header);
-  if (!length) return {};
-  std::string body(*length, '\0');
-  if (recv(fd, body.data(), body.size(), MSG_WAITALL) != static_cast<ssize_t>(body.size()))
-    return {};
-  return body;
-}
+using testing::read_frame;
 
 // True when the server closes the connection without sending anything more.
 bool closed_by_server(int fd) {

@@ -18,6 +18,7 @@
 #include "common/framing.h"
 #include "common/seal.h"
 #include "manager/manager.h"
+#include "tests/manager/control_frames.h"
 #include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
 #include "wire.pb.h"
@@ -350,17 +351,7 @@ TEST(Server, PlainHttpOnANonLoopbackAddressDoesNotStart) {
   }
 }
 
-// Reads one length-prefixed frame.
-std::string read_frame(int fd) {
-  std::uint8_t header[kFrameHeaderBytes];
-  if (recv(fd, header, sizeof header, MSG_WAITALL) != sizeof header) return {};
-  auto length = frame_length(header);
-  if (!length) return {};
-  std::string body(*length, '\0');
-  if (recv(fd, body.data(), body.size(), MSG_WAITALL) != static_cast<ssize_t>(body.size()))
-    return {};
-  return body;
-}
+using testing::read_frame;
 
 TEST(Server, ControlChannelRegistersAndAssigns) {
   auto dir = testing::temp_dir();
