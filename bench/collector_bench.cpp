@@ -40,7 +40,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "cache/cache.h"
+#include "storage/cache.h"
 #include "collector/collector.h"
 #include "common/log.h"
 #include "common/seal.h"

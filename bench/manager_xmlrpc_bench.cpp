@@ -25,8 +25,8 @@
 #include <thread>
 
 #include "bench/manager_bench_util.h"
-#include "cache/cache.h"
-#include "cache/flusher.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
 #include "common/log.h"
 #include "manager/manager.h"
 #include "tests/manager/http_post.h"

@@ -22,9 +22,9 @@
 
 #include <fmt/format.h>
 
-#include "cache/dump.h"
-#include "cache/flusher.h"
-#include "cache/reader.h"
+#include "storage/weekly_dump.h"
+#include "storage/flusher.h"
+#include "storage/reader.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/sqlite.h"
@@ -89,7 +89,7 @@ std::int64_t pg_count(PGconn* conn, const std::string& sql) {
 
 // The archive as the flush leaves it: rows in commit (= time) order, grouped
 // by path and in time order within each chunk of 65,536 rows
-// (cache/pg_archive.cpp groups every chunk it copies; an hourly flush at 10 M
+// (storage/pg_archive.cpp groups every chunk it copies; an hourly flush at 10 M
 // rows a week is one chunk). Then
 // VACUUM ANALYZE, as autovacuum does to a table that stopped changing.
 void fill_archive(PGconn* conn, std::int64_t rows, const Config& config) {

@@ -7,8 +7,8 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
-#include "cache/dump.h"
-#include "cache/flusher.h"
+#include "storage/weekly_dump.h"
+#include "storage/flusher.h"
 #include "common/config.h"
 
 namespace flexmon {

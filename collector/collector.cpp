@@ -28,7 +28,7 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
-#include "cache/cache.h"
+#include "storage/cache.h"
 #include "collector/datagram.h"
 #include "collector/window.h"
 #include "common/log.h"

@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 #include <openssl/rand.h>
 
-#include "cache/rtts.h"
+#include "storage/rtts.h"
 #include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
@@ -67,7 +67,7 @@ std::uint32_t limit_arg(const V& v) {
   return static_cast<std::uint32_t>(n);
 }
 
-// Cursors are sealed: the reader's position text (cache/reader.h) followed
+// Cursors are sealed: the reader's position text (storage/reader.h) followed
 // by an HMAC-SHA256 of the tool and that text, in hex, under a key made at
 // random once per process. A cursor that no page of this manager returned
 // (forged, altered, another tool's) is refused, and nothing of it reaches

@@ -14,7 +14,7 @@
 
 #include <xmlrpc-c/base.hpp>
 
-#include "cache/reader.h"
+#include "storage/reader.h"
 #include "common/config.h"
 
 namespace flexmon::manager {

@@ -14,7 +14,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "cache/reader.h"
+#include "storage/reader.h"
 
 namespace flexmon::manager {
 

@@ -40,10 +40,10 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_by_path ON results (src, dst, start_ns);
 CREATE INDEX IF NOT EXISTS results_by_time ON results (start_ns);
 -- No index on committed_ns: ids grow in commit order, so the flush finds its
--- horizon by a binary search over id (cache/flusher.cpp), and the collector
+-- horizon by a binary search over id (storage/flusher.cpp), and the collector
 -- saves that index's upkeep on every row (~7 % of its writer's work).
 -- Version-1 files written before 2026-11-30 have one (results_by_commit);
--- the collector drops it when it opens the cache (Cache, cache/cache.cpp).
+-- the collector drops it when it opens the cache (Cache, storage/cache.cpp).
 
 -- Facts about this cache file: 'uuid' (names it in the archive's flush
 -- watermarks) and 'archived_id' (every id <= it is in the archive).

@@ -20,7 +20,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <fstream>
 
-#include "cache/cache.h"
+#include "storage/cache.h"
 #include "collector/window.h"
 #include "common/log.h"
 #include "common/seal.h"

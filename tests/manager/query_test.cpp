@@ -15,8 +15,8 @@
 #include <fmt/format.h>
 #include <xmlrpc-c/xml.hpp>
 
-#include "cache/cache.h"
-#include "cache/flusher.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
 #include "common/log.h"
 #include "manager/api_types.h"
 #include "manager/manager.h"
@@ -398,7 +398,7 @@ TEST_F(QueryTest, CursorPagesCoverEveryRowOnceWhileAFlushRuns) {
   EXPECT_EQ(distinct.size(), 600u);
 }
 
-// The text of a cursor as the reader encodes a position (cache/reader.cpp):
+// The text of a cursor as the reader encodes a position (storage/reader.cpp):
 // hex of "1:start_ns:boot_epoch:seq:node". Before cursors were sealed, any
 // such text was taken for a cursor that a page had returned.
 std::string position_text(std::int64_t start_ns, int epoch, int seq, const std::string& node) {

@@ -1,4 +1,4 @@
-#include "cache/dump.h"
+#include "storage/weekly_dump.h"
 
 #include <openssl/evp.h>
 #include <zlib.h>
@@ -12,10 +12,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cache/periodic.h"
-#include "cache/reader.h"
-#include "cache/storage.h"
-#include "cache/summary.h"
+#include "storage/periodic_job.h"
+#include "storage/reader.h"
+#include "storage/archive.h"
+#include "storage/summary.h"
 #include "common/config.h"
 #include "common/log.h"
 

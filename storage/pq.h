@@ -1,4 +1,4 @@
-// Internal to flexmon_cache: RAII over libpq. A connection, results that are
+// Internal to flexmon_storage: RAII over libpq. A connection, results that are
 // cleared when they go out of scope, and transactions that roll back unless
 // committed. Errors throw storage::ArchiveError with PostgreSQL's message.
 #pragma once

@@ -1,4 +1,4 @@
-// Internal to flexmon_cache: per-path summaries (count, loss, RTT
+// Internal to flexmon_storage: per-path summaries (count, loss, RTT
 // percentiles, bandwidth median) with memory bounded per path, shared by
 // query.summary and the weekly dump.
 #pragma once
@@ -10,9 +10,9 @@
 #include <optional>
 #include <string_view>
 
-#include "cache/reader.h"
-#include "cache/rtts.h"
-#include "cache/storage.h"
+#include "storage/reader.h"
+#include "storage/rtts.h"
+#include "storage/archive.h"
 
 namespace flexmon::storage {
 

@@ -1,6 +1,6 @@
 // Shared pieces of the storage layer: opening the cache, SQL rendering for
 // SQLite and PostgreSQL, row reading, and the SQLite archive.
-#include "cache/storage.h"
+#include "storage/archive.h"
 
 #include <random>
 

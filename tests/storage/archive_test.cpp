@@ -17,11 +17,11 @@
 
 #include <fmt/format.h>
 
-#include "cache/cache.h"
-#include "cache/dump.h"
-#include "cache/flusher.h"
-#include "cache/reader.h"
-#include "cache/storage.h"
+#include "storage/cache.h"
+#include "storage/weekly_dump.h"
+#include "storage/flusher.h"
+#include "storage/reader.h"
+#include "storage/archive.h"
 #include "common/config.h"
 #include "common/sqlite.h"
 #include "wire.pb.h"

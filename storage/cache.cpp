@@ -1,4 +1,4 @@
-#include "cache/cache.h"
+#include "storage/cache.h"
 
 #include <algorithm>
 #include <array>
@@ -8,7 +8,7 @@
 #include <sqlite3.h>
 #include <nlohmann/json.hpp>
 
-#include "cache/storage.h"
+#include "storage/archive.h"
 #include "common/sqlite.h"
 #include "common/status.h"
 #include "wire.pb.h"

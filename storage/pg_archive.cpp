@@ -19,8 +19,8 @@
 #include <fmt/format.h>
 
 #include "archive_pg_schema.h"
-#include "cache/pq.h"
-#include "cache/storage.h"
+#include "storage/pq.h"
+#include "storage/archive.h"
 #include "common/clock.h"
 
 namespace flexmon::pq {

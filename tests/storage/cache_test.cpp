@@ -1,4 +1,4 @@
-#include "cache/cache.h"
+#include "storage/cache.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -16,9 +16,9 @@
 
 #include <fmt/format.h>
 
-#include "cache/flusher.h"
-#include "cache/reader.h"
-#include "cache/storage.h"
+#include "storage/flusher.h"
+#include "storage/reader.h"
+#include "storage/archive.h"
 #include "common/config.h"
 #include "common/sqlite.h"
 #include "wire.pb.h"

@@ -1,4 +1,4 @@
-#include "cache/flusher.h"
+#include "storage/flusher.h"
 
 #include <algorithm>
 #include <chrono>
@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cache/periodic.h"
-#include "cache/storage.h"
+#include "storage/periodic_job.h"
+#include "storage/archive.h"
 #include "common/config.h"
 #include "common/log.h"
 

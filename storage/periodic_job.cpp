@@ -1,4 +1,4 @@
-#include "cache/periodic.h"
+#include "storage/periodic_job.h"
 
 #include <condition_variable>
 #include <mutex>

@@ -23,10 +23,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cache/cache.h"
-#include "cache/dump.h"
-#include "cache/flusher.h"
-#include "cache/storage.h"
+#include "storage/cache.h"
+#include "storage/weekly_dump.h"
+#include "storage/flusher.h"
+#include "storage/archive.h"
 #include "common/config.h"
 #include "common/seal.h"
 #include "common/sqlite.h"

@@ -1,4 +1,4 @@
-// Internal to flexmon_cache: a job that runs on its own thread, again and
+// Internal to flexmon_storage: a job that runs on its own thread, again and
 // again, for the collector's flush and weekly dump. Stopping never waits long:
 // the job sees the stop through its std::stop_token and rolls back; one that
 // is stuck (a server that stopped answering mid-transaction) is left to the

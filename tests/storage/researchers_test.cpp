@@ -11,8 +11,8 @@
 
 #include <fmt/format.h>
 
-#include "cache/cache.h"
-#include "cache/flusher.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
 #include "common/config.h"
 #include "common/sqlite.h"
 #include "wire.pb.h"

@@ -1,4 +1,4 @@
-// Internal to flexmon_cache: the archive interface (PostgreSQL or SQLite),
+// Internal to flexmon_storage: the archive interface (PostgreSQL or SQLite),
 // SQL rendering for both dialects, and row cursors. Not for other folders.
 #pragma once
 
@@ -14,7 +14,7 @@
 #include <variant>
 #include <vector>
 
-#include "cache/reader.h"
+#include "storage/reader.h"
 #include "common/sqlite.h"
 
 namespace flexmon {

@@ -1,4 +1,4 @@
-#include "cache/reader.h"
+#include "storage/reader.h"
 
 #include <malloc.h>
 
@@ -11,8 +11,8 @@
 
 #include <fmt/format.h>
 
-#include "cache/storage.h"
-#include "cache/summary.h"
+#include "storage/archive.h"
+#include "storage/summary.h"
 #include "common/config.h"
 
 namespace flexmon {
