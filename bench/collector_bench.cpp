@@ -40,11 +40,11 @@
 
 #include <CLI/CLI.hpp>
 
-#include "storage/cache.h"
 #include "collector/collector.h"
 #include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
+#include "storage/cache.h"
 #include "wire.pb.h"
 
 namespace {

@@ -25,10 +25,10 @@
 #include <thread>
 
 #include "bench/manager_bench_util.h"
-#include "storage/cache.h"
-#include "storage/flusher.h"
 #include "common/log.h"
 #include "manager/manager.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
 #include "tests/manager/http_post.h"
 #include "wire.pb.h"
 

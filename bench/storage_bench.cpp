@@ -22,12 +22,12 @@
 
 #include <fmt/format.h>
 
-#include "storage/weekly_dump.h"
-#include "storage/flusher.h"
-#include "storage/reader.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/sqlite.h"
+#include "storage/flusher.h"
+#include "storage/reader.h"
+#include "storage/weekly_dump.h"
 
 using namespace flexmon;
 using Clock = std::chrono::steady_clock;

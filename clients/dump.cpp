@@ -7,9 +7,9 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
-#include "storage/weekly_dump.h"
-#include "storage/flusher.h"
 #include "common/config.h"
+#include "storage/flusher.h"
+#include "storage/weekly_dump.h"
 
 namespace flexmon {
 

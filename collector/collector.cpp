@@ -28,12 +28,12 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
-#include "storage/cache.h"
 #include "collector/datagram.h"
 #include "collector/window.h"
 #include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
+#include "storage/cache.h"
 #include "wire.pb.h"
 
 namespace flexmon {

@@ -1,11 +1,11 @@
 // flexmon-collector --config FILE: the result collector (collector/collector.h),
 // with the write-back flush of its cache to the archive and, when
 // archive.dump_weekly is set, the weekly public dump, each on its own thread.
-#include "storage/weekly_dump.h"
-#include "storage/flusher.h"
 #include "collector/collector.h"
 #include "common/config_files.h"
 #include "common/daemon.h"
+#include "storage/flusher.h"
+#include "storage/weekly_dump.h"
 
 namespace {
 

@@ -10,13 +10,13 @@
 #include <fmt/format.h>
 #include <openssl/rand.h>
 
-#include "storage/rtts.h"
 #include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
 #include "manager/api_types.h"
 #include "manager/rendered_rows.h"
 #include "manager/spec.h"
+#include "storage/rtts.h"
 
 namespace flexmon::manager {
 

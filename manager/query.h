@@ -14,8 +14,8 @@
 
 #include <xmlrpc-c/base.hpp>
 
-#include "storage/reader.h"
 #include "common/config.h"
+#include "storage/reader.h"
 
 namespace flexmon::manager {
 

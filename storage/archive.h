@@ -14,8 +14,8 @@
 #include <variant>
 #include <vector>
 
-#include "storage/reader.h"
 #include "common/sqlite.h"
+#include "storage/reader.h"
 
 namespace flexmon {
 struct Config;

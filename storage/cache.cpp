@@ -8,9 +8,9 @@
 #include <sqlite3.h>
 #include <nlohmann/json.hpp>
 
-#include "storage/archive.h"
 #include "common/sqlite.h"
 #include "common/status.h"
+#include "storage/archive.h"
 #include "wire.pb.h"
 
 namespace flexmon {

@@ -6,10 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "storage/periodic_job.h"
-#include "storage/archive.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "storage/archive.h"
+#include "storage/periodic_job.h"
 
 namespace flexmon {
 

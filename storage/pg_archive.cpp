@@ -19,9 +19,9 @@
 #include <fmt/format.h>
 
 #include "archive_pg_schema.h"
-#include "storage/pq.h"
-#include "storage/archive.h"
 #include "common/clock.h"
+#include "storage/archive.h"
+#include "storage/pq.h"
 
 namespace flexmon::pq {
 

@@ -11,9 +11,9 @@
 
 #include <fmt/format.h>
 
+#include "common/config.h"
 #include "storage/archive.h"
 #include "storage/summary.h"
-#include "common/config.h"
 
 namespace flexmon {
 

@@ -10,9 +10,9 @@
 #include <optional>
 #include <string_view>
 
+#include "storage/archive.h"
 #include "storage/reader.h"
 #include "storage/rtts.h"
-#include "storage/archive.h"
 
 namespace flexmon::storage {
 

@@ -12,12 +12,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "storage/periodic_job.h"
-#include "storage/reader.h"
-#include "storage/archive.h"
-#include "storage/summary.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "storage/archive.h"
+#include "storage/periodic_job.h"
+#include "storage/reader.h"
+#include "storage/summary.h"
 
 namespace flexmon {
 

@@ -20,7 +20,6 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <fstream>
 
-#include "storage/cache.h"
 #include "collector/window.h"
 #include "common/log.h"
 #include "common/seal.h"
@@ -28,6 +27,7 @@
 #include "prober/event_loop.h"
 #include "prober/result_sender.h"
 #include "prober/spool.h"
+#include "storage/cache.h"
 #include "test_util.h"
 #include "wire.pb.h"
 

@@ -15,13 +15,13 @@
 #include <fmt/format.h>
 #include <xmlrpc-c/xml.hpp>
 
-#include "storage/cache.h"
-#include "storage/flusher.h"
 #include "common/log.h"
 #include "manager/api_types.h"
 #include "manager/manager.h"
 #include "manager/query.h"
 #include "manager/rendered_rows.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
 #include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
 #include "wire.pb.h"

@@ -17,13 +17,13 @@
 
 #include <fmt/format.h>
 
-#include "storage/cache.h"
-#include "storage/weekly_dump.h"
-#include "storage/flusher.h"
-#include "storage/reader.h"
-#include "storage/archive.h"
 #include "common/config.h"
 #include "common/sqlite.h"
+#include "storage/archive.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
+#include "storage/reader.h"
+#include "storage/weekly_dump.h"
 #include "wire.pb.h"
 
 namespace flexmon {

@@ -16,11 +16,11 @@
 
 #include <fmt/format.h>
 
-#include "storage/flusher.h"
-#include "storage/reader.h"
-#include "storage/archive.h"
 #include "common/config.h"
 #include "common/sqlite.h"
+#include "storage/archive.h"
+#include "storage/flusher.h"
+#include "storage/reader.h"
 #include "wire.pb.h"
 
 namespace flexmon {

@@ -23,13 +23,13 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "storage/cache.h"
-#include "storage/weekly_dump.h"
-#include "storage/flusher.h"
-#include "storage/archive.h"
 #include "common/config.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
+#include "storage/archive.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
+#include "storage/weekly_dump.h"
 #include "wire.pb.h"
 
 namespace flexmon {

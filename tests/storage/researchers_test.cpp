@@ -11,10 +11,10 @@
 
 #include <fmt/format.h>
 
-#include "storage/cache.h"
-#include "storage/flusher.h"
 #include "common/config.h"
 #include "common/sqlite.h"
+#include "storage/cache.h"
+#include "storage/flusher.h"
 #include "wire.pb.h"
 
 namespace flexmon {
