@@ -71,10 +71,7 @@ std::optional<int> run_storage_commands(const StorageCommands& c) {
     if (tty) std::cerr << "\r\033[K";
     if (!result) {
       std::cerr << "flexmon: " << result.error().message << "\n";
-      return result.error().message.find("expected YYYY-Www") != std::string::npos ||
-                     result.error().message.find("has weeks") != std::string::npos
-                 ? 64
-                 : 1;
+      return result.error().code == ErrorCode::kInvalidInput ? 64 : 1;
     }
     std::cout << fmt::format("{}: {} rows\n", result->dir.string(), result->rows);
     for (const auto& f : result->files)

@@ -10,10 +10,12 @@ namespace flexmon {
 Result<RpcEndpoint> parse_rpc_url(const std::string& url) {
   auto scheme_end = url.find("://");
   if (scheme_end == std::string::npos)
-    return fail(fmt::format("'{}' is not a URL (expected http://USER:TOKEN@HOST:PORT/RPC2)", url));
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("'{}' is not a URL (expected http://USER:TOKEN@HOST:PORT/RPC2)", url));
   std::string scheme = url.substr(0, scheme_end);
   if (scheme != "http" && scheme != "https")
-    return fail(fmt::format("unsupported URL scheme '{}' (expected http or https)", scheme));
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("unsupported URL scheme '{}' (expected http or https)", scheme));
   std::string rest = url.substr(scheme_end + 3);
   auto slash = rest.find('/');
   std::string authority = rest.substr(0, slash);
@@ -27,7 +29,8 @@ Result<RpcEndpoint> parse_rpc_url(const std::string& url) {
     endpoint.user = userinfo.substr(0, colon);
     if (colon != std::string::npos) endpoint.token = userinfo.substr(colon + 1);
   }
-  if (authority.empty()) return fail(fmt::format("URL '{}' has no host", url));
+  if (authority.empty())
+    return fail(ErrorCode::kInvalidInput, fmt::format("URL '{}' has no host", url));
   endpoint.url = scheme + "://" + authority + path;
   return endpoint;
 }

@@ -15,12 +15,9 @@
 #include <vector>
 
 #include "common/sqlite.h"
+#include "common/wire_limits.h"
 
 namespace flexmon {
-
-// A prober sends seq s of an epoch only while s < (its lowest unacknowledged
-// seq of that epoch) + kSeqWindow; equal to prober::kSeqWindow.
-constexpr std::uint64_t kSeqWindow = 1 << 16;
 
 class SeqWindow {
  public:

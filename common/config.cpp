@@ -528,25 +528,30 @@ Result<TokenHash> parse_token_hash(std::string_view text) {
     if (colon == std::string_view::npos) break;
     start = colon + 1;
   }
-  if (parts.size() != 4) return fail(expected);
+  if (parts.size() != 4) return fail(ErrorCode::kInvalidInput, expected);
   if (parts[0] != kTokenHashScheme)
-    return fail(fmt::format("unknown scheme (only {}); {}", kTokenHashScheme, expected));
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("unknown scheme (only {}); {}", kTokenHashScheme, expected));
   TokenHash hash;
   auto [end, ec] = std::from_chars(parts[1].data(), parts[1].data() + parts[1].size(), hash.length);
   if (ec != std::errc() || end != parts[1].data() + parts[1].size() || parts[1].empty())
-    return fail("LENGTH: expected the token's length in characters; " + expected);
+    return fail(ErrorCode::kInvalidInput,
+                "LENGTH: expected the token's length in characters; " + expected);
   if (hash.length < kMinTokenChars || hash.length > kMaxTokenChars)
-    return fail(fmt::format(
-        "the token is {} characters; tokens must be {} to {} characters (at least 128 random "
-        "bits): `flexmon-manager hash-token --generate` makes one",
-        hash.length, kMinTokenChars, kMaxTokenChars));
+    return fail(
+        ErrorCode::kInvalidInput,
+        fmt::format(
+            "the token is {} characters; tokens must be {} to {} characters (at least 128 random "
+            "bits): `flexmon-manager hash-token --generate` makes one",
+            hash.length, kMinTokenChars, kMaxTokenChars));
   auto salt = from_hex(parts[2]);
   if (!salt || salt->size() < kMinSaltBytes || salt->size() > kMaxSaltBytes)
-    return fail(fmt::format("SALT_HEX: expected {} to {} hex digits", 2 * kMinSaltBytes,
-                            2 * kMaxSaltBytes));
+    return fail(ErrorCode::kInvalidInput, fmt::format("SALT_HEX: expected {} to {} hex digits",
+                                                      2 * kMinSaltBytes, 2 * kMaxSaltBytes));
   auto digest = from_hex(parts[3]);
   if (!digest || digest->size() != kDigestBytes)
-    return fail(fmt::format("DIGEST_HEX: expected {} hex digits", 2 * kDigestBytes));
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("DIGEST_HEX: expected {} hex digits", 2 * kDigestBytes));
   hash.salt = std::move(*salt);
   hash.digest = std::move(*digest);
   return hash;

@@ -19,9 +19,10 @@ std::string length_prefixed(std::string_view frame) {
 Result<std::size_t> frame_length(const std::uint8_t (&header)[kFrameHeaderBytes]) {
   std::size_t length = (std::size_t{header[0]} << 24) | (std::size_t{header[1]} << 16) |
                        (std::size_t{header[2]} << 8) | std::size_t{header[3]};
-  if (length == 0) return fail("empty control frame");
+  if (length == 0) return fail(ErrorCode::kInvalidInput, "empty control frame");
   if (length > kMaxControlFrame)
     return fail(
+        ErrorCode::kInvalidInput,
         fmt::format("control frame of {} bytes exceeds the limit of {}", length, kMaxControlFrame));
   return length;
 }

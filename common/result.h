@@ -4,18 +4,33 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
 namespace flexmon {
 
-// The reason an operation failed, in words a user can act on.
+// What kind of failure it is: what a caller branches on (an exit status, a
+// fault code, retry or give up). The message says the rest, for a person.
+enum class ErrorCode {
+  kInvalidInput,  // what the caller gave is wrong: fixing the input fixes it
+  kNotFound,      // what was named does not exist
+  kDenied,        // a credential or seal does not verify
+  kUnavailable,   // a server or database is out of reach now: a retry may work
+  kIoError,       // a local system call or file failed
+  kCancelled,     // asked to stop before the end
+};
+
+// "invalid input", "not found", ...: for logs and tests.
+std::string_view error_code_name(ErrorCode code);
+
+// The reason an operation failed: its kind, and words a user can act on.
 struct Error {
+  ErrorCode code;
   std::string message;
 };
 
-// Makes an Error from a message.
-inline Error fail(std::string message) { return Error{std::move(message)}; }
+inline Error fail(ErrorCode code, std::string message) { return Error{code, std::move(message)}; }
 
 template <typename T>
 class [[nodiscard]] Result {

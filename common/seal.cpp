@@ -106,28 +106,34 @@ std::string parse_body_into(const wire::Sealed& frame, wire::Message& message) {
 Result<wire::Message> open_from(std::string_view bytes, const std::string& node,
                                 const Sealer& key) {
   wire::Sealed frame;
-  if (auto why = parse_outer(bytes, frame); !why.empty()) return fail(std::move(why));
+  if (auto why = parse_outer(bytes, frame); !why.empty())
+    return fail(ErrorCode::kInvalidInput, std::move(why));
   if (frame.node() != node)
-    return fail(fmt::format("frame from node '{}', expected '{}'", escaped(frame.node(), 64),
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("frame from node '{}', expected '{}'", escaped(frame.node(), 64),
                             escaped(node, 64)));
   if (frame.key_id() != key.id())
-    return fail(fmt::format("frame of node '{}' under key {}, expected key {}", escaped(node, 64),
-                            frame.key_id(), key.id()));
+    return fail(ErrorCode::kDenied, fmt::format("frame of node '{}' under key {}, expected key {}",
+                                                escaped(node, 64), frame.key_id(), key.id()));
   if (!key.verify(frame.body(), frame.mac()))
-    return fail(fmt::format("seal of node '{}' does not verify", escaped(node, 64)));
+    return fail(ErrorCode::kDenied,
+                fmt::format("seal of node '{}' does not verify", escaped(node, 64)));
   wire::Message message;
-  if (auto why = parse_body_into(frame, message); !why.empty()) return fail(std::move(why));
+  if (auto why = parse_body_into(frame, message); !why.empty())
+    return fail(ErrorCode::kInvalidInput, std::move(why));
   return message;
 }
 
 Result<wire::Message> open_hello(std::string_view bytes) {
   wire::Sealed frame;
-  if (auto why = parse_outer(bytes, frame); !why.empty()) return fail(std::move(why));
+  if (auto why = parse_outer(bytes, frame); !why.empty())
+    return fail(ErrorCode::kInvalidInput, std::move(why));
   if (!frame.node().empty() || !frame.mac().empty() || frame.key_id() != 0)
-    return fail("expected an unsealed hello");
+    return fail(ErrorCode::kInvalidInput, "expected an unsealed hello");
   wire::Message message;
-  if (auto why = parse_body_into(frame, message); !why.empty()) return fail(std::move(why));
-  if (!message.has_hello()) return fail("expected a hello");
+  if (auto why = parse_body_into(frame, message); !why.empty())
+    return fail(ErrorCode::kInvalidInput, std::move(why));
+  if (!message.has_hello()) return fail(ErrorCode::kInvalidInput, "expected a hello");
   return message;
 }
 

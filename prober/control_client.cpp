@@ -33,10 +33,10 @@ Result<wire::Message> open_unsealed_refusal(std::string_view bytes) {
   if (!frame.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())) ||
       frame.version() != kWireVersion || !frame.node().empty() || !frame.mac().empty() ||
       frame.key_id() != 0)
-    return fail("not an unsealed frame");
+    return fail(ErrorCode::kInvalidInput, "not an unsealed frame");
   wire::Message message;
   if (!message.ParseFromString(frame.body()) || !message.has_refusal())
-    return fail("unsealed frame is not a refusal");
+    return fail(ErrorCode::kInvalidInput, "unsealed frame is not a refusal");
   return message;
 }
 

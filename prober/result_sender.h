@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "common/wire_limits.h"
 #include "prober/event_loop.h"
 #include "prober/spool.h"
 
@@ -25,10 +26,6 @@ namespace flexmon::prober {
 
 constexpr std::size_t kMaxResultDatagram = 1400;
 constexpr int kFailoverRounds = 4;
-// A result of seq s is sent only while s < (lowest unacknowledged seq of its
-// epoch) + kSeqWindow: the collector drops seqs further above its high-water
-// mark (collector/window.h, same value).
-constexpr std::uint64_t kSeqWindow = 1 << 16;
 // Fill of the spool (fraction of its capacity less a reserve of 5 %) from
 // which only the streams of the highest priority seen keep running; at 1.0
 // every stream pauses, and the reserve takes the measurements in progress.

@@ -59,7 +59,7 @@ Result<std::optional<Datagram>> recv_timestamped(int fd, std::span<std::uint8_t>
   ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return std::optional<Datagram>();
-    return fail(fmt::format("recvmsg: {}", std::strerror(errno)));
+    return fail(ErrorCode::kIoError, fmt::format("recvmsg: {}", std::strerror(errno)));
   }
   d.bytes = static_cast<std::size_t>(n);
   d.from_length = msg.msg_namelen;
@@ -97,7 +97,7 @@ Result<std::size_t> BatchReceiver::receive(int fd, bool error_queue) {
                      MSG_DONTWAIT | (error_queue ? MSG_ERRQUEUE : 0), nullptr);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return std::size_t{0};
-    return fail(fmt::format("recvmmsg: {}", std::strerror(errno)));
+    return fail(ErrorCode::kIoError, fmt::format("recvmmsg: {}", std::strerror(errno)));
   }
   std::int64_t now = 0;
   for (int i = 0; i < n; ++i) {

@@ -212,6 +212,7 @@ struct ResultReader::Impl {
   Status with_snapshot(Read&& read) {
     if (std::string why = cache->unwritable(); !why.empty())
       return fail(
+          ErrorCode::kUnavailable,
           fmt::format("the cache cannot be read while its files cannot be written: {}", why));
     statements->run("BEGIN");
     struct End {
@@ -231,7 +232,7 @@ struct ResultReader::Impl {
       read(*snapshot, snapshot->watermark());
     } catch (const storage::ArchiveError& e) {
       archive.reset();
-      return fail(fmt::format("archive unreachable: {}", e.what()));
+      return fail(ErrorCode::kUnavailable, fmt::format("archive unreachable: {}", e.what()));
     }
     return success();
   }
@@ -297,15 +298,18 @@ ResultReader::ResultReader(const Config& config) : impl_(std::make_unique<Impl>(
 ResultReader::~ResultReader() = default;
 
 Result<ResultPage> ResultReader::results(const PageQuery& query, const HeldRow& held) {
-  if (query.limit < 1 || query.limit > 10000) return fail("limit must be 1 to 10000");
+  if (query.limit < 1 || query.limit > 10000)
+    return fail(ErrorCode::kInvalidInput, "limit must be 1 to 10000");
   if (query.latest_per_path) {
-    if (!query.cursor.empty()) return fail("a cursor cannot go with latest_per_path");
+    if (!query.cursor.empty())
+      return fail(ErrorCode::kInvalidInput, "a cursor cannot go with latest_per_path");
     return impl_->latest(query);
   }
   Select select = impl_->base(query.filter);
   if (!query.cursor.empty()) {
     auto after = decode_cursor(query.cursor);
-    if (!after) return fail("cursor is not one that a previous page returned");
+    if (!after)
+      return fail(ErrorCode::kInvalidInput, "cursor is not one that a previous page returned");
     select.after = *after;
   }
   select.order = Select::Order::newest_first;

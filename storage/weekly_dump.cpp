@@ -183,7 +183,8 @@ Result<UtcNs> parse_iso_week(const std::string& text) {
   char tail = 0;
   if (text.size() != 8 || std::sscanf(text.c_str(), "%4d-W%2d%c", &y, &w, &tail) != 2 ||
       text[4] != '-' || text[5] != 'W')
-    return fail(fmt::format("week '{}': expected YYYY-Www, e.g. 2026-W07", text));
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("week '{}': expected YYYY-Www, e.g. 2026-W07", text));
   // Week 1 holds January 4th; weeks start on Monday.
   sys_days jan4 = year{y} / January / 4;
   sys_days monday1 = jan4 - (weekday{jan4} - Monday);
@@ -191,7 +192,8 @@ Result<UtcNs> parse_iso_week(const std::string& text) {
   sys_days next_monday1 = next_jan4 - (weekday{next_jan4} - Monday);
   int weeks = static_cast<int>((next_monday1 - monday1).count() / 7);
   if (w < 1 || w > weeks)
-    return fail(fmt::format("week '{}': {} has weeks 1 to {}", text, y, weeks));
+    return fail(ErrorCode::kInvalidInput,
+                fmt::format("week '{}': {} has weeks 1 to {}", text, y, weeks));
   sys_days start = monday1 + days{7 * (w - 1)};
   return static_cast<UtcNs>(duration_cast<nanoseconds>(start.time_since_epoch()).count());
 }
@@ -260,7 +262,7 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
       tools.clear();  // closes the temporary files before they are removed
       for (const auto& entry : std::filesystem::directory_iterator(report.dir))
         if (entry.path().extension() == ".tmp") std::filesystem::remove(entry.path());
-      return fail(fmt::format("dump {}: stopped before the end", week));
+      return fail(ErrorCode::kCancelled, fmt::format("dump {}: stopped before the end", week));
     }
 
     nlohmann::json files = nlohmann::json::array();
@@ -324,8 +326,10 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
     manifest_file.write(manifest.dump(2) + "\n");
     report.files.push_back(manifest_file.finish("manifest.json", 0));
     std::filesystem::rename(report.dir / "manifest.json.tmp", report.dir / "manifest.json");
+  } catch (const storage::ArchiveError& e) {
+    return fail(ErrorCode::kUnavailable, fmt::format("dump {}: {}", week, e.what()));
   } catch (const std::exception& e) {
-    return fail(fmt::format("dump {}: {}", week, e.what()));
+    return fail(ErrorCode::kIoError, fmt::format("dump {}: {}", week, e.what()));
   }
   return report;
 }

@@ -15,8 +15,6 @@
 namespace flexmon {
 namespace {
 
-static_assert(kSeqWindow == prober::kSeqWindow, "prober and collector agree on the window");
-
 TEST(SeqWindow, ClassifiesFoldsAndRoundTrips) {
   SeqWindow w;
   EXPECT_EQ(w.classify(1), SeqWindow::Verdict::fresh);
