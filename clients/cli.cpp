@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <cstdlib>
 #include <ctime>
 #include <iostream>
 #include <map>
@@ -16,22 +15,28 @@
 
 #include <xmlrpc-c/girerr.hpp>
 
-#include "clients/dump.h"
 #include "clients/rpc_client.h"
 #include "clients/table.h"
 #include "common/clock.h"
+#include "common/exit_status.h"
 
 namespace flexmon {
 
 namespace {
 
-constexpr int kExitUnavailable = 69;
-constexpr int kExitUsage = 64;
-
 using Struct = std::map<std::string, xmlrpc_c::value>;
 
-// Thrown for a usage problem found after parsing (exit 64).
-struct UsageError : std::runtime_error {
+// Ends the command: the message goes to stderr and exit_status(code) is the
+// exit status (kInvalidInput: a usage problem found after parsing, 64).
+struct CommandError : std::runtime_error {
+  CommandError(ErrorCode code, const std::string& message)
+      : std::runtime_error(message), code(code) {}
+  ErrorCode code;
+};
+
+// The server answered with a fault (exit 1): its numbered code is in the
+// message, for the user; the exit status only says "refused".
+struct ServerRefusal : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -48,8 +53,11 @@ double parse_time(const std::string& text, double now) {
   std::tm tm{};
   const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
   if (end && (*end == '\0' || std::string(end) == "Z")) return static_cast<double>(timegm(&tm));
-  throw UsageError(fmt::format(
-      "'{}' is not a time: use a duration ago (30s, 10m, 2h, 1d) or YYYY-MM-DDTHH:MM:SSZ", text));
+  throw CommandError(
+      ErrorCode::kInvalidInput,
+      fmt::format(
+          "'{}' is not a time: use a duration ago (30s, 10m, 2h, 1d) or YYYY-MM-DDTHH:MM:SSZ",
+          text));
 }
 
 std::string get_string(const Struct& s, const std::string& key) {
@@ -160,7 +168,7 @@ struct ProbeAddOptions {
 
 xmlrpc_c::value probe_spec(const ProbeAddOptions& o) {
   if (o.nodes.empty() == o.paths.empty())
-    throw UsageError("give either --nodes or --path (not both)");
+    throw CommandError(ErrorCode::kInvalidInput, "give either --nodes or --path (not both)");
   Struct spec{{"tool", xmlrpc_c::value_string("latency")},
               {"interval", xmlrpc_c::value_double(o.interval)},
               {"mode", xmlrpc_c::value_string(o.oneshot ? "oneshot" : "continuous")}};
@@ -170,7 +178,8 @@ xmlrpc_c::value probe_spec(const ProbeAddOptions& o) {
     for (const auto& path : o.paths) {
       auto sep = path.find(':');
       if (sep == std::string::npos || sep == 0 || sep + 1 == path.size())
-        throw UsageError(fmt::format("--path '{}': expected SRC:DST", path));
+        throw CommandError(ErrorCode::kInvalidInput,
+                           fmt::format("--path '{}': expected SRC:DST", path));
       paths.push_back(string_array({path.substr(0, sep), path.substr(sep + 1)}));
     }
     spec["paths"] = xmlrpc_c::value_array(paths);
@@ -250,41 +259,49 @@ int client_main(int argc, char** argv) {
       ->check(CLI::Range(1, 10000));
   results->add_flag("--all", all, "every result, newest first, not only the newest per path");
 
-  StorageCommands storage;
-  add_storage_commands(app, storage);
+  // Storage work moved to flexmon-admin (admin/), which runs where the databases are.
+  std::vector<CLI::App*> moved;
+  for (const char* name : {"flush", "dump"})
+    moved.push_back(
+        app.add_subcommand(name, fmt::format("moved: flexmon-admin {}", name))->allow_extras());
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
     std::cout << app.help();
-    return 0;
+    return kExitOk;
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) {
       app.exit(e);
-      return 0;
+      return kExitOk;
     }
     std::cerr << "flexmon: " << e.what() << "\nRun 'flexmon --help' for usage.\n";
     return kExitUsage;
   }
 
-  if (auto status = run_storage_commands(storage)) return *status;
+  for (const CLI::App* command : moved)
+    if (command->parsed()) {
+      std::cerr << fmt::format(
+          "flexmon: '{0}' runs on the collector's host: use flexmon-admin {0} {1}\n",
+          command->get_name(), fmt::join(command->remaining(), " "));
+      return kExitUsage;
+    }
 
   try {
-    if (url.empty()) throw UsageError("no endpoint: give --url or set FLEXMON_URL");
+    if (url.empty())
+      throw CommandError(ErrorCode::kInvalidInput, "no endpoint: give --url or set FLEXMON_URL");
     auto endpoint = parse_rpc_url(url);
-    if (!endpoint) throw UsageError(endpoint.error().message);
+    if (!endpoint) throw CommandError(endpoint.error().code, endpoint.error().message);
     RpcClient client(*endpoint, timeout_s * 1000, tls);
 
     auto call = [&](const std::string& method, const xmlrpc_c::paramList& params) {
       auto outcome = client.call(method, params);
       if (auto* failure = std::get_if<RpcFailure>(&outcome)) {
-        if (failure->code == 0) {
-          std::cerr << "flexmon: cannot reach the server: " << failure->message << "\n";
-          std::exit(kExitUnavailable);
-        }
-        std::cerr << "flexmon: " << method << " refused (fault " << failure->code
-                  << "): " << failure->message << "\n";
-        std::exit(1);
+        if (failure->code == 0)
+          throw CommandError(ErrorCode::kUnavailable,
+                             "cannot reach the server: " + failure->message);
+        throw ServerRefusal(
+            fmt::format("{} refused (fault {}): {}", method, failure->code, failure->message));
       }
       return std::get<xmlrpc_c::value>(outcome);
     };
@@ -335,14 +352,17 @@ int client_main(int argc, char** argv) {
         });
       print_results(rows);
     }
-  } catch (const UsageError& e) {
+  } catch (const CommandError& e) {
     std::cerr << "flexmon: " << e.what() << "\n";
-    return kExitUsage;
+    return exit_status(e.code);
+  } catch (const ServerRefusal& e) {
+    std::cerr << "flexmon: " << e.what() << "\n";
+    return kExitFailure;
   } catch (const girerr::error& e) {
     std::cerr << "flexmon: unexpected reply from the server: " << e.what() << "\n";
-    return 1;
+    return kExitFailure;
   }
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace flexmon

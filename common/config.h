@@ -235,7 +235,7 @@ struct ArchiveConfig {
   double horizon_s = 3600.0;            // results committed more recently stay in the cache only
   double retention_s = 7.0 * 86'400.0;  // archived results stay in the cache this long
   std::uint32_t flush_batch_rows = 1'000'000;  // rows per archive transaction, at most
-  std::filesystem::path dump_dir = "dumps";    // `flexmon dump` default output, weekly dumps
+  std::filesystem::path dump_dir = "dumps";    // `flexmon-admin dump` default output, weekly dumps
   bool dump_weekly = false;        // the collector writes each week's dump into dump_dir
   double dump_delay_s = 86'400.0;  // after the week's end (late results arrive meanwhile)
 };

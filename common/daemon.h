@@ -11,14 +11,9 @@
 #include <CLI/CLI.hpp>
 
 #include "common/config.h"
+#include "common/exit_status.h"  // kExitOk, kExitUsage, kExitConfig, ...
 
 namespace flexmon {
-
-// Exit codes (sysexits.h).
-constexpr int kExitOk = 0;
-constexpr int kExitFailure = 1;
-constexpr int kExitUsage = 64;
-constexpr int kExitConfig = 78;
 
 // A started daemon. stop() may be called from any thread; wait() returns
 // when every thread of the daemon has ended.

@@ -66,7 +66,7 @@ DumpSchedule dump_schedule(UtcNs now, double delay_s);
 // week between them, oldest first, so that a collector that was down (or
 // failing) across week ends leaves no gap in the public dumps. Weeks before
 // the newest one dumped are never written here (an empty dump_dir gets the
-// due week only): those are written by hand with `flexmon dump --week`.
+// due week only): those are written by hand with `flexmon-admin dump --week`.
 struct WeeklyDumpRun {
   enum class Outcome { written, already_there, failed } outcome = Outcome::failed;
   DumpSchedule schedule;

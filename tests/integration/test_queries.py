@@ -1,6 +1,6 @@
 """The query.* methods end to end: real manager, collector and three probers on
 loopback; results measured, then part of them flushed to the (SQLite) archive
-by `flexmon flush` while more arrive, then read back with Python's
+by `flexmon-admin flush` while more arrive, then read back with Python's
 standard-library xmlrpc.client: every method, every filter, cursor paging
 over the cache and the archive as one table, and every documented fault."""
 
@@ -56,10 +56,10 @@ class Queries(FaultAssertions, unittest.TestCase):
             return set(counts) == PATHS and min(counts.values()) >= minimum
 
         wait_for(lambda: per_path(2), 30, "two results on each path")
-        flush = subprocess.run([binary("flexmon"), "flush", "--config", cls.lab.config],
+        flush = subprocess.run([binary("flexmon-admin"), "flush", "--config", cls.lab.config],
                                capture_output=True, text=True, timeout=60)
         if flush.returncode != 0:
-            raise AssertionError(f"flexmon flush: {flush.stdout} {flush.stderr}")
+            raise AssertionError(f"flexmon-admin flush: {flush.stdout} {flush.stderr}")
         cls.archived_at = time.time()
         wait_for(lambda: per_path(4), 30, "more results after the flush")
         admin.probe.cancel(request["id"])

@@ -96,9 +96,9 @@ wire::Result latency_result(std::uint64_t seq, UtcNs start) {
   return r;
 }
 
-// `flexmon flush --config FILE --status`: its exit code and output.
+// `flexmon-admin flush --config FILE --status`: its exit code and output.
 std::pair<int, std::string> flush_status_command(const std::filesystem::path& config) {
-  std::string command = std::string(FLEXMON_BIN_DIR) + "/flexmon flush --status --config '" +
+  std::string command = std::string(FLEXMON_BIN_DIR) + "/flexmon-admin flush --status --config '" +
                         config.string() + "' 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   std::string out;
