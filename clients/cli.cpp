@@ -281,9 +281,10 @@ int client_main(int argc, char** argv) {
 
   for (const CLI::App* command : moved)
     if (command->parsed()) {
-      std::cerr << fmt::format(
-          "flexmon: '{0}' runs on the collector's host: use flexmon-admin {0} {1}\n",
-          command->get_name(), fmt::join(command->remaining(), " "));
+      std::string line = "flexmon-admin " + command->get_name();
+      for (const auto& arg : command->remaining()) line += " " + arg;
+      std::cerr << fmt::format("flexmon: '{}' runs on the collector's host: use {}\n",
+                               command->get_name(), line);
       return kExitUsage;
     }
 

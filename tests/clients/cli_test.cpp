@@ -56,6 +56,9 @@ TEST(Cli, FlushAndDumpNameFlexmonAdminAndExit64) {
   EXPECT_EQ(dump.err,
             "flexmon: 'dump' runs on the collector's host: use flexmon-admin dump --config "
             "flexmon.yaml --week 2026-W07\n");
+  auto bare = run({"flush"});
+  EXPECT_EQ(bare.status, kExitUsage);
+  EXPECT_EQ(bare.err, "flexmon: 'flush' runs on the collector's host: use flexmon-admin flush\n");
 }
 
 TEST(Cli, UsageFoundAfterParsingExits64) {
