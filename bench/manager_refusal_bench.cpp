@@ -33,12 +33,12 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
-#include <xmlrpc-c/util.h>
 #include <xmlrpc-c/base.hpp>
 #include <xmlrpc-c/xml.hpp>
 
 #include "bench/manager_bench_util.h"
 #include "manager/call_guard.h"
+#include "manager/call_handler.h"
 #include "tests/manager/http_post.h"
 
 namespace {
@@ -158,8 +158,10 @@ void compare_check_and_parse() {
               "<param><value><struct><member><name>paths</name><value><array><data>" + paths +
                   "</data></array></value></member><member><name>interval</name><value>"
                   "<double>10.5</double></value></member></struct></value></param>");
-  xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, 1 << 20);
-  const flexmon::manager::CallGuard guard(16);
+  // xmlrpc-c's limits and the check's as the manager sets them by default.
+  const flexmon::ManagerConfig defaults;
+  flexmon::manager::configure_xmlrpc_limits(defaults);
+  const flexmon::manager::CallGuard guard(defaults.max_nesting);
   using Clock = std::chrono::steady_clock;
   for (const auto& [name, body, count] :
        {std::tuple{"query_latency_call", &query, 20000}, {"probe_request_60kb", &request, 200}}) {

@@ -32,6 +32,7 @@
 
 #include "bench/manager_bench_util.h"
 #include "common/log.h"
+#include "manager/call_handler.h"
 #include "manager/manager.h"
 
 using namespace flexmon;
@@ -230,6 +231,7 @@ int main(int argc, char** argv) {
   tls.manager.tls_cert = cert;
   tls.manager.tls_key = key;
   tls.manager.state_db = dir / "tls-manager.db";
+  manager::configure_xmlrpc_limits(plain.manager);  // as flexmon-manager's main does
   auto manager = start_manager_daemon(plain);
   auto tls_manager = start_manager_daemon(tls);
 

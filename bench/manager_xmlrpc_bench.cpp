@@ -26,6 +26,7 @@
 
 #include "bench/manager_bench_util.h"
 #include "common/log.h"
+#include "manager/call_handler.h"
 #include "manager/manager.h"
 #include "storage/cache.h"
 #include "storage/flusher.h"
@@ -280,6 +281,7 @@ int main(int argc, char** argv) {
   Config config = bench::config_with_nodes(dir, 3);
   config.manager.max_connections = 64;
   fill_results(config);
+  manager::configure_xmlrpc_limits(config.manager);  // as flexmon-manager's main does
   auto manager = start_manager_daemon(config);
   Config unrendered = config;  // outlives the manager started with it
   unrendered.manager.rendered_rows_mb = 0;

@@ -1,10 +1,11 @@
 #include "manager/api.h"
 
 #include <fmt/format.h>
-#include <xmlrpc-c/xml.hpp>
 
-#include "manager/api_types.h"
+#include "common/tool.h"
+#include "manager/fault_codes.h"
 #include "manager/spec.h"
+#include "manager/xmlrpc_values.h"
 
 namespace flexmon::manager {
 
@@ -121,11 +122,30 @@ std::string role_list(const std::vector<Role>& roles) {
   return out;
 }
 
-// Wraps every method's run and write in the one role check, and says in its
+// The request that the argument `id` names, when the caller may see it: it
+// is theirs, or the caller is an admin. Throws 4001, 4040, 4030.
+Request visible_request(const Core& core, const xmlrpc_c::value& id, const UserConfig& caller) {
+  const auto num = parse_id_arg(id, "id");
+  auto r = core.find(num);
+  if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
+  if (r->owner != caller.name && caller.role != Role::admin)
+    throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
+  return std::move(*r);
+}
+
+// A request as probe.get returns it, with its share of the running streams.
+value charged_request_value(const Core& core, const Request& r) {
+  const Cost charged = core.charged(r);
+  return request_value(r, &charged);
+}
+
+// Wraps every method's run or write in the one role check, and says in its
 // help who may call it.
 void enforce_roles(std::vector<ApiMethod>& methods) {
   for (auto& m : methods) {
     if (m.roles.empty()) throw std::logic_error(m.name + ": no role may call it");
+    if (!m.run == !m.write)
+      throw std::logic_error(m.name + ": a method has either run or write, not both");
     m.help += " Roles: " + role_list(m.roles) + ".";
     auto check = [name = m.name, roles = m.roles](const UserConfig& caller) {
       if (std::find(roles.begin(), roles.end(), caller.role) == roles.end())
@@ -156,23 +176,31 @@ std::string role_refusal(const std::string& method, Role caller_role,
 
 value request_value(const Request& r, const Cost* charged) {
   xmlrpc_c::cstruct args;
-  if (r.spec.tool == "abw") {
-    const auto& a = r.spec.abw;
-    args = {{"max_rate_bps", dbl(static_cast<double>(a.max_rate_bps))},
-            {"max_bytes", dbl(static_cast<double>(a.max_bytes))},
-            {"max_duration_ms", integer(a.max_duration_ms)}};
-  } else if (r.spec.tool == "throughput") {
-    const auto& t = r.spec.throughput;
-    args = {{"duration_ms", integer(t.duration_ms)},
-            {"max_bytes", dbl(static_cast<double>(t.max_bytes))}};
-  } else {
-    const auto& a = r.spec.latency;
-    args = {{"method", str(a.method)},
-            {"count", integer(a.count)},
-            {"spacing_ms", integer(a.spacing_ms)},
-            {"size", integer(a.size)},
-            {"timeout_ms", integer(a.timeout_ms)}};
-    if (a.method == "tcp") args.emplace("port", integer(a.port));
+  // A stored spec's tool is one parse_spec accepted; latency is the default.
+  switch (parse_tool(r.spec.tool).value_or(Tool::kLatency)) {
+    case Tool::kAbw: {
+      const auto& a = r.spec.abw;
+      args = {{"max_rate_bps", dbl(static_cast<double>(a.max_rate_bps))},
+              {"max_bytes", dbl(static_cast<double>(a.max_bytes))},
+              {"max_duration_ms", integer(a.max_duration_ms)}};
+      break;
+    }
+    case Tool::kThroughput: {
+      const auto& t = r.spec.throughput;
+      args = {{"duration_ms", integer(t.duration_ms)},
+              {"max_bytes", dbl(static_cast<double>(t.max_bytes))}};
+      break;
+    }
+    case Tool::kLatency: {
+      const auto& a = r.spec.latency;
+      args = {{"method", str(a.method)},
+              {"count", integer(a.count)},
+              {"spacing_ms", integer(a.spacing_ms)},
+              {"size", integer(a.size)},
+              {"timeout_ms", integer(a.timeout_ms)}};
+      if (a.method == "tcp") args.emplace("port", integer(a.port));
+      break;
+    }
   }
   xmlrpc_c::carray paths;
   for (const auto& p : r.spec.paths)
@@ -201,9 +229,6 @@ value request_value(const Request& r, const Cost* charged) {
 
 std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryService& queries) {
   std::vector<ApiMethod> methods;
-  auto visible = [](const Request& r, const UserConfig& caller) {
-    return r.owner == caller.name || caller.role == Role::admin;
-  };
 
   methods.push_back({"probe.request", "S:S", kSpecHelp,
                      [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
@@ -237,18 +262,12 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "has any of interval, duration, priority, args (merged into the current ones) and for "
        "(seconds: the change is temporary, then the request returns to what it was). Checked "
        "like probe.request. Faults: 4001, 4010, 4030, 4040, 4290, 4291.",
-       [&config, &core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 2, 2, "probe.edit", "id, changes");
-         auto num = parse_id_arg(p[0], "id");
-         auto r = core.find(num);
-         if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
-         if (!visible(*r, caller))
-           throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
-         const UserConfig* owner = config.find_user(r->owner);
-         Edit e = parse_edit(p[1], r->spec, config, owner ? owner->role : caller.role);
-         Request updated = core.edit(num, caller, e.spec, e.for_s);
-         Cost charged = core.charged(updated);
-         return request_value(updated, &charged);
+         const Request r = visible_request(core, p[0], caller);
+         const UserConfig* owner = config.find_user(r.owner);
+         Edit e = parse_edit(p[1], r.spec, config, owner ? owner->role : caller.role);
+         return charged_request_value(core, core.edit(r.num, caller, e.spec, e.for_s));
        },
        nullptr, kRequesters});
 
@@ -262,9 +281,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
          expect_params(p, 0, 1, "user.usage", "user");
          std::string name = caller.name;
          if (p.size() == 1) {
-           if (p[0].type() != xmlrpc_c::value::TYPE_STRING)
-             throw ApiFault(kBadArgument, "user: expected a string, got " + type_name(p[0]));
-           name = xmlrpc_c::value_string(p[0]).cvalue();
+           name = get_string(p[0], "user");
            if (name != caller.name && caller.role != Role::admin)
              throw ApiFault(kNotPermitted, "user: only an admin may read another user's usage");
            if (!config.find_user(name)) throw ApiFault(kBadArgument, "user: no such user");
@@ -297,15 +314,9 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "temporary (a pending revert: until, interval, priority), charged (its share of the "
        "running streams: bps, bytes_per_day). Faults: 4001, 4010, 4030 not yours, 4040 no such "
        "request.",
-       [&core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 1, 1, "probe.get", "id");
-         auto num = parse_id_arg(p[0], "id");
-         auto r = core.find(num);
-         if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
-         if (!visible(*r, caller))
-           throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
-         Cost charged = core.charged(*r);
-         return request_value(*r, &charged);
+         return charged_request_value(core, visible_request(core, p[0], caller));
        },
        nullptr, kRequesters});
 
@@ -318,10 +329,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
          auto requests =
              core.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
          xmlrpc_c::carray out;
-         for (const auto& r : requests) {
-           Cost charged = core.charged(r);
-           out.push_back(request_value(r, &charged));
-         }
+         for (const auto& r : requests) out.push_back(charged_request_value(core, r));
          return value(xmlrpc_c::value_array(out));
        },
        nullptr, kRequesters});
@@ -360,13 +368,6 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
     m.write = [&config, &queries, kind](const UserConfig&, const xmlrpc_c::paramList& p,
                                         XmlAnswer& out) {
       queries.run(kind, parse_query_args(kind, p, config), out);
-    };
-    m.run = [write = m.write](const UserConfig& caller, const xmlrpc_c::paramList& p) {
-      XmlAnswer xml;
-      write(caller, p, xml);
-      value answer;
-      xmlrpc_c::xml::parseSuccessfulResponse(method_response(xml.flattened()), &answer);
-      return answer;
     };
     m.roles = kEveryone;
     methods.push_back(std::move(m));

@@ -1,5 +1,7 @@
-// API v1: the XML-RPC methods, independent of the HTTP server so tests can
-// call them directly. Reference: schemas/xmlrpc-api.md.
+// API v1: the XML-RPC methods, as a table of ApiMethod bound to the
+// manager's Core and QueryService, independent of the HTTP server so tests
+// can call them directly. manager/call_handler.h answers calls with them.
+// Reference: schemas/xmlrpc-api.md.
 #pragma once
 
 #include <functional>
@@ -18,11 +20,13 @@ struct ApiMethod {
   std::string name;
   std::string signature;  // xmlrpc-c form, e.g. "S:S"
   std::string help;
-  // Runs for an authenticated caller; throws ApiFault.
+  // Exactly one of run and write is set. Both are called for an
+  // authenticated caller and throw ApiFault.
+  // The answer as an xmlrpc-c value (the probe.*, user.* and node.* methods).
   std::function<xmlrpc_c::value(const UserConfig& caller, const xmlrpc_c::paramList& params)> run;
-  // When set: appends the answer as one XML-RPC <value> element, which the
-  // server sends as it is (no xmlrpc-c values built); `run` then parses that
-  // text back, for callers that go through the registry. Throws ApiFault.
+  // Appends the answer as one XML-RPC <value> element, which is sent as it
+  // is, no xmlrpc-c value built (the query.* methods: a page is thousands of
+  // values).
   std::function<void(const UserConfig& caller, const xmlrpc_c::paramList& params, XmlAnswer& out)>
       write;
   // The roles that may call it (schemas/xmlrpc-api.md, "Roles").
@@ -30,7 +34,7 @@ struct ApiMethod {
 };
 
 // Every method of API v1, bound to `core` and `queries`. Each method's `run`
-// and `write` check the caller's role before anything else, and refuse a
+// or `write` checks the caller's role before anything else, and refuses a
 // role that is not in `roles` with fault 4030 (role_refusal): the one place
 // where roles are enforced, for direct calls, the registry and
 // system.multicall alike.

@@ -26,7 +26,7 @@
 #include <string_view>
 #include <variant>
 
-#include "manager/api_types.h"
+#include "manager/fault_codes.h"
 
 namespace flexmon::manager {
 

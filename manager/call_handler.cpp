@@ -9,10 +9,10 @@
 #include <xmlrpc-c/xml.hpp>
 
 #include "common/log.h"
-#include "manager/api_types.h"
 #include "manager/auth.h"
 #include "manager/call_guard.h"
-#include "manager/query_dispatch.h"
+#include "manager/fault_codes.h"
+#include "manager/xmlrpc_values.h"
 
 namespace flexmon::manager {
 
@@ -31,6 +31,21 @@ xmlrpc_c::fault make_fault(int code, const std::string& message) {
   return xmlrpc_c::fault(message, static_cast<xmlrpc_c::fault::code_t>(code));
 }
 
+// The message of the fault that ends a call on a bug or a failing disk; the
+// log has the details.
+constexpr std::string_view kInternalMessage = "internal error (logged by the manager)";
+
+// The user that `authorization` (an Authorization header, empty when
+// absent) proves. Throws ApiFault 4010 when it proves none.
+const UserConfig& authenticated(const Authenticator& auth, std::string_view authorization) {
+  const UserConfig* caller = authorization.empty() ? nullptr : auth.authenticate(authorization);
+  if (!caller)
+    throw ApiFault(kNotAuthenticated,
+                   "not authenticated: send HTTP Basic credentials user:token that are "
+                   "valid for this manager");
+  return *caller;
+}
+
 // xmlrpc-c's own system.shutdown answers fault code 0 (no shutdown function
 // is set, and a C++ one cannot fail with a code of ours).
 constexpr std::string_view kShutdownRefusal =
@@ -42,7 +57,10 @@ constexpr std::string_view kShutdownRefusal =
 // tens of thousands of them.
 constexpr std::size_t kMaxMulticallCalls = 100;
 
-// One API method behind authentication, with every exception caught here.
+// One API method in xmlrpc-c's registry, behind authentication, with every
+// exception caught here. The registry calls the methods with `run`; it
+// lists every method for introspection (system.listMethods, ...), and the
+// methods with `write` are answered before it (CallHandler::Impl::direct).
 class AuthMethod : public xmlrpc_c::method2 {
  public:
   AuthMethod(ApiMethod method, const Authenticator& auth)
@@ -54,6 +72,7 @@ class AuthMethod : public xmlrpc_c::method2 {
   void execute(const xmlrpc_c::paramList& params, const xmlrpc_c::callInfo* info,
                xmlrpc_c::value* result) override {
     try {
+      if (!method_.run) throw std::logic_error("a method with write reached the registry");
       const auto* http = dynamic_cast<const HttpCallInfo*>(info);
       *result = method_.run(authenticated(auth_, http ? http->authorization : ""), params);
     } catch (const ApiFault& f) {
@@ -62,10 +81,10 @@ class AuthMethod : public xmlrpc_c::method2 {
       throw;
     } catch (const std::exception& e) {
       log()->error("{}: internal error: {}", method_.name, e.what());
-      throw make_fault(kInternal, "internal error (logged by the manager)");
+      throw make_fault(kInternal, std::string(kInternalMessage));
     } catch (...) {
       log()->error("{}: internal error: unknown exception", method_.name);
-      throw make_fault(kInternal, "internal error (logged by the manager)");
+      throw make_fault(kInternal, std::string(kInternalMessage));
     }
   }
 
@@ -107,20 +126,40 @@ struct CallHandler::Impl {
   CallGuard guard;
   Authenticator auth;
   std::map<std::string, ApiMethod, std::less<>> methods;
-  DirectCalls direct;  // methods that write their own answer (query.*)
   xmlrpc_c::registry registry;
   RateLimitedLog refusals{log(), 10, std::chrono::seconds(60)};
 
   Impl(const Config& c, std::vector<ApiMethod>& list)
-      : guard(c.manager.max_nesting), auth(c.users), direct(list, auth) {
+      : guard(c.manager.max_nesting), auth(c.users) {
     for (auto& m : list) {
       methods.emplace(m.name, m);
       std::string name = m.name;
       registry.addMethod(name, xmlrpc_c::methodPtr(new AuthMethod(std::move(m), auth)));
     }
-    // Process-wide limits of xmlrpc-c's parser, set before any request.
-    xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, c.manager.max_request_bytes);
-    xmlrpc_limit_set(XMLRPC_NESTING_LIMIT_ID, c.manager.max_nesting);
+  }
+
+  // A call of a method with `write` (query.*), answered without the
+  // registry so that no xmlrpc-c value is built for a large answer: parses
+  // `body` (which CallGuard passed) and writes the whole methodResponse, the
+  // answer or a fault.
+  void direct(const ApiMethod& method, const std::string& body, std::string_view authorization,
+              XmlAnswer& out) const {
+    try {
+      const UserConfig& caller = authenticated(auth, authorization);
+      std::string name;
+      xmlrpc_c::paramList params;
+      xmlrpc_c::xml::parseCall(body, &name, &params);
+      out.clear();
+      out.text.reserve(64 * 1024);
+      write_method_response(out.text, [&] { method.write(caller, params, out); });
+    } catch (const ApiFault& f) {
+      out.clear();
+      write_fault_response(f.code(), f.what(), out.text);
+    } catch (const std::exception& e) {
+      log()->error("{}: internal error: {}", method.name, e.what());
+      out.clear();
+      write_fault_response(kInternal, std::string(kInternalMessage), out.text);
+    }
   }
 
   // system.multicall, answered here rather than by xmlrpc-c's: its calls of
@@ -144,7 +183,13 @@ struct CallHandler::Impl {
                                   fmt::format("system.multicall: {} calls, at most {} in one",
                                               calls.size(), kMaxMulticallCalls),
                                   out.text);
-    out.text += kResponseHead;
+    write_method_response(out.text, [&] { multicall_answers(calls, authorization, out); });
+  }
+
+  // The <value> of a multicall's answer: an array with, for each call, its
+  // answer in an array of one or its fault.
+  void multicall_answers(const std::vector<xmlrpc_c::value>& calls, std::string_view authorization,
+                         XmlAnswer& out) const {
     out.text += "<value><array><data>";
     for (std::size_t i = 0; i < calls.size(); ++i) {
       const std::size_t text_at = out.text.size(), splices_at = out.splices.size();
@@ -164,11 +209,10 @@ struct CallHandler::Impl {
         failed(static_cast<int>(f.getCode()), f.getDescription());
       } catch (const std::exception& e) {
         log()->error("system.multicall: calls[{}]: internal error: {}", i, e.what());
-        failed(kInternal, "internal error (logged by the manager)");
+        failed(kInternal, kInternalMessage);
       }
     }
     out.text += "</data></array></value>";
-    out.text += kResponseTail;
   }
 
   // Appends the answer of one call of a multicall; throws its fault.
@@ -215,6 +259,11 @@ struct CallHandler::Impl {
   }
 };
 
+void configure_xmlrpc_limits(const ManagerConfig& manager) {
+  xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, manager.max_request_bytes);
+  xmlrpc_limit_set(XMLRPC_NESTING_LIMIT_ID, manager.max_nesting);
+}
+
 CallHandler::CallHandler(const Config& config, std::vector<ApiMethod> methods)
     : impl_(std::make_unique<Impl>(config, methods)) {}
 
@@ -236,7 +285,9 @@ void CallHandler::answer(const std::string& body, std::string_view authorization
     out.clear();
     return write_fault_response(kNotPermitted, std::string(kShutdownRefusal), out.text);
   }
-  if (impl_->direct.answer(method, body, authorization, out)) return;
+  if (auto found = impl_->methods.find(method);
+      found != impl_->methods.end() && found->second.write)
+    return impl_->direct(found->second, body, authorization, out);
   HttpCallInfo info;
   info.authorization = std::string(authorization);
   impl_->registry.processCall(body, &info, &out.text);

@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 
 #include "common/log.h"
-#include "manager/api_types.h"
+#include "manager/fault_codes.h"
 
 namespace flexmon::manager {
 

@@ -1,5 +1,7 @@
-// flexmon-manager: everything is in the flexmon_manager library.
+// flexmon-manager: everything is in the flexmon_manager library; main sets
+// what is process-wide (xmlrpc-c's parser limits) and starts it.
 #include "manager/auth.h"
+#include "manager/call_handler.h"
 #include "manager/manager.h"
 
 int main(int argc, char** argv) {
@@ -11,7 +13,11 @@ int main(int argc, char** argv) {
        .add_options = nullptr,
        .check = flexmon::check_manager_config,
        .check_reachable = flexmon::check_manager_reads,
-       .start = flexmon::start_manager,
+       .start =
+           [](const flexmon::Config& config) {
+             flexmon::manager::configure_xmlrpc_limits(config.manager);
+             return flexmon::start_manager(config);
+           },
        .commands = {
            {.name = "hash-token",
             .summary = "print the users[].token_hash line for a token read from "

@@ -13,9 +13,11 @@
 #include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
-#include "manager/api_types.h"
+#include "common/tool.h"
+#include "manager/fault_codes.h"
 #include "manager/rendered_rows.h"
 #include "manager/spec.h"
+#include "manager/xmlrpc_values.h"
 #include "storage/rtts.h"
 
 namespace flexmon::manager {
@@ -24,24 +26,13 @@ namespace {
 
 using V = xmlrpc_c::value;
 
-[[noreturn]] void bad(const std::string& message) { throw ApiFault(kBadArgument, message); }
-
-std::string get_string(const V& v, const std::string& name) {
-  if (v.type() != V::TYPE_STRING)
-    bad(fmt::format("{}: expected a string, got {}", name, type_name(v)));
-  return xmlrpc_c::value_string(v).cvalue();
-}
-
-std::string node_arg(const V& v, const std::string& name, const Config& config) {
-  std::string id = get_string(v, name);
-  if (!config.find_node(id))
-    throw ApiFault(kUnknownNode, fmt::format("unknown node '{}' in {}", id, name));
-  return id;
-}
-
 const std::set<std::string, std::less<>> kStatuses = {
     "ok", "timeout", "unreachable", "resolve-failure", "refused", "error"};
-const std::set<std::string, std::less<>> kTools = {"latency", "abw", "throughput"};
+const std::set<std::string, std::less<>> kTools = [] {
+  std::set<std::string, std::less<>> names;
+  for (Tool tool : kAllTools) names.emplace(tool_name(tool));
+  return names;
+}();
 
 std::string one_of(const V& v, const std::string& name,
                    const std::set<std::string, std::less<>>& allowed) {
@@ -49,22 +40,9 @@ std::string one_of(const V& v, const std::string& name,
   if (!allowed.contains(text)) {
     std::string list;
     for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-    bad(fmt::format("{}: '{}' is not one of {}", name, text, list));
+    bad_argument(fmt::format("{}: '{}' is not one of {}", name, text, list));
   }
   return text;
-}
-
-std::uint32_t limit_arg(const V& v) {
-  std::int64_t n = 0;
-  if (v.type() == V::TYPE_INT)
-    n = xmlrpc_c::value_int(v).cvalue();
-  else if (v.type() == V::TYPE_I8)
-    n = xmlrpc_c::value_i8(v).cvalue();
-  else
-    bad("limit: expected an int, got " + type_name(v));
-  if (n < 1) bad(fmt::format("limit: {} is below the limit of 1", n));
-  if (n > 10000) bad(fmt::format("limit: {} is above the limit of 10000", n));
-  return static_cast<std::uint32_t>(n);
 }
 
 // Cursors are sealed: the reader's position text (storage/reader.h) followed
@@ -273,16 +251,15 @@ QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
                            const Config& config) {
   const std::string method(query_method_name(kind));
   if (params.size() > 1)
-    bad(fmt::format("{}: expected 0 to 1 arguments (filter), got {}", method, params.size()));
+    bad_argument(
+        fmt::format("{}: expected 0 to 1 arguments (filter), got {}", method, params.size()));
   QueryArgs args;
   ResultFilter& f = args.page.filter;
   if (kind == QueryKind::latency) f.tool = "latency";
   if (kind == QueryKind::abw) f.tool = "abw";
   if (kind == QueryKind::throughput) f.tool = "throughput";
   if (params.size() == 0) return args;
-  if (params[0].type() != V::TYPE_STRUCT)
-    bad("filter: expected a struct, got " + type_name(params[0]));
-  const auto filter = xmlrpc_c::value_struct(params[0]).cvalue();
+  const auto filter = get_struct(params[0], "filter");
   for (const auto& [key, value] : filter) {
     if (key == "src") {
       f.src = node_arg(value, "src", config);
@@ -292,7 +269,7 @@ QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
       f.site = get_string(value, "site");
       bool known = std::any_of(config.nodes.begin(), config.nodes.end(),
                                [&](const NodeConfig& n) { return n.site == *f.site; });
-      if (!known) bad(fmt::format("site: no configured node has site '{}'", *f.site));
+      if (!known) bad_argument(fmt::format("site: no configured node has site '{}'", *f.site));
     } else if (key == "from") {
       f.from = parse_time(value, "from");
     } else if (key == "to") {
@@ -302,30 +279,29 @@ QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
     } else if (key == "tool" && !pages(kind)) {
       f.tool = one_of(value, "tool", kTools);
     } else if (key == "limit" && pages(kind)) {
-      args.page.limit = limit_arg(value);
+      args.page.limit = bounded_uint(value, "limit", 1, 10000);
     } else if (key == "cursor" && pages(kind)) {
       const std::string cursor = get_string(value, "cursor");
       if (!cursor.empty()) {
         auto position = opened_cursor(f.tool, cursor);
         if (!position || !is_valid_cursor(*position))
-          bad(
+          bad_argument(
               fmt::format("cursor: {} is not one that a previous page's next_cursor returned "
                           "(cursors end when the manager restarts)",
                           "'" + escaped(cursor, 48) + "'"));
         args.page.cursor = std::move(*position);
       }
     } else if (key == "latest" && pages(kind)) {
-      if (value.type() != V::TYPE_BOOLEAN)
-        bad("latest: expected a boolean, got " + type_name(value));
-      args.latest = xmlrpc_c::value_boolean(value).cvalue();
+      args.latest = get_boolean(value, "latest");
     } else {
-      bad(fmt::format("filter.{}: unknown key for {} (known: src, dst, site, from, to, status, {})",
+      bad_argument(
+          fmt::format("filter.{}: unknown key for {} (known: src, dst, site, from, to, status, {})",
                       key, method, pages(kind) ? "limit, cursor, latest" : "tool"));
     }
   }
-  if (f.from && f.to && *f.from >= *f.to) bad("from: must be before to");
+  if (f.from && f.to && *f.from >= *f.to) bad_argument("from: must be before to");
   if (args.latest && !args.page.cursor.empty())
-    bad("cursor: latest answers in one page; it takes no cursor");
+    bad_argument("cursor: latest answers in one page; it takes no cursor");
   args.page.latest_per_path = args.latest;
   return args;
 }
@@ -455,14 +431,6 @@ std::string XmlAnswer::flattened() const {
     from = s.at;
   }
   out.append(text, from);
-  return out;
-}
-
-std::string method_response(std::string_view value_xml) {
-  std::string out =
-      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<methodResponse>\r\n<params>\r\n<param>";
-  out += value_xml;
-  out += "</param>\r\n</params>\r\n</methodResponse>\r\n";
   return out;
 }
 

@@ -78,14 +78,6 @@ struct XmlAnswer {
   std::string flattened() const;
 };
 
-// What goes before and after the answer's <value> in a methodResponse.
-inline constexpr std::string_view kResponseHead =
-    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<methodResponse>\r\n<params>\r\n<param>";
-inline constexpr std::string_view kResponseTail = "</param>\r\n</params>\r\n</methodResponse>\r\n";
-
-// A whole methodResponse around one <value> element.
-std::string method_response(std::string_view value_xml);
-
 class RenderedRows;
 
 // Read access to results through ResultReaders lent one call at a time. Rows

@@ -10,44 +10,16 @@
 
 #include <fmt/format.h>
 
+#include "common/tool.h"
+#include "manager/xmlrpc_values.h"
+
 namespace flexmon::manager {
 
 namespace {
 
 using V = xmlrpc_c::value;
 
-[[noreturn]] void bad(const std::string& message) { throw ApiFault(kBadArgument, message); }
-
-// A user's string, shortened and made printable for a message.
-std::string sanitized(const std::string& s) {
-  std::string out = s.size() > 64 ? s.substr(0, 64) + "..." : s;
-  for (char& c : out)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  return out;
-}
-
-std::string quote(const std::string& s) { return "'" + sanitized(s) + "'"; }
-
 std::string fmt_number(double v) { return fmt::format("{}", v); }
-
-void expect_type(const V& v, V::type_t type, const std::string& name, const char* what) {
-  if (v.type() != type) bad(fmt::format("{}: expected {}, got {}", name, what, type_name(v)));
-}
-
-std::string get_string(const V& v, const std::string& name) {
-  expect_type(v, V::TYPE_STRING, name, "a string");
-  return xmlrpc_c::value_string(v).cvalue();
-}
-
-xmlrpc_c::cstruct get_struct(const V& v, const std::string& name) {
-  expect_type(v, V::TYPE_STRUCT, name, "a struct");
-  return xmlrpc_c::value_struct(v).cvalue();
-}
-
-xmlrpc_c::carray get_array(const V& v, const std::string& name) {
-  expect_type(v, V::TYPE_ARRAY, name, "an array");
-  return xmlrpc_c::value_array(v).cvalue();
-}
 
 double get_number(const V& v, const std::string& name) {
   double d = 0;
@@ -62,21 +34,10 @@ double get_number(const V& v, const std::string& name) {
       d = xmlrpc_c::value_double(v).cvalue();
       break;
     default:
-      bad(fmt::format("{}: expected a number of seconds, got {}", name, type_name(v)));
+      bad_argument(fmt::format("{}: expected a number of seconds, got {}", name, type_name(v)));
   }
-  if (!std::isfinite(d)) bad(fmt::format("{}: not a finite number", name));
+  if (!std::isfinite(d)) bad_argument(fmt::format("{}: not a finite number", name));
   return d;
-}
-
-std::int64_t get_int(const V& v, const std::string& name) {
-  switch (v.type()) {
-    case V::TYPE_INT:
-      return xmlrpc_c::value_int(v).cvalue();
-    case V::TYPE_I8:
-      return xmlrpc_c::value_i8(v).cvalue();
-    default:
-      bad(fmt::format("{}: expected an int, got {}", name, type_name(v)));
-  }
 }
 
 void check_keys(const xmlrpc_c::cstruct& s, const std::string& prefix,
@@ -85,22 +46,17 @@ void check_keys(const xmlrpc_c::cstruct& s, const std::string& prefix,
     if (!allowed.count(key)) {
       std::string list;
       for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      bad(fmt::format("{}{}: unknown key (expected one of {})", prefix, sanitized(key), list));
+      bad_argument(
+          fmt::format("{}{}: unknown key (expected one of {})", prefix, sanitized(key), list));
     }
   }
 }
 
-std::uint32_t bounded_uint(const V& v, const std::string& name, std::uint32_t min,
-                           std::uint32_t max) {
-  std::int64_t x = get_int(v, name);
-  if (x < min) bad(fmt::format("{}: {} is below the limit of {}", name, x, min));
-  if (x > max) bad(fmt::format("{}: {} is above the limit of {}", name, x, max));
-  return static_cast<std::uint32_t>(x);
-}
-
 void check_range(std::uint32_t x, const std::string& name, std::uint32_t min, std::uint32_t max) {
-  if (x < min) bad(fmt::format("{}: {} (the default) is below the limit of {}", name, x, min));
-  if (x > max) bad(fmt::format("{}: {} (the default) is above the limit of {}", name, x, max));
+  if (x < min)
+    bad_argument(fmt::format("{}: {} (the default) is below the limit of {}", name, x, min));
+  if (x > max)
+    bad_argument(fmt::format("{}: {} (the default) is above the limit of {}", name, x, max));
 }
 
 // A netns as the prober resolves it: a name stands for /run/netns/NAME.
@@ -116,18 +72,11 @@ void check_netns_allowed(const std::string& netns, const EffectiveLimits& limits
     if (fnmatch(netns_path(pattern).c_str(), path.c_str(), FNM_PATHNAME) == 0) return;
   std::string allowed;
   for (std::size_t i = 0; i < limits.netns.size() && i < 8; ++i)
-    allowed += (i ? ", " : "") + quote(limits.netns[i]);
+    allowed += (i ? ", " : "") + in_quotes(limits.netns[i]);
   if (limits.netns.size() > 8) allowed += fmt::format(" and {} more", limits.netns.size() - 8);
-  throw ApiFault(kNotPermitted,
-                 fmt::format("netns: {} is not allowed for this role ({} allows {})", quote(netns),
-                             limits.netns_key, allowed.empty() ? "none" : allowed));
-}
-
-std::string node_arg(const V& v, const std::string& where, const Config& config) {
-  std::string id = get_string(v, where);
-  if (!config.find_node(id))
-    throw ApiFault(kUnknownNode, fmt::format("unknown node {} in {}", quote(id), where));
-  return id;
+  throw ApiFault(kNotPermitted, fmt::format("netns: {} is not allowed for this role ({} allows {})",
+                                            in_quotes(netns), limits.netns_key,
+                                            allowed.empty() ? "none" : allowed));
 }
 
 std::uint64_t bounded_u64(const V& v, const std::string& name, std::uint64_t min,
@@ -136,20 +85,22 @@ std::uint64_t bounded_u64(const V& v, const std::string& name, std::uint64_t min
   if (v.type() == V::TYPE_DOUBLE) {
     x = xmlrpc_c::value_double(v).cvalue();
     if (!std::isfinite(x) || x != std::floor(x))
-      bad(fmt::format("{}: expected a whole number, got {}", name, fmt_number(x)));
+      bad_argument(fmt::format("{}: expected a whole number, got {}", name, fmt_number(x)));
   } else {
     x = static_cast<double>(get_int(v, name));
   }
   if (x < static_cast<double>(min))
-    bad(fmt::format("{}: {} is below the limit of {}", name, fmt_number(x), min));
+    bad_argument(fmt::format("{}: {} is below the limit of {}", name, fmt_number(x), min));
   if (x > static_cast<double>(max))
-    bad(fmt::format("{}: {} is above the limit of {}", name, fmt_number(x), max));
+    bad_argument(fmt::format("{}: {} is above the limit of {}", name, fmt_number(x), max));
   return static_cast<std::uint64_t>(x);
 }
 
 void check_range64(std::uint64_t x, const std::string& name, std::uint64_t min, std::uint64_t max) {
-  if (x < min) bad(fmt::format("{}: {} (the default) is below the limit of {}", name, x, min));
-  if (x > max) bad(fmt::format("{}: {} (the default) is above the limit of {}", name, x, max));
+  if (x < min)
+    bad_argument(fmt::format("{}: {} (the default) is below the limit of {}", name, x, min));
+  if (x > max)
+    bad_argument(fmt::format("{}: {} (the default) is above the limit of {}", name, x, max));
 }
 
 LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limits,
@@ -160,8 +111,8 @@ LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limi
     if (auto it = args->find("method"); it != args->end()) {
       a.method = get_string(it->second, "args.method");
       if (a.method != "udp" && a.method != "icmp" && a.method != "tcp")
-        bad(fmt::format("args.method: {} is not supported (supported: udp, icmp, tcp)",
-                        quote(a.method)));
+        bad_argument(fmt::format("args.method: {} is not supported (supported: udp, icmp, tcp)",
+                                 in_quotes(a.method)));
     }
     if (auto it = args->find("count"); it != args->end())
       a.count = bounded_uint(it->second, "args.count", 1, l.max_count);
@@ -174,7 +125,7 @@ LatencyArgs parse_latency_args(const xmlrpc_c::cstruct* args, const Limits& limi
       a.timeout_ms =
           bounded_uint(it->second, "args.timeout_ms", l.min_timeout_ms, l.max_timeout_ms);
     if (auto it = args->find("port"); it != args->end()) {
-      if (a.method != "tcp") bad("args.port: only the tcp method takes a port");
+      if (a.method != "tcp") bad_argument("args.port: only the tcp method takes a port");
       a.port = bounded_uint(it->second, "args.port", 1, 65535);
     }
   }
@@ -219,47 +170,65 @@ ThroughputArgs parse_throughput_args(const xmlrpc_c::cstruct* args, const Limits
   return a;
 }
 
+// A spec's tool. Specs hold names that parse_spec checked; a name of no tool
+// stands for latency, as the spec's own default does.
+Tool tool_of(const RequestSpec& spec) { return parse_tool(spec.tool).value_or(Tool::kLatency); }
+
+// "latency, abw, throughput", for messages.
+std::string tool_names() {
+  std::string out;
+  for (Tool t : kAllTools) out += fmt::format("{}{}", out.empty() ? "" : ", ", tool_name(t));
+  return out;
+}
+
 // Parses `args` for spec.tool into spec, starting from what spec has.
 void parse_tool_args(const xmlrpc_c::cstruct* args, const Limits& limits, RequestSpec& spec) {
-  if (spec.tool == "abw")
-    spec.abw = parse_abw_args(args, limits, spec.abw);
-  else if (spec.tool == "throughput")
-    spec.throughput = parse_throughput_args(args, limits, spec.throughput);
-  else
-    spec.latency = parse_latency_args(args, limits, spec.latency);
+  switch (tool_of(spec)) {
+    case Tool::kAbw:
+      spec.abw = parse_abw_args(args, limits, spec.abw);
+      return;
+    case Tool::kThroughput:
+      spec.throughput = parse_throughput_args(args, limits, spec.throughput);
+      return;
+    case Tool::kLatency:
+      spec.latency = parse_latency_args(args, limits, spec.latency);
+      return;
+  }
 }
 
 // The shortest interval for a tool and role.
-double min_interval(const std::string& tool, const Config& config, Role role) {
+double min_interval(Tool tool, const Config& config, Role role) {
   double m = config.limits_for(role).min_interval_s;
-  if (tool == "abw") m = std::max(m, config.limits.abw.min_interval_s);
-  if (tool == "throughput") m = std::max(m, config.limits.throughput.min_interval_s);
+  if (tool == Tool::kAbw) m = std::max(m, config.limits.abw.min_interval_s);
+  if (tool == Tool::kThroughput) m = std::max(m, config.limits.throughput.min_interval_s);
   return m;
 }
 
-double parse_interval(const V& v, const std::string& tool, const Config& config, Role role) {
+double parse_interval(const V& v, Tool tool, const Config& config, Role role) {
   double x = get_number(v, "interval");
   const double low = min_interval(tool, config, role);
   if (x < low)
-    bad(fmt::format("interval: {} s is below the limit of {} s", fmt_number(x), fmt_number(low)));
+    bad_argument(
+        fmt::format("interval: {} s is below the limit of {} s", fmt_number(x), fmt_number(low)));
   if (x > config.limits.max_interval_s)
-    bad(fmt::format("interval: {} s is above the limit of {} s", fmt_number(x),
-                    fmt_number(config.limits.max_interval_s)));
+    bad_argument(fmt::format("interval: {} s is above the limit of {} s", fmt_number(x),
+                             fmt_number(config.limits.max_interval_s)));
   return x;
 }
 
 double parse_duration(const V& v, const Config& config, Role role) {
   double x = get_number(v, "duration");
   const double high = config.limits_for(role).max_duration_s;
-  if (x <= 0) bad(fmt::format("duration: {} s is not positive", fmt_number(x)));
+  if (x <= 0) bad_argument(fmt::format("duration: {} s is not positive", fmt_number(x)));
   if (x > high)
-    bad(fmt::format("duration: {} s is above the limit of {} s", fmt_number(x), fmt_number(high)));
+    bad_argument(
+        fmt::format("duration: {} s is above the limit of {} s", fmt_number(x), fmt_number(high)));
   return x;
 }
 
 std::int32_t parse_priority(const V& v) {
   std::int64_t x = get_int(v, "priority");
-  if (x < -1000 || x > 1000) bad(fmt::format("priority: {} is outside -1000..1000", x));
+  if (x < -1000 || x > 1000) bad_argument(fmt::format("priority: {} is outside -1000..1000", x));
   return static_cast<std::int32_t>(x);
 }
 
@@ -270,13 +239,16 @@ std::vector<Path> parse_nodes(const V& v, const Config& config, std::uint32_t ma
   for (std::size_t i = 0; i < nodes.size(); ++i) {
     std::string where = fmt::format("nodes[{}]", i);
     std::string id = node_arg(nodes[i], where, config);
-    if (!seen.insert(id).second) bad(fmt::format("{}: node {} is listed twice", where, quote(id)));
+    if (!seen.insert(id).second)
+      bad_argument(fmt::format("{}: node {} is listed twice", where, in_quotes(id)));
     ids.push_back(id);
   }
-  if (ids.size() < 2) bad(fmt::format("nodes: at least 2 nodes are needed, got {}", ids.size()));
+  if (ids.size() < 2)
+    bad_argument(fmt::format("nodes: at least 2 nodes are needed, got {}", ids.size()));
   const std::uint64_t count = ids.size() * (ids.size() - 1);
   if (count > max_paths)
-    bad(fmt::format("nodes: {} nodes make {} paths, above the limit of {} paths per request",
+    bad_argument(
+        fmt::format("nodes: {} nodes make {} paths, above the limit of {} paths per request",
                     ids.size(), count, max_paths));
   std::vector<Path> paths;
   for (const auto& s : ids)
@@ -287,22 +259,22 @@ std::vector<Path> parse_nodes(const V& v, const Config& config, std::uint32_t ma
 
 std::vector<Path> parse_paths(const V& v, const Config& config, std::uint32_t max_paths) {
   auto items = get_array(v, "paths");
-  if (items.empty()) bad("paths: at least 1 path is needed");
+  if (items.empty()) bad_argument("paths: at least 1 path is needed");
   if (items.size() > max_paths)
-    bad(fmt::format("paths: {} paths are above the limit of {} paths per request", items.size(),
-                    max_paths));
+    bad_argument(fmt::format("paths: {} paths are above the limit of {} paths per request",
+                             items.size(), max_paths));
   std::vector<Path> paths;
   std::set<Path> seen;
   for (std::size_t i = 0; i < items.size(); ++i) {
     std::string where = fmt::format("paths[{}]", i);
     auto pair = get_array(items[i], where);
     if (pair.size() != 2)
-      bad(fmt::format("{}: expected [src, dst], got {} elements", where, pair.size()));
+      bad_argument(fmt::format("{}: expected [src, dst], got {} elements", where, pair.size()));
     Path p{node_arg(pair[0], where + "[0]", config), node_arg(pair[1], where + "[1]", config)};
     if (p.src == p.dst)
-      bad(fmt::format("{}: source and destination are both {}", where, quote(p.src)));
+      bad_argument(fmt::format("{}: source and destination are both {}", where, in_quotes(p.src)));
     if (!seen.insert(p).second)
-      bad(fmt::format("{}: path {}>{} is listed twice", where, p.src, p.dst));
+      bad_argument(fmt::format("{}: path {}>{} is listed twice", where, p.src, p.dst));
     paths.push_back(std::move(p));
   }
   return paths;
@@ -320,33 +292,6 @@ std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
 
 }  // namespace
 
-std::string type_name(const xmlrpc_c::value& v) {
-  switch (v.type()) {
-    case V::TYPE_INT:
-      return "int";
-    case V::TYPE_BOOLEAN:
-      return "boolean";
-    case V::TYPE_DOUBLE:
-      return "double";
-    case V::TYPE_DATETIME:
-      return "dateTime.iso8601";
-    case V::TYPE_STRING:
-      return "string";
-    case V::TYPE_BYTESTRING:
-      return "base64";
-    case V::TYPE_ARRAY:
-      return "array";
-    case V::TYPE_STRUCT:
-      return "struct";
-    case V::TYPE_NIL:
-      return "nil";
-    case V::TYPE_I8:
-      return "i8";
-    default:
-      return "an unsupported type";
-  }
-}
-
 RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role role) {
   auto s = get_struct(value, "spec");
   check_keys(s, "spec.",
@@ -354,11 +299,11 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
               "dry_run"});
   RequestSpec spec;
   auto tool = s.find("tool");
-  if (tool == s.end()) bad("tool: missing (supported: latency, abw, throughput)");
+  if (tool == s.end()) bad_argument(fmt::format("tool: missing (supported: {})", tool_names()));
   spec.tool = get_string(tool->second, "tool");
-  if (spec.tool != "latency" && spec.tool != "abw" && spec.tool != "throughput")
-    bad(fmt::format("tool: {} is not a supported tool (supported: latency, abw, throughput)",
-                    quote(spec.tool)));
+  if (!parse_tool(spec.tool))
+    bad_argument(fmt::format("tool: {} is not a supported tool (supported: {})",
+                             in_quotes(spec.tool), tool_names()));
 
   if (auto it = s.find("mode"); it != s.end()) {
     std::string mode = get_string(it->second, "mode");
@@ -367,17 +312,19 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
     else if (mode == "oneshot")
       spec.mode = Mode::oneshot;
     else
-      bad(fmt::format("mode: {} is not a mode (expected continuous or oneshot)", quote(mode)));
+      bad_argument(
+          fmt::format("mode: {} is not a mode (expected continuous or oneshot)", in_quotes(mode)));
   }
 
   if (auto it = s.find("interval"); it != s.end()) {
-    spec.interval_s = parse_interval(it->second, spec.tool, config, role);
+    spec.interval_s = parse_interval(it->second, tool_of(spec), config, role);
   } else if (spec.mode == Mode::continuous) {
-    bad("interval: missing (required for continuous requests)");
+    bad_argument("interval: missing (required for continuous requests)");
   }
 
   if (auto it = s.find("duration"); it != s.end()) {
-    if (spec.mode != Mode::continuous) bad("duration: only continuous requests have a duration");
+    if (spec.mode != Mode::continuous)
+      bad_argument("duration: only continuous requests have a duration");
     spec.duration_s = parse_duration(it->second, config, role);
   }
   if (auto it = s.find("priority"); it != s.end()) spec.priority = parse_priority(it->second);
@@ -387,8 +334,8 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
         spec.netns.find("..") != std::string::npos ||
         spec.netns.find_first_of(" \t\n") != std::string::npos ||
         (spec.netns.find('/') != std::string::npos && spec.netns.front() != '/'))
-      bad(fmt::format("netns: {} is neither a name under /run/netns nor an absolute path",
-                      quote(spec.netns)));
+      bad_argument(fmt::format("netns: {} is neither a name under /run/netns nor an absolute path",
+                               in_quotes(spec.netns)));
     check_netns_allowed(spec.netns, config.limits_for(role));
   }
   if (auto it = s.find("dry_run"); it != s.end())
@@ -397,8 +344,9 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
   const std::uint32_t max_paths = config.limits_for(role).max_paths_per_request;
   const auto nodes = s.find("nodes");
   const auto paths = s.find("paths");
-  if (nodes != s.end() && paths != s.end()) bad("nodes, paths: give one of them, not both");
-  if (nodes == s.end() && paths == s.end()) bad("nodes, paths: one of them is required");
+  if (nodes != s.end() && paths != s.end())
+    bad_argument("nodes, paths: give one of them, not both");
+  if (nodes == s.end() && paths == s.end()) bad_argument("nodes, paths: one of them is required");
   spec.paths = nodes != s.end() ? parse_nodes(nodes->second, config, max_paths)
                                 : parse_paths(paths->second, config, max_paths);
 
@@ -420,16 +368,18 @@ Edit parse_edit(const xmlrpc_c::value& value, const RequestSpec& current, const 
                 Role role) {
   auto s = get_struct(value, "changes");
   check_keys(s, "changes.", {"interval", "duration", "priority", "args", "for"});
-  if (s.empty()) bad("changes: nothing to change (keys: interval, duration, priority, args, for)");
+  if (s.empty())
+    bad_argument("changes: nothing to change (keys: interval, duration, priority, args, for)");
   Edit e;
   e.spec = current;
   if (auto it = s.find("interval"); it != s.end()) {
     if (current.mode != Mode::continuous)
-      bad("interval: a one-shot request has no interval to edit");
-    e.spec.interval_s = parse_interval(it->second, current.tool, config, role);
+      bad_argument("interval: a one-shot request has no interval to edit");
+    e.spec.interval_s = parse_interval(it->second, tool_of(current), config, role);
   }
   if (auto it = s.find("duration"); it != s.end()) {
-    if (current.mode != Mode::continuous) bad("duration: only continuous requests have a duration");
+    if (current.mode != Mode::continuous)
+      bad_argument("duration: only continuous requests have a duration");
     e.spec.duration_s = parse_duration(it->second, config, role);
   }
   if (auto it = s.find("priority"); it != s.end()) e.spec.priority = parse_priority(it->second);
@@ -439,10 +389,10 @@ Edit parse_edit(const xmlrpc_c::value& value, const RequestSpec& current, const 
   }
   if (auto it = s.find("for"); it != s.end()) {
     double x = get_number(it->second, "for");
-    if (x <= 0) bad(fmt::format("for: {} s is not positive", fmt_number(x)));
+    if (x <= 0) bad_argument(fmt::format("for: {} s is not positive", fmt_number(x)));
     if (x > config.limits_for(role).max_duration_s)
-      bad(fmt::format("for: {} s is above the limit of {} s", fmt_number(x),
-                      fmt_number(config.limits_for(role).max_duration_s)));
+      bad_argument(fmt::format("for: {} s is above the limit of {} s", fmt_number(x),
+                               fmt_number(config.limits_for(role).max_duration_s)));
     e.for_s = x;
   }
   return e;
@@ -456,24 +406,25 @@ UtcNs parse_time(const xmlrpc_c::value& v, const std::string& name) {
     xmlrpc_datetime dt = xmlrpc_c::value_datetime(v);
     if (dt.Y < 1970 || dt.Y > 2200 || dt.M < 1 || dt.M > 12 || dt.D < 1 || dt.D > 31 || dt.h > 23 ||
         dt.m > 59 || dt.s > 60)
-      bad(fmt::format("{}: dateTime.iso8601 out of range (years 1970..2200)", name));
+      bad_argument(fmt::format("{}: dateTime.iso8601 out of range (years 1970..2200)", name));
     std::int64_t days = days_from_civil(dt.Y, dt.M, dt.D);
     std::int64_t secs = days * 86400 + dt.h * 3600 + dt.m * 60 + dt.s;
     return secs * 1'000'000'000 + static_cast<std::int64_t>(dt.u) * 1000;
   }
   if (v.type() != V::TYPE_INT && v.type() != V::TYPE_I8 && v.type() != V::TYPE_DOUBLE)
-    bad(fmt::format("{}: expected epoch seconds or dateTime.iso8601, got {}", name, type_name(v)));
+    bad_argument(
+        fmt::format("{}: expected epoch seconds or dateTime.iso8601, got {}", name, type_name(v)));
   seconds = get_number(v, name);
   if (seconds < 0 || seconds > kMaxSeconds)
-    bad(fmt::format("{}: {} is not a time between 1970 and 2261 in epoch seconds", name,
-                    fmt_number(seconds)));
+    bad_argument(fmt::format("{}: {} is not a time between 1970 and 2261 in epoch seconds", name,
+                             fmt_number(seconds)));
   return static_cast<UtcNs>(std::llround(seconds * 1e9));
 }
 
 std::uint64_t parse_id_arg(const xmlrpc_c::value& value, const std::string& name) {
   std::string id = get_string(value, name);
   auto num = parse_request_id(id);
-  if (!num) bad(fmt::format("{}: {} is not a request id (like r12)", name, quote(id)));
+  if (!num) bad_argument(fmt::format("{}: {} is not a request id (like r12)", name, in_quotes(id)));
   return *num;
 }
 

@@ -1,5 +1,8 @@
-// Validation of XML-RPC arguments: the probe.request spec, query filters,
-// times. Every check names the argument and its bound in an ApiFault.
+// Validation of the probe.* methods' arguments: the probe.request spec (tool,
+// paths, interval, tool arguments against config.limits), probe.edit changes,
+// request ids; and times, which query filters take too. Every check names the
+// argument and its bound in an ApiFault. The readers of single values they
+// share with query.* are in manager/xmlrpc_values.h.
 #pragma once
 
 #include <optional>
@@ -9,7 +12,7 @@
 
 #include "common/clock.h"
 #include "common/config.h"
-#include "manager/api_types.h"
+#include "manager/fault_codes.h"
 #include "manager/model.h"
 
 namespace flexmon::manager {
@@ -35,8 +38,5 @@ UtcNs parse_time(const xmlrpc_c::value& value, const std::string& name);
 
 // A request id argument ("r<N>"); kBadArgument if malformed.
 std::uint64_t parse_id_arg(const xmlrpc_c::value& value, const std::string& name);
-
-// The XML-RPC type name of a value, for messages ("struct", "int", ...).
-std::string type_name(const xmlrpc_c::value& value);
 
 }  // namespace flexmon::manager

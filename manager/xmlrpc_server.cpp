@@ -1,3 +1,8 @@
+// I/O model: Asio, as everywhere in the manager's networking: one event loop
+// thread reads, writes and times every connection; calls are answered on a
+// pool of blocking worker threads, because xmlrpc-c's parser and registry and
+// the SQLite reads behind query.* block (a large page takes milliseconds) and
+// would stall every other connection on the loop.
 #include "manager/xmlrpc_server.h"
 
 #include <malloc.h>

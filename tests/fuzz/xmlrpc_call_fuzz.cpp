@@ -1,7 +1,8 @@
 // libFuzzer target: an XML-RPC request body as the manager now reads it.
 // CallGuard (manager/call_guard.h) checks it; what passes goes to xmlrpc-c
-// 1.33's parser, with the manager's limits, and its parameters to the
-// argument checks of the methods (query filters, probe.request specs).
+// 1.33's parser, with the manager's limits (configure_xmlrpc_limits for the
+// config's defaults, as the manager's main sets them), and its parameters to
+// the argument checks of the methods (query filters, probe.request specs).
 // Whatever comes in: a refusal with a fault of the documented codes that
 // says something, or a call that xmlrpc-c parses (no crash, no fault: the
 // check accepts nothing that xmlrpc-c cannot read) into the method the
@@ -14,13 +15,13 @@
 #include <string_view>
 #include <variant>
 
-#include <xmlrpc-c/util.h>
 #include <xmlrpc-c/base.hpp>
 #include <xmlrpc-c/xml.hpp>
 
 #include "common/config.h"
-#include "manager/api_types.h"
 #include "manager/call_guard.h"
+#include "manager/call_handler.h"
+#include "manager/fault_codes.h"
 #include "manager/query.h"
 #include "manager/spec.h"
 
@@ -28,8 +29,6 @@ namespace {
 
 using namespace flexmon;
 using namespace flexmon::manager;
-
-constexpr unsigned kMaxNesting = 16;  // manager.max_nesting's default
 
 const Config& config() {
   static const Config c = parse_config(R"(
@@ -73,13 +72,12 @@ void check_arguments(const xmlrpc_c::paramList& params) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const bool limits_set = [] {
-    xmlrpc_limit_set(XMLRPC_XML_SIZE_LIMIT_ID, 1 << 20);
-    xmlrpc_limit_set(XMLRPC_NESTING_LIMIT_ID, kMaxNesting);
+    configure_xmlrpc_limits(config().manager);
     return true;
   }();
   (void)limits_set;
   const std::string body(reinterpret_cast<const char*>(data), size);
-  static const CallGuard guard(kMaxNesting);
+  static const CallGuard guard(config().manager.max_nesting);
   auto checked = guard.check(body);
   if (const auto* refusal = std::get_if<CallRefusal>(&checked)) {
     if (refusal->code != kParseError && refusal->code != kBadArgument)

@@ -61,7 +61,10 @@ class CallGuardTest : public ::testing::Test {
   // The answer of a CallHandler (with no methods of the API: what a body
   // costs before any method runs) to `body`.
   Fault answer(const std::string& body) {
-    if (!handler_) handler_ = std::make_unique<CallHandler>(config_, std::vector<ApiMethod>{});
+    if (!handler_) {
+      configure_xmlrpc_limits(config_.manager);
+      handler_ = std::make_unique<CallHandler>(config_, std::vector<ApiMethod>{});
+    }
     XmlAnswer out;
     handler_->answer(body, "", out);
     return fault_of(out.flattened());
@@ -400,6 +403,7 @@ eHh4
 TEST(CallGuardServer, TheManagerAnswersCrashCasesWithFaultsAndKeepsServing) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   const auto port = manager->xmlrpc_port();
   auto body_of = [](const std::string& response) {

@@ -16,10 +16,12 @@
 #include <xmlrpc-c/xml.hpp>
 
 #include "common/log.h"
-#include "manager/api_types.h"
+#include "manager/call_handler.h"
+#include "manager/fault_codes.h"
 #include "manager/manager.h"
 #include "manager/query.h"
 #include "manager/rendered_rows.h"
+#include "manager/xmlrpc_values.h"
 #include "storage/cache.h"
 #include "storage/flusher.h"
 #include "tests/manager/http_post.h"
@@ -34,6 +36,13 @@ xmlrpc_c::value str(const std::string& s) { return xmlrpc_c::value_string(s); }
 xmlrpc_c::value num(int n) { return xmlrpc_c::value_int(n); }
 
 constexpr UtcNs kT0 = 1'700'000'000'000'000'000;
+
+// A whole methodResponse around one <value>, as the manager writes it.
+std::string method_response(std::string_view value_xml) {
+  std::string out;
+  write_method_response(out, [&] { out += value_xml; });
+  return out;
+}
 
 xmlrpc_c::paramList filter(const S& f) {
   xmlrpc_c::paramList p;
@@ -682,6 +691,7 @@ std::unique_ptr<ManagerDaemon> start_manager_on_rows(const Config& config, int r
     Cache cache(config.collector.cache_db);
     store_latency(cache, 1, "n1", "n2", rows, 0, 1);
   }
+  configure_xmlrpc_limits(config.manager);
   return start_manager_daemon(config);
 }
 

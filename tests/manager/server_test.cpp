@@ -17,6 +17,7 @@
 
 #include "common/framing.h"
 #include "common/seal.h"
+#include "manager/call_handler.h"
 #include "manager/manager.h"
 #include "tests/manager/control_frames.h"
 #include "tests/manager/http_post.h"
@@ -88,6 +89,7 @@ std::string read_to_end(int fd) {
 TEST(Server, AnswersAuthenticatesAndSurvivesBadInput) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   const auto port = manager->xmlrpc_port();
 
@@ -134,6 +136,7 @@ TEST(Server, AnswersAuthenticatesAndSurvivesBadInput) {
 TEST(Server, KeepAliveServesSeveralCallsOnOneConnectionAndStopsPromptly) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   int fd = dial(manager->xmlrpc_port());
   const std::string body = method_call("probe.list");
@@ -165,6 +168,7 @@ TEST(Server, ClosesConnectionsThatSendNothingForHttpTimeout) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
   config.manager.http_timeout_s = 1;
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   const auto port = manager->xmlrpc_port();
   int silent = dial(port), half = dial(port);
@@ -190,6 +194,7 @@ TEST(Server, TrickleIsClosedAtItsRequestDeadline) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
   config.manager.http_timeout_s = 1;
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   int fd = dial(manager->xmlrpc_port());
   const std::string request =
@@ -214,6 +219,7 @@ TEST(Server, LegitimateClientIsServedWhileManyConnectionsTrickleOrIdle) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
   config.manager.max_connections_per_client = 64;
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   const auto port = manager->xmlrpc_port();
   std::vector<int> hostile;
@@ -238,6 +244,7 @@ TEST(Server, ConnectionsPerClientAreLimited) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
   config.manager.max_connections_per_client = 4;
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   const auto port = manager->xmlrpc_port();
   std::vector<int> held;
@@ -274,6 +281,7 @@ TEST(Server, ConnectionsPerClientAreLimited) {
 TEST(Server, RefusalBeforeTheBodyReachesTheClient) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);  // max_request_bytes: 65536
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   int fd = dial(manager->xmlrpc_port());
   const std::string body(400'000, 'x');
@@ -298,6 +306,7 @@ TEST(Server, RefusalBeforeTheBodyReachesTheClient) {
 TEST(Server, ChunkedBodiesAreRefusedWith411) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   const std::string body = method_call("probe.list");
   char size[16];
@@ -343,6 +352,7 @@ TEST(Server, PlainHttpOnANonLoopbackAddressDoesNotStart) {
   Config config = testing::test_config(dir);
   config.manager.xmlrpc.host = "0.0.0.0";
   try {
+    configure_xmlrpc_limits(config.manager);
     auto manager = start_manager_daemon(config);
     ADD_FAILURE() << "started plain HTTP on 0.0.0.0";
   } catch (const std::exception& e) {
@@ -356,6 +366,7 @@ using testing::read_frame;
 TEST(Server, ControlChannelRegistersAndAssigns) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
+  configure_xmlrpc_limits(config.manager);
   auto manager = start_manager_daemon(config);
   int fd = dial(manager->control_port());
   auto hello = open_hello(read_frame(fd));

@@ -9,9 +9,9 @@
 
 #include <random>
 
-#include "manager/api_types.h"
 #include "manager/core.h"
 #include "manager/cost.h"
+#include "manager/fault_codes.h"
 #include "tests/manager/test_config.h"
 
 namespace flexmon::manager {

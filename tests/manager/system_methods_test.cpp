@@ -11,6 +11,7 @@
 #include <xmlrpc-c/base.hpp>
 #include <xmlrpc-c/xml.hpp>
 
+#include "manager/call_handler.h"
 #include "manager/manager.h"
 #include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
@@ -32,6 +33,7 @@ class SystemMethodsTest : public ::testing::Test {
     // The manager's request limit is xmlrpc-c's process-wide XML limit, also
     // for this test's reading of answers: 100 calls' answers exceed 64 KiB.
     config_.manager.max_request_bytes = 1 << 20;
+    configure_xmlrpc_limits(config_.manager);
     manager_ = start_manager_daemon(config_);
   }
   void TearDown() override {

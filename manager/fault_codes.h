@@ -1,5 +1,6 @@
-// The XML-RPC API's fault codes and the exception that carries one to the
-// method boundary. Reference: schemas/xmlrpc-api.md.
+// The XML-RPC API's numbered fault codes and ApiFault, the exception that
+// carries one from inside a method to the call's boundary (CallHandler), where
+// it becomes an XML-RPC fault. Reference: schemas/xmlrpc-api.md.
 #pragma once
 
 #include <stdexcept>
