@@ -199,18 +199,19 @@ value request_value(const Request& r, const Cost* charged) {
   return xmlrpc_c::value_struct(s);
 }
 
-std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryService& queries) {
+std::vector<ApiMethod> api_methods(const Config& config, RequestBook& book, const Fleet& fleet,
+                                   QueryService& queries) {
   std::vector<ApiMethod> methods;
   auto visible = [](const Request& r, const UserConfig& caller) {
     return r.owner == caller.name || caller.role == Role::admin;
   };
 
   methods.push_back({"probe.request", "S:S", kSpecHelp,
-                     [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+                     [&config, &book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
                        expect_params(p, 1, 1, "probe.request", "spec");
                        RequestSpec spec = parse_spec(p[0], config, caller.role);
                        const bool dry_run = is_dry_run(p[0]);
-                       Admission a = core.admit(caller, spec, dry_run);
+                       AdmissionAnswer a = book.admit(caller, spec, dry_run);
                        xmlrpc_c::cstruct out{
                            {"paths", integer(static_cast<std::int64_t>(a.paths))},
                            {"streams", integer(static_cast<std::int64_t>(a.paths))},
@@ -237,17 +238,17 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "has any of interval, duration, priority, args (merged into the current ones) and for "
        "(seconds: the change is temporary, then the request returns to what it was). Checked "
        "like probe.request. Faults: 4001, 4010, 4030, 4040, 4290, 4291.",
-       [&config, &core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&config, &book, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 2, 2, "probe.edit", "id, changes");
          auto num = parse_id_arg(p[0], "id");
-         auto r = core.find(num);
+         auto r = book.find(num);
          if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
          if (!visible(*r, caller))
            throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
          const UserConfig* owner = config.find_user(r->owner);
          Edit e = parse_edit(p[1], r->spec, config, owner ? owner->role : caller.role);
-         Request updated = core.edit(num, caller, e.spec, e.for_s);
-         Cost charged = core.charged(updated);
+         Request updated = book.edit(num, caller, e.spec, e.for_s);
+         Cost charged = book.charged(updated);
          return request_value(updated, &charged);
        },
        nullptr, kRequesters});
@@ -258,7 +259,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "limit now: requests, paths (each {used, limit}), bps and bytes_per_day (each {reserved: "
        "sum of the requests' costs alone, charged: their shares of the running streams, "
        "budget: 0 = unlimited}). Faults: 4001, 4010, 4030.",
-       [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&config, &book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 0, 1, "user.usage", "user");
          std::string name = caller.name;
          if (p.size() == 1) {
@@ -269,7 +270,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
              throw ApiFault(kNotPermitted, "user: only an admin may read another user's usage");
            if (!config.find_user(name)) throw ApiFault(kBadArgument, "user: no such user");
          }
-         Usage u = core.usage(name);
+         Usage u = book.usage(name);
          auto pair = [](double used, double limit) {
            return xmlrpc_c::value_struct({{"used", dbl(used)}, {"limit", dbl(limit)}});
          };
@@ -297,14 +298,14 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "temporary (a pending revert: until, interval, priority), charged (its share of the "
        "running streams: bps, bytes_per_day). Faults: 4001, 4010, 4030 not yours, 4040 no such "
        "request.",
-       [&core, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&book, visible](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 1, 1, "probe.get", "id");
          auto num = parse_id_arg(p[0], "id");
-         auto r = core.find(num);
+         auto r = book.find(num);
          if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
          if (!visible(*r, caller))
            throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
-         Cost charged = core.charged(*r);
+         Cost charged = book.charged(*r);
          return request_value(*r, &charged);
        },
        nullptr, kRequesters});
@@ -313,13 +314,13 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
       {"probe.list", "A:",
        "probe.list() -> array. The caller's requests (every request for an admin), oldest "
        "first, each as probe.get returns it. Faults: 4010.",
-       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 0, 0, "probe.list", "none");
          auto requests =
-             core.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
+             book.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
          xmlrpc_c::carray out;
          for (const auto& r : requests) {
-           Cost charged = core.charged(r);
+           Cost charged = book.charged(r);
            out.push_back(request_value(r, &charged));
          }
          return value(xmlrpc_c::value_array(out));
@@ -331,9 +332,9 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "probe.cancel(id) -> {id, state}. Cancels an active request of the caller (an admin may "
        "cancel any); a finished request is returned in its state. Faults: 4001, 4010, 4030, "
        "4040.",
-       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 1, 1, "probe.cancel", "id");
-         Request r = core.cancel(parse_id_arg(p[0], "id"), caller);
+         Request r = book.cancel(parse_id_arg(p[0], "id"), caller);
          return value(
              xmlrpc_c::value_struct({{"id", str(r.id())}, {"state", str(state_name(r.state))}}));
        },
@@ -343,10 +344,10 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
                      "node.list() -> array of {id, site, address, state (alive, suspect, "
                      "dead), last_contact, load, streams, skipped_slots, shortfall, "
                      "behind_streams, paused_streams, cost}. Faults: 4010.",
-                     [&core](const UserConfig&, const xmlrpc_c::paramList& p) {
+                     [&fleet](const UserConfig&, const xmlrpc_c::paramList& p) {
                        expect_params(p, 0, 0, "node.list", "none");
                        xmlrpc_c::carray out;
-                       for (const auto& n : core.nodes()) out.push_back(node_value(n));
+                       for (const auto& n : fleet.nodes()) out.push_back(node_value(n));
                        return value(xmlrpc_c::value_array(out));
                      },
                      nullptr, kEveryone});

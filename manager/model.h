@@ -92,6 +92,9 @@ struct Request {
   std::string id() const { return "r" + std::to_string(num); }
 };
 
+// Requests by number, oldest first.
+using RequestMap = std::map<std::uint64_t, Request>;
+
 // Parses "r<N>" (N >= 1, no sign or leading zeros); nullopt if malformed.
 std::optional<std::uint64_t> parse_request_id(std::string_view id);
 
