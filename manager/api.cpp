@@ -156,12 +156,12 @@ std::string role_refusal(const std::string& method, Role caller_role,
 
 value request_value(const Request& r, const Cost* charged) {
   xmlrpc_c::cstruct args;
-  if (r.spec.tool == "abw") {
+  if (r.spec.tool == Tool::kAbw) {
     const auto& a = r.spec.abw;
     args = {{"max_rate_bps", dbl(static_cast<double>(a.max_rate_bps))},
             {"max_bytes", dbl(static_cast<double>(a.max_bytes))},
             {"max_duration_ms", integer(a.max_duration_ms)}};
-  } else if (r.spec.tool == "throughput") {
+  } else if (r.spec.tool == Tool::kThroughput) {
     const auto& t = r.spec.throughput;
     args = {{"duration_ms", integer(t.duration_ms)},
             {"max_bytes", dbl(static_cast<double>(t.max_bytes))}};
@@ -179,7 +179,7 @@ value request_value(const Request& r, const Cost* charged) {
     paths.push_back(xmlrpc_c::value_array({str(p.src), str(p.dst)}));
   xmlrpc_c::cstruct s{{"id", str(r.id())},
                       {"owner", str(r.owner)},
-                      {"tool", str(r.spec.tool)},
+                      {"tool", str(tool_name(r.spec.tool))},
                       {"mode", str(mode_name(r.spec.mode))},
                       {"state", str(state_name(r.state))},
                       {"interval", xmlrpc_c::value_double(r.spec.interval_s)},

@@ -12,6 +12,7 @@
 
 #include "common/clock.h"
 #include "common/config.h"
+#include "common/tool.h"
 #include "wire.pb.h"
 
 namespace flexmon::manager {
@@ -58,7 +59,7 @@ struct Path {
 
 // A validated probe.request spec (see manager/spec.h).
 struct RequestSpec {
-  std::string tool = "latency";  // "latency", "abw" or "throughput"
+  Tool tool = Tool::kLatency;
   Mode mode = Mode::continuous;
   double interval_s = 0;             // 0: not given (one-shot only)
   std::optional<double> duration_s;  // continuous only

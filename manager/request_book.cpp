@@ -161,7 +161,7 @@ AdmissionAnswer RequestBook::admit(const UserConfig& caller, const RequestSpec& 
   }
   cv_.notify_all();
   log()->info("request {} by {}: {} {} {} paths, interval {} s, {:.0f} bit/s alone, +{:.0f} bit/s",
-              r.id(), caller.name, spec.tool, mode_name(spec.mode), spec.paths.size(),
+              r.id(), caller.name, tool_name(spec.tool), mode_name(spec.mode), spec.paths.size(),
               spec.interval_s, a.standalone.bps, a.added.bps);
   a.request = std::move(r);
   return a;

@@ -221,23 +221,23 @@ ThroughputArgs parse_throughput_args(const xmlrpc_c::cstruct* args, const Limits
 
 // Parses `args` for spec.tool into spec, starting from what spec has.
 void parse_tool_args(const xmlrpc_c::cstruct* args, const Limits& limits, RequestSpec& spec) {
-  if (spec.tool == "abw")
+  if (spec.tool == Tool::kAbw)
     spec.abw = parse_abw_args(args, limits, spec.abw);
-  else if (spec.tool == "throughput")
+  else if (spec.tool == Tool::kThroughput)
     spec.throughput = parse_throughput_args(args, limits, spec.throughput);
   else
     spec.latency = parse_latency_args(args, limits, spec.latency);
 }
 
 // The shortest interval for a tool and role.
-double min_interval(const std::string& tool, const Config& config, Role role) {
+double min_interval(Tool tool, const Config& config, Role role) {
   double m = config.limits_for(role).min_interval_s;
-  if (tool == "abw") m = std::max(m, config.limits.abw.min_interval_s);
-  if (tool == "throughput") m = std::max(m, config.limits.throughput.min_interval_s);
+  if (tool == Tool::kAbw) m = std::max(m, config.limits.abw.min_interval_s);
+  if (tool == Tool::kThroughput) m = std::max(m, config.limits.throughput.min_interval_s);
   return m;
 }
 
-double parse_interval(const V& v, const std::string& tool, const Config& config, Role role) {
+double parse_interval(const V& v, Tool tool, const Config& config, Role role) {
   double x = get_number(v, "interval");
   const double low = min_interval(tool, config, role);
   if (x < low)
@@ -355,10 +355,12 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
   RequestSpec spec;
   auto tool = s.find("tool");
   if (tool == s.end()) bad("tool: missing (supported: latency, abw, throughput)");
-  spec.tool = get_string(tool->second, "tool");
-  if (spec.tool != "latency" && spec.tool != "abw" && spec.tool != "throughput")
+  const std::string tool_text = get_string(tool->second, "tool");
+  if (auto t = parse_tool(tool_text))
+    spec.tool = *t;
+  else
     bad(fmt::format("tool: {} is not a supported tool (supported: latency, abw, throughput)",
-                    quote(spec.tool)));
+                    quote(tool_text)));
 
   if (auto it = s.find("mode"); it != s.end()) {
     std::string mode = get_string(it->second, "mode");

@@ -257,9 +257,10 @@ void StreamIndex::retry_held() {
 void StreamIndex::set_history(History history) {
   history_ = std::move(history);
   for (auto& [key, e] : streams_) {
-    if (e.stream.tool() != "abw" && e.stream.tool() != "throughput") continue;
+    const auto tool = parse_tool(e.stream.tool());
+    if (!tool || !is_bandwidth_tool(*tool)) continue;
     RequestSpec spec;
-    spec.tool = e.stream.tool();
+    spec.tool = *tool;
     spec.abw = {e.stream.abw().max_rate_bps(), e.stream.abw().max_bytes(),
                 e.stream.abw().max_duration_ms()};
     spec.throughput = {e.stream.throughput().duration_ms(), e.stream.throughput().max_bytes()};

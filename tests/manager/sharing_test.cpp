@@ -17,9 +17,9 @@
 namespace flexmon::manager {
 namespace {
 
-RequestSpec spec(double interval, std::vector<Path> paths, std::string tool = "latency") {
+RequestSpec spec(double interval, std::vector<Path> paths, Tool tool = Tool::kLatency) {
   RequestSpec s;
-  s.tool = std::move(tool);
+  s.tool = tool;
   s.interval_s = interval;
   s.paths = std::move(paths);
   return s;
@@ -94,14 +94,14 @@ TEST(ChargingRule, TheBookChargesSharersByTheRule) {
 }
 
 TEST(CostModel, ArgumentsAndHistory) {
-  RequestSpec abw = spec(60, {{"n1", "n2"}}, "abw");
+  RequestSpec abw = spec(60, {{"n1", "n2"}}, Tool::kAbw);
   abw.abw = {8'000'000, 5'000'000, 1000};  // 1 MB by rate x duration, below max_bytes
   EXPECT_DOUBLE_EQ(measurement_bytes(abw, abw.paths[0], nullptr), 1'000'000);
   History h{{{"abw", "n1", "n2"}, 250'000}};
   EXPECT_DOUBLE_EQ(measurement_bytes(abw, abw.paths[0], &h), 250'000);
   h[{"abw", "n1", "n2"}] = 9e9;  // never above the arguments' bound
   EXPECT_DOUBLE_EQ(measurement_bytes(abw, abw.paths[0], &h), 1'000'000);
-  RequestSpec tp = spec(300, {{"n1", "n2"}}, "throughput");
+  RequestSpec tp = spec(300, {{"n1", "n2"}}, Tool::kThroughput);
   EXPECT_DOUBLE_EQ(measurement_bytes(tp, tp.paths[0], nullptr), 10'000'000);
   RequestSpec tcp = spec(10, {{"n1", "n2"}});
   tcp.latency.method = "tcp";
@@ -429,7 +429,7 @@ TEST(Restart, MidRunLosesNoRequest) {
   std::vector<std::uint64_t> nums;
   for (int i = 0; i < 20; ++i) {
     auto s = spec(1 + i, {{"n1", "n2"}, {"n2", "n3"}});
-    if (i % 3 == 0) s.tool = "abw", s.interval_s = 60 + i;
+    if (i % 3 == 0) s.tool = Tool::kAbw, s.interval_s = 60 + i;
     if (i % 4 == 0) s.priority = i;
     nums.push_back(lab.book->add_request(i % 2 ? "bob" : "alice", s).num);
   }
