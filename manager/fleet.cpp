@@ -38,7 +38,7 @@ Liveness liveness(std::optional<double> age, double dead_after_s) {
   return Liveness::dead;
 }
 
-Fleet::Fleet(const Config& config, const Clock& clock, std::mutex& mu, RequestMap& requests,
+Fleet::Fleet(const Config& config, const TimeSource& clock, std::mutex& mu, RequestMap& requests,
              StreamIndex& index, std::function<void()> wake_housekeeping)
     : config_(config),
       clock_(clock),

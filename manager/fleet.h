@@ -62,7 +62,7 @@ class Fleet {
   // `mu` guards `requests` and `index` (the book's); `wake_housekeeping` is
   // called, without the lock, when a one-shot request got every path
   // delivered (the book's housekeeping marks it done).
-  Fleet(const Config& config, const Clock& clock, std::mutex& mu, RequestMap& requests,
+  Fleet(const Config& config, const TimeSource& clock, std::mutex& mu, RequestMap& requests,
         StreamIndex& index, std::function<void()> wake_housekeeping);
 
   // Set before the control channel starts; may be null (tests).
@@ -113,7 +113,7 @@ class Fleet {
   void touch_locked(const std::string& node);
 
   const Config& config_;
-  const Clock& clock_;
+  const TimeSource& clock_;
   std::mutex& mu_;
   RequestMap& requests_;  // mu_
   StreamIndex& index_;    // mu_

@@ -22,7 +22,8 @@ constexpr std::int64_t kHistorySpanNs = 86'400'000'000'000;
 
 }  // namespace
 
-RequestBook::RequestBook(const Config& config, std::unique_ptr<RequestStore> store, Clock clock)
+RequestBook::RequestBook(const Config& config, std::unique_ptr<RequestStore> store,
+                         TimeSource clock)
     : config_(config),
       clock_(std::move(clock)),
       store_(std::move(store)),

@@ -59,7 +59,7 @@ class RequestBook {
  public:
   // Loads every stored request; `clock` is read for creation times,
   // temporary edits, expiries and liveness.
-  RequestBook(const Config& config, std::unique_ptr<RequestStore> store, Clock clock = {});
+  RequestBook(const Config& config, std::unique_ptr<RequestStore> store, TimeSource clock = {});
   RequestBook(const RequestBook&) = delete;
   RequestBook& operator=(const RequestBook&) = delete;
 
@@ -120,7 +120,7 @@ class RequestBook {
   void wake_housekeeping();
 
   const Config& config_;
-  const Clock clock_;
+  const TimeSource clock_;
   std::unique_ptr<RequestStore> store_;
   mutable std::mutex store_mu_;  // guards store_ and every change of a request's state
 

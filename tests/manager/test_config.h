@@ -24,7 +24,7 @@ inline const std::string kSvcAuth = "Basic c3ZjOnN2Yy10b2tlbi0wMTIzNDU2Nzg5YWJjZ
 // A clock the test steps: UTC time is `utc_ns`, the monotonic clock runs.
 struct SteppedClock {
   UtcNs utc_ns = utc_now_ns();
-  Clock clock() {
+  TimeSource clock() {
     return {[this] { return utc_ns; }, MonoClock::now};
   }
 };
