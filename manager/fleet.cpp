@@ -91,23 +91,12 @@ std::vector<NodeView> Fleet::nodes() const {
   return out;
 }
 
-void Fleet::set_node_dead_for_test(const std::string& node, bool dead) {
-  std::lock_guard lock(mu_);
-  if (dead)
-    forced_dead_.insert(node);
-  else
-    forced_dead_.erase(node);
-  index_.set_dead(node, dead);
-  publish_locked();
-}
-
 void Fleet::update_liveness_locked() {
   const auto now = clock_.mono();
   for (const auto& n : config_.nodes) {
     const NodeState& s = nodes_[n.id];
     auto since = s.last_contact_mono ? *s.last_contact_mono : started_;
     bool dead = std::chrono::duration<double>(now - since).count() >= config_.manager.dead_after_s;
-    if (forced_dead_.contains(n.id)) dead = true;
     if (dead != index_.dead(n.id))
       log()->info("node {}: {}; its streams {}", n.id, dead ? "dead" : "alive again",
                   dead ? "pause" : "resume");
@@ -163,7 +152,7 @@ void Fleet::touch_locked(const std::string& node) {
   NodeState& n = nodes_[node];
   n.last_contact_mono = clock_.mono();
   n.last_contact_utc = clock_.utc();
-  if (index_.dead(node) && !forced_dead_.contains(node)) {
+  if (index_.dead(node)) {
     log()->info("node {}: alive again; its streams resume", node);
     index_.set_dead(node, false);
   }

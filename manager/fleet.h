@@ -79,8 +79,6 @@ class Fleet {
 
   // Every configured node as node.list shows it (takes the lock).
   std::vector<NodeView> nodes() const;
-  // Marks a node dead or alive as liveness would (tests; takes the lock).
-  void set_node_dead_for_test(const std::string& node, bool dead);
 
   // --- For the book, with the lock held.
   // Sends each prober whose running set changed its new set.
@@ -124,7 +122,6 @@ class Fleet {
   std::map<std::string, std::map<std::uint64_t, std::vector<Sent>>> inflight_;  // node, generation
   std::map<std::uint64_t, std::set<Path>> delivered_;  // one-shot paths per request
   std::uint64_t generation_;
-  std::set<std::string> forced_dead_;  // tests
   AssignmentSink* sink_ = nullptr;
 };
 

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <set>
 
 #include "manager/api_types.h"
 #include "manager/cost.h"
@@ -44,9 +45,27 @@ struct Lab {
   testing::SteppedClock clock;
   std::unique_ptr<RequestBook> book;
   Lab() { config.limits.max_paths_per_request = 100; }
+  std::set<std::string> dead;
   void open() {
     book = std::make_unique<RequestBook>(config, std::make_unique<RequestStore>(dir / "s.db"),
                                          clock.clock());
+    dead.clear();
+  }
+  // Kills or revives `node` as liveness does: a node not heard from for
+  // dead_after_s is dead (the others send heartbeats meanwhile); a
+  // heartbeat brings it back.
+  void set_dead(const std::string& node, bool is_dead) {
+    if (!is_dead) {
+      dead.erase(node);
+      book->fleet().on_heartbeat(node, {});
+      return;
+    }
+    dead.insert(node);
+    clock.mono += std::chrono::duration_cast<MonoClock::duration>(
+        std::chrono::duration<double>(config.manager.dead_after_s));
+    for (const auto& n : config.nodes)
+      if (!dead.contains(n.id)) book->fleet().on_heartbeat(n.id, {});
+    book->housekeeping();
   }
   const UserConfig& bob() const { return *config.find_user("bob"); }
   const UserConfig& alice() const { return *config.find_user("alice"); }
@@ -202,7 +221,7 @@ TEST(Liveness, StreamsOfADeadNodePauseStopCountingAndResume) {
   RequestBook& book = *lab.book;
   book.add_request("bob", spec(1, {{"n1", "n2"}, {"n2", "n3"}}));
   EXPECT_NEAR(book.global_cost().bps, 2 * latency_bps(1), 1e-6);
-  book.fleet().set_node_dead_for_test("n1", true);
+  lab.set_dead("n1", true);
   EXPECT_TRUE(book.current_streams()["n1"].empty());
   EXPECT_EQ(book.current_streams()["n2"].size(), 1u);
   EXPECT_NEAR(book.global_cost().bps, latency_bps(1), 1e-6);
@@ -210,7 +229,7 @@ TEST(Liveness, StreamsOfADeadNodePauseStopCountingAndResume) {
   book.add_request("alice", spec(1, {{"n3", "n2"}}));
   EXPECT_NEAR(book.global_cost().bps, 2 * latency_bps(1), 1e-6);
   // ...and then the returning node's stream is held, not over the budget.
-  book.fleet().set_node_dead_for_test("n1", false);
+  lab.set_dead("n1", false);
   EXPECT_TRUE(book.current_streams()["n1"].empty());
   EXPECT_LE(book.global_cost().bps, lab.config.budgets.global.bps);
   auto nodes = book.fleet().nodes();
@@ -230,9 +249,9 @@ TEST(Edit, HeldStreamDoesNotResumeOnTheBudgetAnEditFreesForAMoment) {
   RequestBook& book = *lab.book;
   auto a = book.add_request("alice", spec(1, {{"n1", "n2"}}));
   book.add_request("bob", spec(1, {{"n1", "n3"}}));
-  book.fleet().set_node_dead_for_test("n3", true);
+  lab.set_dead("n3", true);
   book.add_request("bob", spec(1, {{"n2", "n1"}}));
-  book.fleet().set_node_dead_for_test("n3", false);  // n1 is full: n1 -> n3 stays held
+  lab.set_dead("n3", false);  // n1 is full: n1 -> n3 stays held
   ASSERT_NEAR(book.node_cost("n1").bps, 2 * latency_bps(1), 1e-6);
 
   RequestSpec same_cost = a.spec;
@@ -255,9 +274,9 @@ TEST(Edit, AStreamHeldForBudgetStaysHeldWhenItsRequestIsEdited) {
   RequestBook& book = *lab.book;
   book.add_request("alice", spec(1, {{"n1", "n2"}}));
   book.add_request("alice", spec(1, {{"n2", "n1"}}));
-  book.fleet().set_node_dead_for_test("n3", true);
+  lab.set_dead("n3", true);
   auto held = book.add_request("bob", spec(10, {{"n1", "n3"}}));
-  book.fleet().set_node_dead_for_test("n3", false);  // n1 is full: n1 -> n3 is held
+  lab.set_dead("n3", false);  // n1 is full: n1 -> n3 is held
   ASSERT_EQ(book.fleet().nodes()[0].paused_streams, 1u);
 
   RequestSpec faster = held.spec;
@@ -374,7 +393,7 @@ TEST(Invariants, RandomSequencesKeepBudgetsServeEveryRequestAndMatchTheReference
         lab.clock.utc_ns += static_cast<UtcNs>(1 + pick(8)) * 1'000'000'000;  // expiries, reverts
         book.housekeeping();
       } else if (op == 8) {
-        book.fleet().set_node_dead_for_test(ids[pick(ids.size())], pick(3) == 0);
+        lab.set_dead(ids[pick(ids.size())], pick(3) == 0);
       }
 
       // The incremental index equals a derivation from scratch.

@@ -21,11 +21,12 @@ inline const std::string kCarolAuth = "Basic Y2Fyb2w6Y2Fyb2wtdG9rZW4tMDEyMzQ1Njc
 // svc (service): svc-token-0123456789abcdef
 inline const std::string kSvcAuth = "Basic c3ZjOnN2Yy10b2tlbi0wMTIzNDU2Nzg5YWJjZGVm";
 
-// A clock the test steps: UTC time is `utc_ns`, the monotonic clock runs.
+// Clocks the test steps: UTC time is `utc_ns`, monotonic time `mono`.
 struct SteppedClock {
   UtcNs utc_ns = utc_now_ns();
+  MonoClock::time_point mono = MonoClock::now();
   TimeSource clock() {
-    return {[this] { return utc_ns; }, MonoClock::now};
+    return {[this] { return utc_ns; }, [this] { return mono; }};
   }
 };
 
