@@ -1,12 +1,12 @@
 // Admission and stream recomputation on a 300-node testbed with overlapping
-// meshes: the time of Core::admit() (checks, SQLite insert, incremental
+// meshes: the time of RequestBook::admit() (checks, SQLite insert, incremental
 // stream update, assignments built for the changed probers) for requests
 // around the 10,000th. Prints figures one per line.
 #include <chrono>
 
 #include "bench/manager_bench_util.h"
 #include "common/log.h"
-#include "manager/core.h"
+#include "manager/request_book.h"
 
 using namespace flexmon;
 using namespace flexmon::manager;
@@ -29,10 +29,10 @@ int main(int argc, char** argv) {
   logger("manager")->set_level(spdlog::level::warn);
   auto dir = bench::temp_dir("flexmon-admission-bench");
   Config config = bench::config_with_nodes(dir, nodes);
-  Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
+  RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"));
   CountingSink sink;
-  core.set_sink(&sink);
-  for (int i = 1; i <= nodes; ++i) core.on_register(fmt::format("n{}", i), i);
+  book.fleet().set_sink(&sink);
+  for (int i = 1; i <= nodes; ++i) book.fleet().on_register(fmt::format("n{}", i), i);
   std::mt19937 rng(42);
   const double intervals[] = {10, 30, 60, 300};
   std::vector<double> ms;
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     UserConfig caller{fmt::format("u{}", k % 64), {}, Role::user};
     const std::size_t before = sink.assignments;
     auto t0 = std::chrono::steady_clock::now();
-    core.admit(caller, spec, false);
+    book.admit(caller, spec, false);
     auto t1 = std::chrono::steady_clock::now();
     if (k > requests - 200) {
       ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     }
   }
   std::size_t streams = 0;
-  for (const auto& [n, s] : core.current_streams()) streams += s.size();
+  for (const auto& [n, s] : book.current_streams()) streams += s.size();
   fmt::print("nodes {}\nrequests {}\npaths_per_request {}\nstreams {}\n", nodes, requests,
              mesh * (mesh - 1), streams);
   fmt::print("assignments_per_admission {:.1f}\n", static_cast<double>(pushed) / ms.size());

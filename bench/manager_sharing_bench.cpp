@@ -6,7 +6,7 @@
 
 #include "bench/manager_bench_util.h"
 #include "common/log.h"
-#include "manager/core.h"
+#include "manager/request_book.h"
 
 using namespace flexmon;
 using namespace flexmon::manager;
@@ -17,7 +17,7 @@ int main() {
   for (int k : {1, 2, 4, 8, 16, 32, 64}) {
     auto dir = bench::temp_dir("flexmon-sharing-bench");
     Config config = bench::config_with_nodes(dir, 20);
-    Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
+    RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"));
     std::mt19937 rng(k);
     const double intervals[] = {1, 2, 5, 10, 30, 60};
     double asked = 0;
@@ -34,7 +34,7 @@ int main() {
       for (int s : ids)
         for (int d : ids)
           if (s != d) spec.paths.push_back({fmt::format("n{}", s), fmt::format("n{}", d)});
-      core.add_request(fmt::format("u{}", u), spec);
+      book.add_request(fmt::format("u{}", u), spec);
       for (const auto& p : spec.paths) {
         double packets = spec.latency.count * hour / spec.interval_s;
         asked += packets;
@@ -43,7 +43,7 @@ int main() {
       }
     }
     double sent = 0;
-    for (const auto& [node, streams] : core.current_streams())
+    for (const auto& [node, streams] : book.current_streams())
       for (const auto& s : streams) sent += s.latency().count() * hour / s.interval_s();
     double needed = 0;
     for (const auto& [key, n] : need) needed += n;

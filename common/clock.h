@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace flexmon {
@@ -18,6 +19,13 @@ inline UtcNs utc_now_ns() {
 }
 
 using MonoClock = std::chrono::steady_clock;
+
+// The clocks a component reads where its behaviour depends on time
+// (housekeeping, liveness, expiries), so that tests can step them.
+struct TimeSource {
+  std::function<UtcNs()> utc = utc_now_ns;
+  std::function<MonoClock::time_point()> mono = MonoClock::now;
+};
 
 // "2026-11-22T06:30:00.123456789Z"
 std::string format_utc(UtcNs t);

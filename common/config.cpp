@@ -604,11 +604,6 @@ EffectiveLimits Config::limits_for(Role role) const {
           r.netns ? r.netns_key : "limits.netns"};
 }
 
-Budget Config::budget_for_user(const std::string& name) const {
-  auto it = budgets.users.find(name);
-  return it == budgets.users.end() ? budgets.user : it->second;
-}
-
 Config parse_config(const std::string& text, const std::string& name,
                     const std::filesystem::path& base_dir) {
   YAML::Node root;

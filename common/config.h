@@ -276,8 +276,6 @@ struct Config {
   std::uint16_t responder_port(const NodeConfig& node) const;
   // The request limits of `role`.
   EffectiveLimits limits_for(Role role) const;
-  // The budget of user `name`.
-  Budget budget_for_user(const std::string& name) const;
 };
 
 // Reads and validates a config file. Throws ConfigError naming file, line and

@@ -124,9 +124,10 @@ std::string role_list(const std::vector<Role>& roles) {
 
 // The request that the argument `id` names, when the caller may see it: it
 // is theirs, or the caller is an admin. Throws 4001, 4040, 4030.
-Request visible_request(const Core& core, const xmlrpc_c::value& id, const UserConfig& caller) {
+Request visible_request(const RequestBook& book, const xmlrpc_c::value& id,
+                        const UserConfig& caller) {
   const auto num = parse_id_arg(id, "id");
-  auto r = core.find(num);
+  auto r = book.find(num);
   if (!r) throw ApiFault(kNoSuchRequest, fmt::format("no request r{}", num));
   if (r->owner != caller.name && caller.role != Role::admin)
     throw ApiFault(kNotPermitted, fmt::format("request r{} belongs to another user", num));
@@ -134,8 +135,8 @@ Request visible_request(const Core& core, const xmlrpc_c::value& id, const UserC
 }
 
 // A request as probe.get returns it, with its share of the running streams.
-value charged_request_value(const Core& core, const Request& r) {
-  const Cost charged = core.charged(r);
+value charged_request_value(const RequestBook& book, const Request& r) {
+  const Cost charged = book.charged(r);
   return request_value(r, &charged);
 }
 
@@ -176,8 +177,7 @@ std::string role_refusal(const std::string& method, Role caller_role,
 
 value request_value(const Request& r, const Cost* charged) {
   xmlrpc_c::cstruct args;
-  // A stored spec's tool is one parse_spec accepted; latency is the default.
-  switch (parse_tool(r.spec.tool).value_or(Tool::kLatency)) {
+  switch (r.spec.tool) {
     case Tool::kAbw: {
       const auto& a = r.spec.abw;
       args = {{"max_rate_bps", dbl(static_cast<double>(a.max_rate_bps))},
@@ -207,7 +207,7 @@ value request_value(const Request& r, const Cost* charged) {
     paths.push_back(xmlrpc_c::value_array({str(p.src), str(p.dst)}));
   xmlrpc_c::cstruct s{{"id", str(r.id())},
                       {"owner", str(r.owner)},
-                      {"tool", str(r.spec.tool)},
+                      {"tool", str(tool_name(r.spec.tool))},
                       {"mode", str(mode_name(r.spec.mode))},
                       {"state", str(state_name(r.state))},
                       {"interval", xmlrpc_c::value_double(r.spec.interval_s)},
@@ -227,15 +227,16 @@ value request_value(const Request& r, const Cost* charged) {
   return xmlrpc_c::value_struct(s);
 }
 
-std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryService& queries) {
+std::vector<ApiMethod> api_methods(const Config& config, RequestBook& book, const Fleet& fleet,
+                                   QueryService& queries) {
   std::vector<ApiMethod> methods;
 
   methods.push_back({"probe.request", "S:S", kSpecHelp,
-                     [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+                     [&config, &book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
                        expect_params(p, 1, 1, "probe.request", "spec");
                        RequestSpec spec = parse_spec(p[0], config, caller.role);
                        const bool dry_run = is_dry_run(p[0]);
-                       Admission a = core.admit(caller, spec, dry_run);
+                       AdmissionAnswer a = book.admit(caller, spec, dry_run);
                        xmlrpc_c::cstruct out{
                            {"paths", integer(static_cast<std::int64_t>(a.paths))},
                            {"streams", integer(static_cast<std::int64_t>(a.paths))},
@@ -262,12 +263,12 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "has any of interval, duration, priority, args (merged into the current ones) and for "
        "(seconds: the change is temporary, then the request returns to what it was). Checked "
        "like probe.request. Faults: 4001, 4010, 4030, 4040, 4290, 4291.",
-       [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&config, &book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 2, 2, "probe.edit", "id, changes");
-         const Request r = visible_request(core, p[0], caller);
+         const Request r = visible_request(book, p[0], caller);
          const UserConfig* owner = config.find_user(r.owner);
          Edit e = parse_edit(p[1], r.spec, config, owner ? owner->role : caller.role);
-         return charged_request_value(core, core.edit(r.num, caller, e.spec, e.for_s));
+         return charged_request_value(book, book.edit(r.num, caller, e.spec, e.for_s));
        },
        nullptr, kRequesters});
 
@@ -277,7 +278,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "limit now: requests, paths (each {used, limit}), bps and bytes_per_day (each {reserved: "
        "sum of the requests' costs alone, charged: their shares of the running streams, "
        "budget: 0 = unlimited}). Faults: 4001, 4010, 4030.",
-       [&config, &core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&config, &book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 0, 1, "user.usage", "user");
          std::string name = caller.name;
          if (p.size() == 1) {
@@ -286,7 +287,7 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
              throw ApiFault(kNotPermitted, "user: only an admin may read another user's usage");
            if (!config.find_user(name)) throw ApiFault(kBadArgument, "user: no such user");
          }
-         Usage u = core.usage(name);
+         Usage u = book.usage(name);
          auto pair = [](double used, double limit) {
            return xmlrpc_c::value_struct({{"used", dbl(used)}, {"limit", dbl(limit)}});
          };
@@ -314,9 +315,9 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "temporary (a pending revert: until, interval, priority), charged (its share of the "
        "running streams: bps, bytes_per_day). Faults: 4001, 4010, 4030 not yours, 4040 no such "
        "request.",
-       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 1, 1, "probe.get", "id");
-         return charged_request_value(core, visible_request(core, p[0], caller));
+         return charged_request_value(book, visible_request(book, p[0], caller));
        },
        nullptr, kRequesters});
 
@@ -324,12 +325,12 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
       {"probe.list", "A:",
        "probe.list() -> array. The caller's requests (every request for an admin), oldest "
        "first, each as probe.get returns it. Faults: 4010.",
-       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 0, 0, "probe.list", "none");
          auto requests =
-             core.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
+             book.list(caller.role == Role::admin ? std::nullopt : std::optional(caller.name));
          xmlrpc_c::carray out;
-         for (const auto& r : requests) out.push_back(charged_request_value(core, r));
+         for (const auto& r : requests) out.push_back(charged_request_value(book, r));
          return value(xmlrpc_c::value_array(out));
        },
        nullptr, kRequesters});
@@ -339,9 +340,9 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
        "probe.cancel(id) -> {id, state}. Cancels an active request of the caller (an admin may "
        "cancel any); a finished request is returned in its state. Faults: 4001, 4010, 4030, "
        "4040.",
-       [&core](const UserConfig& caller, const xmlrpc_c::paramList& p) {
+       [&book](const UserConfig& caller, const xmlrpc_c::paramList& p) {
          expect_params(p, 1, 1, "probe.cancel", "id");
-         Request r = core.cancel(parse_id_arg(p[0], "id"), caller);
+         Request r = book.cancel(parse_id_arg(p[0], "id"), caller);
          return value(
              xmlrpc_c::value_struct({{"id", str(r.id())}, {"state", str(state_name(r.state))}}));
        },
@@ -351,10 +352,10 @@ std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryServic
                      "node.list() -> array of {id, site, address, state (alive, suspect, "
                      "dead), last_contact, load, streams, skipped_slots, shortfall, "
                      "behind_streams, paused_streams, cost}. Faults: 4010.",
-                     [&core](const UserConfig&, const xmlrpc_c::paramList& p) {
+                     [&fleet](const UserConfig&, const xmlrpc_c::paramList& p) {
                        expect_params(p, 0, 0, "node.list", "none");
                        xmlrpc_c::carray out;
-                       for (const auto& n : core.nodes()) out.push_back(node_value(n));
+                       for (const auto& n : fleet.nodes()) out.push_back(node_value(n));
                        return value(xmlrpc_c::value_array(out));
                      },
                      nullptr, kEveryone});

@@ -11,8 +11,9 @@
 #include <xmlrpc-c/base.hpp>
 
 #include "common/config.h"
-#include "manager/core.h"
+#include "manager/fleet.h"
 #include "manager/query.h"
+#include "manager/request_book.h"
 
 namespace flexmon::manager {
 
@@ -33,12 +34,13 @@ struct ApiMethod {
   std::vector<Role> roles;
 };
 
-// Every method of API v1, bound to `core` and `queries`. Each method's `run`
+// Every method of API v1, bound to `book`, `fleet` and `queries`. Each method's `run`
 // or `write` checks the caller's role before anything else, and refuses a
 // role that is not in `roles` with fault 4030 (role_refusal): the one place
 // where roles are enforced, for direct calls, the registry and
 // system.multicall alike.
-std::vector<ApiMethod> api_methods(const Config& config, Core& core, QueryService& queries);
+std::vector<ApiMethod> api_methods(const Config& config, RequestBook& book, const Fleet& fleet,
+                                   QueryService& queries);
 
 // The message of the 4030 fault for `caller_role` calling `method`, which
 // `allowed` may call: "METHOD: not permitted for role ROLE (roles that may

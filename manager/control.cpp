@@ -61,7 +61,7 @@ struct Session;
 struct ControlServer::Impl {
   const Config& config;
   const ManagerConfig& limits;
-  Core& core;
+  Fleet& fleet;
   KeyRing keys;
   asio::io_context io;
   tcp::acceptor acceptor{io};
@@ -88,7 +88,7 @@ struct ControlServer::Impl {
   std::atomic<std::uint16_t> bound_port{0};
   bool stopped = false;
 
-  Impl(const Config& c, Core& k) : config(c), limits(c.manager), core(k) {
+  Impl(const Config& c, Fleet& f) : config(c), limits(c.manager), fleet(f) {
     for (const auto& n : c.nodes) keys.add(n);
   }
   void accept();
@@ -298,7 +298,7 @@ struct Session : std::enable_shared_from_this<Session> {
                       static_cast<int>(m.kind_case())));
       return false;
     }
-    server.core.on_heartbeat(node, m.heartbeat());
+    server.fleet.on_heartbeat(node, m.heartbeat());
     arm_idle();
     return true;
   }
@@ -347,7 +347,7 @@ struct Session : std::enable_shared_from_this<Session> {
                 node, peer, key->id(), m.register_().boot_epoch(),
                 escaped(m.register_().software_version(), 64));
     arm_idle();
-    send_assignment(server.core.on_register(node, serial));
+    send_assignment(server.fleet.on_register(node, serial));
   }
 
   void no_longer_unregistered() {
@@ -372,7 +372,7 @@ struct Session : std::enable_shared_from_this<Session> {
           "limit; not sent",
           node, generation, m.assignment().streams_size(), frame.size());
       --sent;
-      server.core.on_delivered(node, serial, generation, false);
+      server.fleet.on_delivered(node, serial, generation, false);
       return;
     }
     log()->debug("control node {}: assignment {} with {} streams", node, generation,
@@ -395,8 +395,8 @@ struct Session : std::enable_shared_from_this<Session> {
                         Outgoing done = std::move(self->queue.front());
                         self->queue.pop_front();
                         if (done.generation)
-                          self->server.core.on_delivered(self->node, self->serial, done.generation,
-                                                         !ec);
+                          self->server.fleet.on_delivered(self->node, self->serial, done.generation,
+                                                          !ec);
                         if (ec) {
                           if (!self->closed)
                             self->info("control {}: write failed ({})", self->who(), ec.message());
@@ -424,11 +424,12 @@ struct Session : std::enable_shared_from_this<Session> {
       auto it = server.registered.find(node);
       if (it != server.registered.end() && it->second.lock().get() == this)
         server.registered.erase(it);
-      server.core.on_disconnect(node, serial);
+      server.fleet.on_disconnect(node, serial);
       // Assignments still queued were not delivered (the one being
       // written is reported by its completion handler).
       for (std::size_t i = writing ? 1 : 0; i < queue.size(); ++i)
-        if (queue[i].generation) server.core.on_delivered(node, serial, queue[i].generation, false);
+        if (queue[i].generation)
+          server.fleet.on_delivered(node, serial, queue[i].generation, false);
       if (writing && queue.size() > 1) queue.resize(1);
       if (!writing) queue.clear();
     }
@@ -516,8 +517,8 @@ void ControlServer::Impl::on_accepted(tcp::socket socket) {
   session->begin();
 }
 
-ControlServer::ControlServer(const Config& config, Core& core)
-    : impl_(std::make_shared<Impl>(config, core)) {
+ControlServer::ControlServer(const Config& config, Fleet& fleet)
+    : impl_(std::make_shared<Impl>(config, fleet)) {
   const Endpoint& at = config.manager.control;
   try {
     tcp::resolver resolver(impl_->io);
@@ -580,7 +581,7 @@ void ControlServer::push(const std::string& node, std::uint64_t session,
     auto it = impl->registered.find(node);
     auto s = it == impl->registered.end() ? nullptr : it->second.lock();
     if (!s || s->closed || s->serial != session || impl->stopped) {
-      impl->core.on_delivered(node, session, a.generation(), false);
+      impl->fleet.on_delivered(node, session, a.generation(), false);
       return;
     }
     s->send_assignment(std::move(a));

@@ -11,7 +11,7 @@
 #include <memory>
 
 #include "common/config.h"
-#include "manager/core.h"
+#include "manager/fleet.h"
 
 namespace flexmon::manager {
 
@@ -42,7 +42,7 @@ struct ControlCounters {
 class ControlServer : public AssignmentSink {
  public:
   // Binds config.manager.control (port 0: ephemeral); throws on failure.
-  ControlServer(const Config& config, Core& core);
+  ControlServer(const Config& config, Fleet& fleet);
   ~ControlServer() override;
   void start();
   void stop();

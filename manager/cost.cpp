@@ -9,9 +9,9 @@
 namespace flexmon::manager {
 
 double measurement_bytes(const RequestSpec& spec, const Path& path, const History* history) {
-  if (spec.tool == "abw" || spec.tool == "throughput") {
+  if (is_bandwidth_tool(spec.tool)) {
     double bound = 0;
-    if (spec.tool == "abw") {
+    if (spec.tool == Tool::kAbw) {
       const auto& a = spec.abw;
       bound = std::min(static_cast<double>(a.max_bytes),
                        static_cast<double>(a.max_rate_bps) / 8.0 * a.max_duration_ms / 1000.0);
@@ -19,7 +19,7 @@ double measurement_bytes(const RequestSpec& spec, const Path& path, const Histor
       bound = static_cast<double>(spec.throughput.max_bytes);
     }
     if (history) {
-      auto it = history->find({spec.tool, path.src, path.dst});
+      auto it = history->find({std::string(tool_name(spec.tool)), path.src, path.dst});
       if (it != history->end() && it->second > 0) return std::min(bound, it->second);
     }
     return bound;

@@ -1,12 +1,14 @@
 #include "manager/manager.h"
 
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "common/config_files.h"
 #include "common/log.h"
 #include "manager/api.h"
 #include "manager/control.h"
-#include "manager/core.h"
+#include "manager/request_book.h"
 #include "manager/store.h"
 #include "manager/xmlrpc_server.h"
 
@@ -14,18 +16,30 @@ namespace flexmon {
 
 namespace {
 
+// The manager's threads: the XML-RPC server's workers call the request
+// book; the control channel's Asio thread reports to the fleet; the
+// housekeeping thread (started here, joined in stop()) expires requests,
+// reverts temporary edits, finishes delivered one-shots, watches liveness
+// and reads the bandwidth history (RequestBook::run_housekeeping).
 class Manager : public ManagerDaemon {
  public:
   explicit Manager(const Config& config)
       : config_(config),
-        core_(config_, std::make_unique<manager::RequestStore>(config_.manager.state_db)),
+        book_(config_, std::make_unique<manager::RequestStore>(config_.manager.state_db)),
         queries_(config_),
-        control_(config_, core_),
-        xmlrpc_(config_, manager::api_methods(config_, core_, queries_)) {
-    core_.set_sink(&control_);
-    core_.start();
-    control_.start();
-    xmlrpc_.start();
+        control_(config_, book_.fleet()),
+        xmlrpc_(config_, manager::api_methods(config_, book_, book_.fleet(), queries_)) {
+    book_.fleet().set_sink(&control_);
+    housekeeping_ = std::thread([this] { book_.run_housekeeping(); });
+    try {
+      control_.start();
+      xmlrpc_.start();
+    } catch (...) {
+      control_.stop();
+      book_.stop_housekeeping();
+      housekeeping_.join();
+      throw;
+    }
   }
   ~Manager() override { stop(); }
 
@@ -35,7 +49,8 @@ class Manager : public ManagerDaemon {
     stopped_ = true;
     xmlrpc_.stop();
     control_.stop();
-    core_.stop();
+    book_.stop_housekeeping();
+    housekeeping_.join();
     auto c = control_.counters();
     logger("manager")->info(
         "control: {} sessions, {} seal failures, {} retired key, {} bad messages, {} refused "
@@ -49,10 +64,11 @@ class Manager : public ManagerDaemon {
 
  private:
   const Config config_;  // a copy: the threads outlive the caller's
-  manager::Core core_;
+  manager::RequestBook book_;
   manager::QueryService queries_;
   manager::ControlServer control_;
   manager::XmlRpcServer xmlrpc_;
+  std::thread housekeeping_;
   std::mutex stop_mu_;
   bool stopped_ = false;
 };

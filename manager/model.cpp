@@ -41,16 +41,16 @@ std::optional<std::uint64_t> parse_request_id(std::string_view id) {
 std::string stream_key(const RequestSpec& spec, const Path& path,
                        std::optional<std::uint64_t> oneshot_request) {
   std::string key;
-  if (spec.tool == "abw") {
+  if (spec.tool == Tool::kAbw) {
     const auto& a = spec.abw;
     key = fmt::format("abw/r{}/b{}/d{}", a.max_rate_bps, a.max_bytes, a.max_duration_ms);
-  } else if (spec.tool == "throughput") {
+  } else if (spec.tool == Tool::kThroughput) {
     const auto& t = spec.throughput;
     key = fmt::format("throughput/d{}/b{}", t.duration_ms, t.max_bytes);
   } else {
     const auto& a = spec.latency;
-    key = fmt::format("{}/{}/c{}/s{}/z{}/t{}", spec.tool, a.method, a.count, a.spacing_ms, a.size,
-                      a.timeout_ms);
+    key = fmt::format("{}/{}/c{}/s{}/z{}/t{}", tool_name(spec.tool), a.method, a.count,
+                      a.spacing_ms, a.size, a.timeout_ms);
     if (a.method == "tcp") key += fmt::format("/p{}", a.port);
   }
   if (!spec.netns.empty()) key += "/ns=" + spec.netns;
@@ -64,7 +64,7 @@ wire::Stream make_stream(const RequestSpec& spec, const Path& path, const Config
   wire::Stream s;
   const NodeConfig* dst = config.find_node(path.dst);
   s.set_key(stream_key(spec, path, oneshot_request));
-  s.set_tool(spec.tool);
+  s.set_tool(std::string(tool_name(spec.tool)));
   s.set_src(path.src);
   s.set_dst(path.dst);
   if (dst) {
@@ -75,12 +75,12 @@ wire::Stream make_stream(const RequestSpec& spec, const Path& path, const Config
   s.set_oneshot(oneshot_request.has_value());
   s.set_priority(spec.priority);
   if (!spec.netns.empty()) s.set_netns(spec.netns);
-  if (spec.tool == "abw") {
+  if (spec.tool == Tool::kAbw) {
     auto* a = s.mutable_abw();
     a->set_max_rate_bps(spec.abw.max_rate_bps);
     a->set_max_bytes(spec.abw.max_bytes);
     a->set_max_duration_ms(spec.abw.max_duration_ms);
-  } else if (spec.tool == "throughput") {
+  } else if (spec.tool == Tool::kThroughput) {
     auto* t = s.mutable_throughput();
     t->set_duration_ms(spec.throughput.duration_ms);
     t->set_max_bytes(spec.throughput.max_bytes);

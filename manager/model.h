@@ -12,6 +12,7 @@
 
 #include "common/clock.h"
 #include "common/config.h"
+#include "common/tool.h"
 #include "wire.pb.h"
 
 namespace flexmon::manager {
@@ -58,7 +59,7 @@ struct Path {
 
 // A validated probe.request spec (see manager/spec.h).
 struct RequestSpec {
-  std::string tool = "latency";  // "latency", "abw" or "throughput"
+  Tool tool = Tool::kLatency;
   Mode mode = Mode::continuous;
   double interval_s = 0;             // 0: not given (one-shot only)
   std::optional<double> duration_s;  // continuous only
@@ -91,6 +92,9 @@ struct Request {
 
   std::string id() const { return "r" + std::to_string(num); }
 };
+
+// Requests by number, oldest first.
+using RequestMap = std::map<std::uint64_t, Request>;
 
 // Parses "r<N>" (N >= 1, no sign or leading zeros); nullopt if malformed.
 std::optional<std::uint64_t> parse_request_id(std::string_view id);

@@ -170,10 +170,6 @@ ThroughputArgs parse_throughput_args(const xmlrpc_c::cstruct* args, const Limits
   return a;
 }
 
-// A spec's tool. Specs hold names that parse_spec checked; a name of no tool
-// stands for latency, as the spec's own default does.
-Tool tool_of(const RequestSpec& spec) { return parse_tool(spec.tool).value_or(Tool::kLatency); }
-
 // "latency, abw, throughput", for messages.
 std::string tool_names() {
   std::string out;
@@ -183,7 +179,7 @@ std::string tool_names() {
 
 // Parses `args` for spec.tool into spec, starting from what spec has.
 void parse_tool_args(const xmlrpc_c::cstruct* args, const Limits& limits, RequestSpec& spec) {
-  switch (tool_of(spec)) {
+  switch (spec.tool) {
     case Tool::kAbw:
       spec.abw = parse_abw_args(args, limits, spec.abw);
       return;
@@ -300,10 +296,12 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
   RequestSpec spec;
   auto tool = s.find("tool");
   if (tool == s.end()) bad_argument(fmt::format("tool: missing (supported: {})", tool_names()));
-  spec.tool = get_string(tool->second, "tool");
-  if (!parse_tool(spec.tool))
+  const std::string tool_text = get_string(tool->second, "tool");
+  if (auto t = parse_tool(tool_text))
+    spec.tool = *t;
+  else
     bad_argument(fmt::format("tool: {} is not a supported tool (supported: {})",
-                             in_quotes(spec.tool), tool_names()));
+                             in_quotes(tool_text), tool_names()));
 
   if (auto it = s.find("mode"); it != s.end()) {
     std::string mode = get_string(it->second, "mode");
@@ -317,7 +315,7 @@ RequestSpec parse_spec(const xmlrpc_c::value& value, const Config& config, Role 
   }
 
   if (auto it = s.find("interval"); it != s.end()) {
-    spec.interval_s = parse_interval(it->second, tool_of(spec), config, role);
+    spec.interval_s = parse_interval(it->second, spec.tool, config, role);
   } else if (spec.mode == Mode::continuous) {
     bad_argument("interval: missing (required for continuous requests)");
   }
@@ -375,7 +373,7 @@ Edit parse_edit(const xmlrpc_c::value& value, const RequestSpec& current, const 
   if (auto it = s.find("interval"); it != s.end()) {
     if (current.mode != Mode::continuous)
       bad_argument("interval: a one-shot request has no interval to edit");
-    e.spec.interval_s = parse_interval(it->second, tool_of(current), config, role);
+    e.spec.interval_s = parse_interval(it->second, current.tool, config, role);
   }
   if (auto it = s.find("duration"); it != s.end()) {
     if (current.mode != Mode::continuous)

@@ -33,11 +33,11 @@ constexpr std::pair<const char*, const char*> kAddedColumns[] = {
 };
 
 nlohmann::json args_json(const RequestSpec& spec) {
-  if (spec.tool == "abw")
+  if (spec.tool == Tool::kAbw)
     return {{"max_rate_bps", spec.abw.max_rate_bps},
             {"max_bytes", spec.abw.max_bytes},
             {"max_duration_ms", spec.abw.max_duration_ms}};
-  if (spec.tool == "throughput")
+  if (spec.tool == Tool::kThroughput)
     return {{"duration_ms", spec.throughput.duration_ms}, {"max_bytes", spec.throughput.max_bytes}};
   const auto& a = spec.latency;
   return {{"method", a.method}, {"count", a.count},           {"spacing_ms", a.spacing_ms},
@@ -45,11 +45,11 @@ nlohmann::json args_json(const RequestSpec& spec) {
 }
 
 void read_args(const nlohmann::json& args, RequestSpec& spec) {
-  if (spec.tool == "abw") {
+  if (spec.tool == Tool::kAbw) {
     spec.abw.max_rate_bps = args.at("max_rate_bps").get<std::uint64_t>();
     spec.abw.max_bytes = args.at("max_bytes").get<std::uint64_t>();
     spec.abw.max_duration_ms = args.at("max_duration_ms").get<std::uint32_t>();
-  } else if (spec.tool == "throughput") {
+  } else if (spec.tool == Tool::kThroughput) {
     spec.throughput.duration_ms = args.at("duration_ms").get<std::uint32_t>();
     spec.throughput.max_bytes = args.at("max_bytes").get<std::uint64_t>();
   } else {
@@ -113,7 +113,9 @@ Request RequestStore::add(const std::string& owner, const RequestSpec& spec, Utc
   auto insert = db_.prepare(
       "INSERT INTO requests (owner, tool, mode, state, interval_s, duration_s, args, paths, "
       "created_ns, ends_ns, priority, netns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-  insert.bind(1, owner).bind(2, spec.tool).bind(3, std::string(mode_name(spec.mode)));
+  insert.bind(1, owner)
+      .bind(2, std::string(tool_name(spec.tool)))
+      .bind(3, std::string(mode_name(spec.mode)));
   insert.bind(4, std::string(state_name(RequestState::active))).bind(5, spec.interval_s);
   if (spec.duration_s)
     insert.bind(6, *spec.duration_s);
@@ -170,7 +172,11 @@ std::vector<Request> RequestStore::load_all() {
     Request r;
     r.num = static_cast<std::uint64_t>(select.int64(0));
     r.owner = select.text(1);
-    r.spec.tool = select.text(2);
+    auto tool = parse_tool(select.text(2));
+    if (!tool)
+      throw sqlite::SqliteError("request r" + std::to_string(r.num) + ": unknown tool '" +
+                                select.text(2) + "'");
+    r.spec.tool = *tool;
     r.spec.mode = select.text(3) == "oneshot" ? Mode::oneshot : Mode::continuous;
     auto state = state_from_name(select.text(4));
     if (!state)

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <limits>
 
-#include <fmt/format.h>
+#include "manager/admission.h"
 
 namespace flexmon::manager {
 
@@ -14,9 +14,6 @@ bool is_oneshot(const Request& r) { return r.spec.mode == Mode::oneshot; }
 double entry_cost_interval(const wire::Stream& s) {
   return s.oneshot() ? kOneshotInterval : s.interval_s();
 }
-
-// A relative tolerance: sums of doubles must not refuse what exactly fits.
-bool over(double value, double limit) { return limit > 0 && value > limit * (1 + 1e-9) + 1e-6; }
 
 }  // namespace
 
@@ -212,24 +209,6 @@ StreamIndex::Delta StreamIndex::simulate(const Request* before, const Request* a
   return delta;
 }
 
-std::optional<std::string> StreamIndex::breaks_budget(const Delta& delta) const {
-  auto check = [](const std::string& name, const Cost& now, const Cost& d,
-                  const Budget& budget) -> std::optional<std::string> {
-    if (d.bps > 1e-9 && over(now.bps + d.bps, budget.bps))
-      return fmt::format("budget {} bps: {:.0f} bit/s with this change, {:.0f} allowed", name,
-                         now.bps + d.bps, budget.bps);
-    if (d.bytes_per_day > 1e-9 && over(now.bytes_per_day + d.bytes_per_day, budget.bytes_per_day))
-      return fmt::format(
-          "budget {} bytes_per_day: {:.0f} bytes/day with this change, {:.0f} allowed", name,
-          now.bytes_per_day + d.bytes_per_day, budget.bytes_per_day);
-    return std::nullopt;
-  };
-  if (auto why = check("global", global_, delta.global, config_.budgets.global)) return why;
-  for (const auto& [id, d] : delta.nodes)
-    if (auto why = check("node " + id, node(id), d, config_.budgets.node)) return why;
-  return std::nullopt;
-}
-
 void StreamIndex::set_dead(const std::string& id, bool is_dead) {
   if (dead_.contains(id) == is_dead) return;
   std::vector<std::pair<std::string, bool>> before;
@@ -267,7 +246,7 @@ void StreamIndex::retry_held() {
     d.global = c;
     d.nodes[e.stream.src()] += c;
     d.nodes[e.stream.dst()] += c;
-    if (breaks_budget(d)) continue;
+    if (breaks_shared_budget(config_.budgets, *this, d)) continue;
     e.held = false;
     held_.erase(key);
     account(e);
@@ -278,9 +257,10 @@ void StreamIndex::retry_held() {
 void StreamIndex::set_history(History history) {
   history_ = std::move(history);
   for (auto& [key, e] : streams_) {
-    if (e.stream.tool() != "abw" && e.stream.tool() != "throughput") continue;
+    const auto tool = parse_tool(e.stream.tool());
+    if (!tool || !is_bandwidth_tool(*tool)) continue;
     RequestSpec spec;
-    spec.tool = e.stream.tool();
+    spec.tool = *tool;
     spec.abw = {e.stream.abw().max_rate_bps(), e.stream.abw().max_bytes(),
                 e.stream.abw().max_duration_ms()};
     spec.throughput = {e.stream.throughput().duration_ms(), e.stream.throughput().max_bytes()};

@@ -2,8 +2,9 @@
 // to date incrementally (a request's paths are attached or detached one by
 // one), with the cost totals of the budgets (global and per node) and the
 // probers whose stream sets changed. derive_streams() in model.h is the
-// reference it must always agree with (tests check it). Not thread-safe:
-// the core holds its lock.
+// reference it must always agree with (tests check it). The budgets a held
+// stream must fit to resume are admission's (manager/admission.h). Not
+// thread-safe: the request book holds its lock (manager/request_book.h).
 #pragma once
 
 #include <map>
@@ -77,10 +78,6 @@ class StreamIndex {
   Cost charged(const std::string& key, std::uint64_t num) const;
   // The number of requests sharing the stream of `key` (0 if none).
   std::size_t sharers(const std::string& key) const;
-
-  // Every budget holds with `delta` added (nullopt), or which one breaks:
-  // "budget NAME: VALUE UNIT with this change, LIMIT allowed".
-  std::optional<std::string> breaks_budget(const Delta& delta) const;
 
  private:
   struct Sharer {

@@ -26,7 +26,7 @@
 #include "common/log.h"
 #include "common/seal.h"
 #include "manager/control.h"
-#include "manager/core.h"
+#include "manager/request_book.h"
 #include "manager/store.h"
 #include "tests/manager/control_frames.h"
 #include "tests/manager/test_config.h"
@@ -117,27 +117,31 @@ std::string register_frame(const std::string& hello, const std::string& node, co
   return length_prefixed(seal(reg, key));
 }
 
-// A manager's core and control server on an ephemeral port.
+// A manager's request book and control server on an ephemeral port, with
+// the housekeeping thread as the daemon runs it.
 struct Edge {
   std::filesystem::path dir = testing::temp_dir();
   Config config;
-  std::unique_ptr<Core> core;
+  std::unique_ptr<RequestBook> book;
+  std::thread housekeeping;
   std::unique_ptr<ControlServer> control;
   std::vector<int> fds;
 
   explicit Edge(const std::function<void(Config&)>& adjust = {}) {
     config = testing::test_config(dir);
     if (adjust) adjust(config);
-    core = std::make_unique<Core>(config, std::make_unique<RequestStore>(config.manager.state_db));
-    control = std::make_unique<ControlServer>(config, *core);
-    core->set_sink(control.get());
-    core->start();
+    book = std::make_unique<RequestBook>(config,
+                                         std::make_unique<RequestStore>(config.manager.state_db));
+    control = std::make_unique<ControlServer>(config, book->fleet());
+    book->fleet().set_sink(control.get());
+    housekeeping = std::thread([this] { book->run_housekeeping(); });
     control->start();
   }
   ~Edge() {
     for (int fd : fds) close(fd);
     control->stop();
-    core->stop();
+    book->stop_housekeeping();
+    housekeeping.join();
     std::filesystem::remove_all(dir);
   }
   int connect(const char* from = "127.0.0.1") {

@@ -1,9 +1,9 @@
-// Stream derivation (pure) and the core's bookkeeping of what each prober
-// was assigned: dedupe, shortest interval, cancel, one-shots, expiry.
+// Stream derivation (pure) and the request book's and fleet's bookkeeping of
+// what each prober was assigned: dedupe, shortest interval, cancel, one-shots, expiry.
 #include <gtest/gtest.h>
 
-#include "manager/core.h"
 #include "manager/model.h"
+#include "manager/request_book.h"
 #include "tests/manager/test_config.h"
 
 namespace flexmon::manager {
@@ -76,7 +76,7 @@ TEST(Derive, EndedAndOneshotRequests) {
   EXPECT_EQ(sets["n2"].size(), 1u);
 }
 
-// Records what the core pushes.
+// Records what the fleet pushes.
 struct Sink : AssignmentSink {
   std::vector<std::pair<std::string, wire::Assignment>> pushed;
   void push(const std::string& node, std::uint64_t, wire::Assignment a) override {
@@ -92,76 +92,81 @@ RequestSpec spec(double interval, std::vector<Path> paths, Mode mode = Mode::con
   return s;
 }
 
-TEST(Core, OnlyChangedProbersGetAnAssignment) {
+TEST(RequestBook, OnlyChangedProbersGetAnAssignment) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
-  Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
+  testing::SteppedClock clock;
+  RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"), clock.clock());
   Sink sink;
-  core.set_sink(&sink);
-  auto first = core.on_register("n1", 1);
+  book.fleet().set_sink(&sink);
+  auto first = book.fleet().on_register("n1", 1);
   EXPECT_EQ(first.streams_size(), 0);
-  core.on_register("n3", 2);
+  book.fleet().on_register("n3", 2);
 
-  core.add_request("bob", spec(30, {{"n1", "n2"}}));
+  book.add_request("bob", spec(30, {{"n1", "n2"}}));
   ASSERT_EQ(sink.pushed.size(), 1u);
   EXPECT_EQ(sink.pushed[0].first, "n1");
   EXPECT_GT(sink.pushed[0].second.generation(), first.generation());
   sink.pushed.clear();
 
   // Same stream, slower: nothing changes for anyone.
-  core.add_request("bob", spec(60, {{"n1", "n2"}}));
+  book.add_request("bob", spec(60, {{"n1", "n2"}}));
   EXPECT_TRUE(sink.pushed.empty());
   // Faster: n1's set changes.
-  auto fast = core.add_request("bob", spec(5, {{"n1", "n2"}}));
+  auto fast = book.add_request("bob", spec(5, {{"n1", "n2"}}));
   ASSERT_EQ(sink.pushed.size(), 1u);
   EXPECT_EQ(sink.pushed[0].second.streams(0).interval_s(), 5);
   sink.pushed.clear();
-  core.cancel(fast.num, *config.find_user("bob"));
+  book.cancel(fast.num, *config.find_user("bob"));
   ASSERT_EQ(sink.pushed.size(), 1u);
   EXPECT_EQ(sink.pushed[0].second.streams(0).interval_s(), 30);
 }
 
-TEST(Core, OneshotIsSentOnceAndDoneWhenDelivered) {
+TEST(RequestBook, OneshotIsSentOnceAndDoneWhenDelivered) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
-  Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
+  testing::SteppedClock clock;
+  RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"), clock.clock());
   Sink sink;
-  core.set_sink(&sink);
-  core.on_register("n1", 1);
-  auto r = core.add_request("bob", spec(0, {{"n1", "n2"}, {"n2", "n1"}}, Mode::oneshot));
+  book.fleet().set_sink(&sink);
+  book.fleet().on_register("n1", 1);
+  auto r = book.add_request("bob", spec(0, {{"n1", "n2"}, {"n2", "n1"}}, Mode::oneshot));
   ASSERT_EQ(sink.pushed.size(), 1u);  // n2 has no session yet
   auto gen1 = sink.pushed[0].second.generation();
   EXPECT_TRUE(sink.pushed[0].second.streams(0).oneshot());
-  core.on_delivered("n1", 1, gen1, true);
-  core.housekeeping(utc_now_ns());
-  EXPECT_EQ(core.find(r.num)->state, RequestState::active);
+  book.fleet().on_delivered("n1", 1, gen1, true);
+  book.housekeeping();
+  EXPECT_EQ(book.find(r.num)->state, RequestState::active);
 
-  auto a2 = core.on_register("n2", 2);
+  auto a2 = book.fleet().on_register("n2", 2);
   ASSERT_EQ(a2.streams_size(), 1);
   // A lost write puts the stream back for the next session.
-  core.on_disconnect("n2", 2);
-  core.on_delivered("n2", 2, a2.generation(), false);
-  auto a3 = core.on_register("n2", 3);
+  book.fleet().on_disconnect("n2", 2);
+  book.fleet().on_delivered("n2", 2, a2.generation(), false);
+  auto a3 = book.fleet().on_register("n2", 3);
   ASSERT_EQ(a3.streams_size(), 1);
-  core.on_delivered("n2", 3, a3.generation(), true);
-  core.housekeeping(utc_now_ns());
-  EXPECT_EQ(core.find(r.num)->state, RequestState::done);
+  book.fleet().on_delivered("n2", 3, a3.generation(), true);
+  book.housekeeping();
+  EXPECT_EQ(book.find(r.num)->state, RequestState::done);
   // Never sent again.
-  EXPECT_EQ(core.on_register("n2", 4).streams_size(), 0);
+  EXPECT_EQ(book.fleet().on_register("n2", 4).streams_size(), 0);
 }
 
-TEST(Core, ContinuousRequestExpiresAtItsEnd) {
+TEST(RequestBook, ContinuousRequestExpiresAtItsEnd) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
-  Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
+  testing::SteppedClock clock;
+  RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"), clock.clock());
   RequestSpec s = spec(10, {{"n1", "n2"}});
   s.duration_s = 60;
-  auto r = core.add_request("bob", s);
-  core.housekeeping(*r.ends_ns - 1);
-  EXPECT_EQ(core.find(r.num)->state, RequestState::active);
-  core.housekeeping(*r.ends_ns);
-  EXPECT_EQ(core.find(r.num)->state, RequestState::expired);
-  EXPECT_TRUE(core.current_streams()["n1"].empty());
+  auto r = book.add_request("bob", s);
+  clock.utc_ns = *r.ends_ns - 1;
+  book.housekeeping();
+  EXPECT_EQ(book.find(r.num)->state, RequestState::active);
+  clock.utc_ns = *r.ends_ns;
+  book.housekeeping();
+  EXPECT_EQ(book.find(r.num)->state, RequestState::expired);
+  EXPECT_TRUE(book.current_streams()["n1"].empty());
 }
 
 TEST(Liveness, FromLastContact) {

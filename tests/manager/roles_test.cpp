@@ -12,10 +12,10 @@
 
 #include "manager/api.h"
 #include "manager/call_handler.h"
-#include "manager/core.h"
 #include "manager/fault_codes.h"
 #include "manager/manager.h"
 #include "manager/query.h"
+#include "manager/request_book.h"
 #include "manager/store.h"
 #include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
@@ -72,10 +72,10 @@ class Roles : public ::testing::Test {
   void SetUp() override {
     dir_ = testing::temp_dir();
     config_ = testing::test_config(dir_);
-    core_ =
-        std::make_unique<Core>(config_, std::make_unique<RequestStore>(config_.manager.state_db));
+    book_ = std::make_unique<RequestBook>(config_,
+                                          std::make_unique<RequestStore>(config_.manager.state_db));
     queries_ = std::make_unique<QueryService>(config_);
-    methods_ = api_methods(config_, *core_, *queries_);
+    methods_ = api_methods(config_, *book_, book_->fleet(), *queries_);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
@@ -88,7 +88,7 @@ class Roles : public ::testing::Test {
 
   std::filesystem::path dir_;
   Config config_;
-  std::unique_ptr<Core> core_;
+  std::unique_ptr<RequestBook> book_;
   std::unique_ptr<QueryService> queries_;
   std::vector<ApiMethod> methods_;
 };
@@ -173,9 +173,9 @@ TEST_F(Roles, RefusalComesBeforeTheArguments) {
   bad.add(xmlrpc_c::value_int(1));
   for (const auto* params : {&good, &bad})
     EXPECT_TRUE(role_fault([&] { request->run(caller(Role::reader), *params); }));
-  EXPECT_TRUE(core_->list(std::nullopt).empty());
+  EXPECT_TRUE(book_->list(std::nullopt).empty());
   request->run(caller(Role::service), good);
-  EXPECT_EQ(core_->list(std::nullopt).size(), 1u);
+  EXPECT_EQ(book_->list(std::nullopt).size(), 1u);
 }
 
 TEST_F(Roles, HelpSaysWhoMayCall) {

@@ -8,18 +8,19 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <set>
 
-#include "manager/core.h"
 #include "manager/cost.h"
 #include "manager/fault_codes.h"
+#include "manager/request_book.h"
 #include "tests/manager/test_config.h"
 
 namespace flexmon::manager {
 namespace {
 
-RequestSpec spec(double interval, std::vector<Path> paths, std::string tool = "latency") {
+RequestSpec spec(double interval, std::vector<Path> paths, Tool tool = Tool::kLatency) {
   RequestSpec s;
-  s.tool = std::move(tool);
+  s.tool = tool;
   s.interval_s = interval;
   s.paths = std::move(paths);
   return s;
@@ -41,10 +42,30 @@ int fault_of(const std::function<void()>& f, std::string* message = nullptr) {
 struct Lab {
   std::filesystem::path dir = testing::temp_dir();
   Config config = testing::test_config(dir);
-  std::unique_ptr<Core> core;
+  testing::SteppedClock clock;
+  std::unique_ptr<RequestBook> book;
   Lab() { config.limits.max_paths_per_request = 100; }
+  std::set<std::string> dead;
   void open() {
-    core = std::make_unique<Core>(config, std::make_unique<RequestStore>(dir / "s.db"));
+    book = std::make_unique<RequestBook>(config, std::make_unique<RequestStore>(dir / "s.db"),
+                                         clock.clock());
+    dead.clear();
+  }
+  // Kills or revives `node` as liveness does: a node not heard from for
+  // dead_after_s is dead (the others send heartbeats meanwhile); a
+  // heartbeat brings it back.
+  void set_dead(const std::string& node, bool is_dead) {
+    if (!is_dead) {
+      dead.erase(node);
+      book->fleet().on_heartbeat(node, {});
+      return;
+    }
+    dead.insert(node);
+    clock.mono += std::chrono::duration_cast<MonoClock::duration>(
+        std::chrono::duration<double>(config.manager.dead_after_s));
+    for (const auto& n : config.nodes)
+      if (!dead.contains(n.id)) book->fleet().on_heartbeat(n.id, {});
+    book->housekeeping();
   }
   const UserConfig& bob() const { return *config.find_user("bob"); }
   const UserConfig& alice() const { return *config.find_user("alice"); }
@@ -73,33 +94,33 @@ TEST(ChargingRule, SharesAddUpToTheFastestAndNeverExceedOnesOwnRate) {
   }
 }
 
-TEST(ChargingRule, CoreChargesSharersByTheRule) {
+TEST(ChargingRule, TheBookChargesSharersByTheRule) {
   Lab lab;
   lab.open();
-  auto a = lab.core->add_request("alice", spec(10, {{"n1", "n2"}}));
-  auto b = lab.core->add_request("bob", spec(5, {{"n1", "n2"}}));
+  auto a = lab.book->add_request("alice", spec(10, {{"n1", "n2"}}));
+  auto b = lab.book->add_request("bob", spec(5, {{"n1", "n2"}}));
   const double stream = latency_bps(5);
-  EXPECT_NEAR(lab.core->global_cost().bps, stream, 1e-6);
-  const double ca = lab.core->charged(*lab.core->find(a.num)).bps;
-  const double cb = lab.core->charged(*lab.core->find(b.num)).bps;
+  EXPECT_NEAR(lab.book->global_cost().bps, stream, 1e-6);
+  const double ca = lab.book->charged(*lab.book->find(a.num)).bps;
+  const double cb = lab.book->charged(*lab.book->find(b.num)).bps;
   EXPECT_NEAR(ca, latency_bps(10) / 2, 1e-6);
   EXPECT_NEAR(ca + cb, stream, 1e-6);
   // Usage: reserved is what each request costs alone.
-  EXPECT_NEAR(lab.core->usage("alice").reserved.bps, latency_bps(10), 1e-6);
-  EXPECT_NEAR(lab.core->usage("bob").charged.bps, cb, 1e-6);
-  lab.core->cancel(b.num, lab.bob());
-  EXPECT_NEAR(lab.core->charged(*lab.core->find(a.num)).bps, latency_bps(10), 1e-6);
+  EXPECT_NEAR(lab.book->usage("alice").reserved.bps, latency_bps(10), 1e-6);
+  EXPECT_NEAR(lab.book->usage("bob").charged.bps, cb, 1e-6);
+  lab.book->cancel(b.num, lab.bob());
+  EXPECT_NEAR(lab.book->charged(*lab.book->find(a.num)).bps, latency_bps(10), 1e-6);
 }
 
 TEST(CostModel, ArgumentsAndHistory) {
-  RequestSpec abw = spec(60, {{"n1", "n2"}}, "abw");
+  RequestSpec abw = spec(60, {{"n1", "n2"}}, Tool::kAbw);
   abw.abw = {8'000'000, 5'000'000, 1000};  // 1 MB by rate x duration, below max_bytes
   EXPECT_DOUBLE_EQ(measurement_bytes(abw, abw.paths[0], nullptr), 1'000'000);
   History h{{{"abw", "n1", "n2"}, 250'000}};
   EXPECT_DOUBLE_EQ(measurement_bytes(abw, abw.paths[0], &h), 250'000);
   h[{"abw", "n1", "n2"}] = 9e9;  // never above the arguments' bound
   EXPECT_DOUBLE_EQ(measurement_bytes(abw, abw.paths[0], &h), 1'000'000);
-  RequestSpec tp = spec(300, {{"n1", "n2"}}, "throughput");
+  RequestSpec tp = spec(300, {{"n1", "n2"}}, Tool::kThroughput);
   EXPECT_DOUBLE_EQ(measurement_bytes(tp, tp.paths[0], nullptr), 10'000'000);
   RequestSpec tcp = spec(10, {{"n1", "n2"}});
   tcp.latency.method = "tcp";
@@ -108,13 +129,13 @@ TEST(CostModel, ArgumentsAndHistory) {
   EXPECT_DOUBLE_EQ(c.bps, 800);
   EXPECT_DOUBLE_EQ(c.bytes_per_day, 8'640'000);
 
-  // The core uses the history: a throughput path that carried 1 MB costs that.
+  // The book uses the history: a throughput path that carried 1 MB costs that.
   Lab lab;
   lab.open();
-  lab.core->add_request("bob", tp);
-  EXPECT_NEAR(lab.core->global_cost().bps, 10e6 * 8 / 300, 1e-6);
-  lab.core->set_history({{{"throughput", "n1", "n2"}, 1e6}});
-  EXPECT_NEAR(lab.core->global_cost().bps, 1e6 * 8 / 300, 1e-6);
+  lab.book->add_request("bob", tp);
+  EXPECT_NEAR(lab.book->global_cost().bps, 10e6 * 8 / 300, 1e-6);
+  lab.book->set_history({{{"throughput", "n1", "n2"}, 1e6}});
+  EXPECT_NEAR(lab.book->global_cost().bps, 1e6 * 8 / 300, 1e-6);
 }
 
 TEST(Limits, EachIsRefusedWithItsDocumentedFault) {
@@ -129,44 +150,44 @@ TEST(Limits, EachIsRefusedWithItsDocumentedFault) {
   lab.config.budgets.users["alice"] = {latency_bps(1) * 100, 0};
   lab.open();
   std::string message;
-  Core& core = *lab.core;
+  RequestBook& book = *lab.book;
 
-  core.add_request("bob", spec(10, {{"n1", "n2"}}));
-  core.add_request("bob", spec(10, {{"n2", "n1"}}));
+  book.add_request("bob", spec(10, {{"n1", "n2"}}));
+  book.add_request("bob", spec(10, {{"n2", "n1"}}));
   EXPECT_EQ(fault_of(
                 [&] {
-                  core.add_request("bob", spec(10, {{"n1", "n3"}}));
+                  book.add_request("bob", spec(10, {{"n1", "n3"}}));
                 },
                 &message),
             kLimitExceeded);
   EXPECT_EQ(message,
             "limit max_requests_per_user: 3 active requests with this one, 2 allowed (role user)");
   // A dry run says the same without throwing, and admits nothing.
-  auto dry = core.admit(lab.bob(), spec(10, {{"n1", "n3"}}), true);
+  auto dry = book.admit(lab.bob(), spec(10, {{"n1", "n3"}}), true);
   EXPECT_FALSE(dry.admitted);
   EXPECT_EQ(dry.refusal_code, kLimitExceeded);
-  EXPECT_EQ(core.list(std::string("bob")).size(), 2u);
+  EXPECT_EQ(book.list(std::string("bob")).size(), 2u);
 
   lab.config.limits.max_requests_per_user = 10;
   EXPECT_EQ(fault_of(
                 [&] {
-                  core.add_request("bob", spec(10, {{"n1", "n3"}, {"n3", "n1"}}));
+                  book.add_request("bob", spec(10, {{"n1", "n3"}, {"n3", "n1"}}));
                 },
                 &message),
             kLimitExceeded);
   EXPECT_EQ(message, "limit max_paths_per_user: 4 paths with this request, 3 allowed (role user)");
 
   // User budget: what bob's requests cost alone (2 paths at 10 s so far).
-  EXPECT_EQ(fault_of([&] { core.add_request("bob", spec(1, {{"n3", "n2"}})); }, &message), 0);
+  EXPECT_EQ(fault_of([&] { book.add_request("bob", spec(1, {{"n3", "n2"}})); }, &message), 0);
   lab.config.limits.max_paths_per_user = 10;
-  EXPECT_EQ(fault_of([&] { core.add_request("bob", spec(1, {{"n3", "n1"}, {"n1", "n3"}})); }), 0);
+  EXPECT_EQ(fault_of([&] { book.add_request("bob", spec(1, {{"n3", "n1"}, {"n1", "n3"}})); }), 0);
   // bob: 0.2 + 3 = 3.2 units; 6 paths at 1.4 units would be 11.6 > 10.
   lab.config.limits.max_paths_per_user = 20;
   std::vector<Path> six = {{"n1", "n2"}, {"n2", "n1"}, {"n2", "n3"},
                            {"n3", "n2"}, {"n1", "n3"}, {"n3", "n1"}};
   auto seven = spec(1, six);
   seven.latency.count = 7;
-  EXPECT_EQ(fault_of([&] { core.add_request("bob", seven); }, &message), kBudgetExceeded);
+  EXPECT_EQ(fault_of([&] { book.add_request("bob", seven); }, &message), kBudgetExceeded);
   EXPECT_TRUE(message.starts_with("budget user bob bps: ")) << message;
   EXPECT_NE(message.find("bit/s with this request"), std::string::npos) << message;
 
@@ -177,7 +198,7 @@ TEST(Limits, EachIsRefusedWithItsDocumentedFault) {
                 [&] {
                   auto s = spec(1, {{"n1", "n3"}, {"n3", "n1"}});
                   s.latency.count = 20;  // another stream: 4 units per path
-                  core.add_request("alice", s);
+                  book.add_request("alice", s);
                 },
                 &message),
             kBudgetExceeded);
@@ -188,34 +209,34 @@ TEST(Limits, EachIsRefusedWithItsDocumentedFault) {
   lab.config.budgets.node.bps = 0;
   auto big = spec(1, {{"n1", "n2"}});
   big.latency.count = 50;
-  EXPECT_EQ(fault_of([&] { core.add_request("alice", big); }, &message), kBudgetExceeded);
+  EXPECT_EQ(fault_of([&] { book.add_request("alice", big); }, &message), kBudgetExceeded);
   EXPECT_TRUE(message.starts_with("budget global bps: ")) << message;
-  EXPECT_LE(core.global_cost().bps, lab.config.budgets.global.bps * (1 + 1e-9));
+  EXPECT_LE(book.global_cost().bps, lab.config.budgets.global.bps * (1 + 1e-9));
 }
 
 TEST(Liveness, StreamsOfADeadNodePauseStopCountingAndResume) {
   Lab lab;
   lab.config.budgets.global.bps = latency_bps(1) * 2.5;
   lab.open();
-  Core& core = *lab.core;
-  core.add_request("bob", spec(1, {{"n1", "n2"}, {"n2", "n3"}}));
-  EXPECT_NEAR(core.global_cost().bps, 2 * latency_bps(1), 1e-6);
-  core.set_node_dead_for_test("n1", true);
-  EXPECT_TRUE(core.current_streams()["n1"].empty());
-  EXPECT_EQ(core.current_streams()["n2"].size(), 1u);
-  EXPECT_NEAR(core.global_cost().bps, latency_bps(1), 1e-6);
+  RequestBook& book = *lab.book;
+  book.add_request("bob", spec(1, {{"n1", "n2"}, {"n2", "n3"}}));
+  EXPECT_NEAR(book.global_cost().bps, 2 * latency_bps(1), 1e-6);
+  lab.set_dead("n1", true);
+  EXPECT_TRUE(book.current_streams()["n1"].empty());
+  EXPECT_EQ(book.current_streams()["n2"].size(), 1u);
+  EXPECT_NEAR(book.global_cost().bps, latency_bps(1), 1e-6);
   // The freed budget can be used meanwhile...
-  core.add_request("alice", spec(1, {{"n3", "n2"}}));
-  EXPECT_NEAR(core.global_cost().bps, 2 * latency_bps(1), 1e-6);
+  book.add_request("alice", spec(1, {{"n3", "n2"}}));
+  EXPECT_NEAR(book.global_cost().bps, 2 * latency_bps(1), 1e-6);
   // ...and then the returning node's stream is held, not over the budget.
-  core.set_node_dead_for_test("n1", false);
-  EXPECT_TRUE(core.current_streams()["n1"].empty());
-  EXPECT_LE(core.global_cost().bps, lab.config.budgets.global.bps);
-  auto nodes = core.nodes();
+  lab.set_dead("n1", false);
+  EXPECT_TRUE(book.current_streams()["n1"].empty());
+  EXPECT_LE(book.global_cost().bps, lab.config.budgets.global.bps);
+  auto nodes = book.fleet().nodes();
   EXPECT_EQ(nodes[0].paused_streams, 1u);
   // Once budget frees, it resumes.
-  for (const auto& r : core.list(std::string("alice"))) core.cancel(r.num, lab.alice());
-  EXPECT_EQ(core.current_streams()["n1"].size(), 1u);
+  for (const auto& r : book.list(std::string("alice"))) book.cancel(r.num, lab.alice());
+  EXPECT_EQ(book.current_streams()["n1"].size(), 1u);
 }
 
 // An edit swaps a request's streams in one step: a held stream must not
@@ -225,22 +246,23 @@ TEST(Edit, HeldStreamDoesNotResumeOnTheBudgetAnEditFreesForAMoment) {
   Lab lab;
   lab.config.budgets.node.bps = latency_bps(1) * 2;
   lab.open();
-  Core& core = *lab.core;
-  auto a = core.add_request("alice", spec(1, {{"n1", "n2"}}));
-  core.add_request("bob", spec(1, {{"n1", "n3"}}));
-  core.set_node_dead_for_test("n3", true);
-  core.add_request("bob", spec(1, {{"n2", "n1"}}));
-  core.set_node_dead_for_test("n3", false);  // n1 is full: n1 -> n3 stays held
-  ASSERT_NEAR(core.node_cost("n1").bps, 2 * latency_bps(1), 1e-6);
+  RequestBook& book = *lab.book;
+  auto a = book.add_request("alice", spec(1, {{"n1", "n2"}}));
+  book.add_request("bob", spec(1, {{"n1", "n3"}}));
+  lab.set_dead("n3", true);
+  book.add_request("bob", spec(1, {{"n2", "n1"}}));
+  lab.set_dead("n3", false);  // n1 is full: n1 -> n3 stays held
+  ASSERT_NEAR(book.node_cost("n1").bps, 2 * latency_bps(1), 1e-6);
 
   RequestSpec same_cost = a.spec;
   same_cost.priority = 3;
-  core.edit(a.num, lab.alice(), same_cost, std::nullopt);
-  EXPECT_LE(core.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
-  core.edit(a.num, lab.alice(), a.spec, 60.0);
-  core.housekeeping(utc_now_ns() + 61'000'000'000);  // the temporary edit reverts
-  EXPECT_LE(core.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
-  EXPECT_EQ(core.nodes()[0].paused_streams, 1u);
+  book.edit(a.num, lab.alice(), same_cost, std::nullopt);
+  EXPECT_LE(book.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
+  book.edit(a.num, lab.alice(), a.spec, 60.0);
+  lab.clock.utc_ns += 61'000'000'000;  // the temporary edit reverts
+  book.housekeeping();
+  EXPECT_LE(book.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
+  EXPECT_EQ(book.fleet().nodes()[0].paused_streams, 1u);
 }
 
 // Editing the only request of a stream held for budget keeps it held: the
@@ -249,70 +271,71 @@ TEST(Edit, AStreamHeldForBudgetStaysHeldWhenItsRequestIsEdited) {
   Lab lab;
   lab.config.budgets.node.bps = latency_bps(1) * 2;
   lab.open();
-  Core& core = *lab.core;
-  core.add_request("alice", spec(1, {{"n1", "n2"}}));
-  core.add_request("alice", spec(1, {{"n2", "n1"}}));
-  core.set_node_dead_for_test("n3", true);
-  auto held = core.add_request("bob", spec(10, {{"n1", "n3"}}));
-  core.set_node_dead_for_test("n3", false);  // n1 is full: n1 -> n3 is held
-  ASSERT_EQ(core.nodes()[0].paused_streams, 1u);
+  RequestBook& book = *lab.book;
+  book.add_request("alice", spec(1, {{"n1", "n2"}}));
+  book.add_request("alice", spec(1, {{"n2", "n1"}}));
+  lab.set_dead("n3", true);
+  auto held = book.add_request("bob", spec(10, {{"n1", "n3"}}));
+  lab.set_dead("n3", false);  // n1 is full: n1 -> n3 is held
+  ASSERT_EQ(book.fleet().nodes()[0].paused_streams, 1u);
 
   RequestSpec faster = held.spec;
   faster.interval_s = 5;
-  core.edit(held.num, lab.bob(), faster, std::nullopt);
-  EXPECT_LE(core.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
-  EXPECT_EQ(core.nodes()[0].paused_streams, 1u);
+  book.edit(held.num, lab.bob(), faster, std::nullopt);
+  EXPECT_LE(book.node_cost("n1").bps, lab.config.budgets.node.bps * (1 + 1e-9));
+  EXPECT_EQ(book.fleet().nodes()[0].paused_streams, 1u);
 }
 
 TEST(Edit, TemporaryChangeRevertsAndSurvivesRestart) {
   Lab lab;
   lab.open();
-  auto r = lab.core->add_request("bob", spec(30, {{"n1", "n2"}}));
+  auto r = lab.book->add_request("bob", spec(30, {{"n1", "n2"}}));
   RequestSpec faster = r.spec;
   faster.interval_s = 2;
   faster.priority = 5;
-  auto edited = lab.core->edit(r.num, lab.bob(), faster, 600.0);
+  auto edited = lab.book->edit(r.num, lab.bob(), faster, 600.0);
   ASSERT_TRUE(edited.revert);
-  EXPECT_EQ(lab.core->current_streams()["n1"][0].interval_s(), 2);
-  EXPECT_EQ(lab.core->current_streams()["n1"][0].priority(), 5);
+  EXPECT_EQ(lab.book->current_streams()["n1"][0].interval_s(), 2);
+  EXPECT_EQ(lab.book->current_streams()["n1"][0].priority(), 5);
   const UtcNs at = edited.revert->at_ns;
   // A second temporary edit still returns to the original.
   faster.interval_s = 1;
-  edited = lab.core->edit(r.num, lab.bob(), faster, 60.0);
+  edited = lab.book->edit(r.num, lab.bob(), faster, 60.0);
   EXPECT_EQ(edited.revert->spec.interval_s, 30);
 
-  lab.core.reset();  // manager restart
+  lab.book.reset();  // manager restart
   lab.open();
-  auto back = lab.core->find(r.num);
+  auto back = lab.book->find(r.num);
   ASSERT_TRUE(back && back->revert);
   EXPECT_EQ(back->spec.interval_s, 1);
   EXPECT_EQ(back->revert->spec.interval_s, 30);
-  EXPECT_EQ(lab.core->current_streams()["n1"][0].interval_s(), 1);
-  lab.core->housekeeping(at + 1);
-  EXPECT_EQ(lab.core->find(r.num)->spec.interval_s, 30);
-  EXPECT_FALSE(lab.core->find(r.num)->revert);
-  EXPECT_EQ(lab.core->current_streams()["n1"][0].interval_s(), 30);
-  EXPECT_EQ(lab.core->current_streams()["n1"][0].priority(), 0);
+  EXPECT_EQ(lab.book->current_streams()["n1"][0].interval_s(), 1);
+  lab.clock.utc_ns = at + 1;
+  lab.book->housekeeping();
+  EXPECT_EQ(lab.book->find(r.num)->spec.interval_s, 30);
+  EXPECT_FALSE(lab.book->find(r.num)->revert);
+  EXPECT_EQ(lab.book->current_streams()["n1"][0].interval_s(), 30);
+  EXPECT_EQ(lab.book->current_streams()["n1"][0].priority(), 0);
   // Persisted too.
-  lab.core.reset();
+  lab.book.reset();
   lab.open();
-  EXPECT_EQ(lab.core->find(r.num)->spec.interval_s, 30);
-  EXPECT_FALSE(lab.core->find(r.num)->revert);
+  EXPECT_EQ(lab.book->find(r.num)->spec.interval_s, 30);
+  EXPECT_FALSE(lab.book->find(r.num)->revert);
 }
 
 TEST(Edit, BudgetsAndOwnershipApply) {
   Lab lab;
   lab.config.budgets.user.bps = latency_bps(5);
   lab.open();
-  auto r = lab.core->add_request("bob", spec(10, {{"n1", "n2"}}));
+  auto r = lab.book->add_request("bob", spec(10, {{"n1", "n2"}}));
   RequestSpec s = r.spec;
   s.interval_s = 1;
-  EXPECT_EQ(fault_of([&] { lab.core->edit(r.num, lab.bob(), s, std::nullopt); }), kBudgetExceeded);
-  EXPECT_EQ(lab.core->find(r.num)->spec.interval_s, 10);
+  EXPECT_EQ(fault_of([&] { lab.book->edit(r.num, lab.bob(), s, std::nullopt); }), kBudgetExceeded);
+  EXPECT_EQ(lab.book->find(r.num)->spec.interval_s, 10);
   UserConfig carol{"carol", {}, Role::user};
-  EXPECT_EQ(fault_of([&] { lab.core->edit(r.num, carol, s, std::nullopt); }), kNotPermitted);
+  EXPECT_EQ(fault_of([&] { lab.book->edit(r.num, carol, s, std::nullopt); }), kNotPermitted);
   s.interval_s = 5;
-  EXPECT_EQ(lab.core->edit(r.num, lab.alice(), s, std::nullopt).spec.interval_s, 5);
+  EXPECT_EQ(lab.book->edit(r.num, lab.alice(), s, std::nullopt).spec.interval_s, 5);
 }
 
 // Stream sets compared by what probers run: key, interval, priority.
@@ -332,16 +355,15 @@ TEST(Invariants, RandomSequencesKeepBudgetsServeEveryRequestAndMatchTheReference
     lab.config.budgets.user.bps = latency_bps(1) * 4;
     lab.config.limits.max_requests_per_user = 6;
     lab.open();
-    Core& core = *lab.core;
+    RequestBook& book = *lab.book;
     std::mt19937 rng(seed);
     auto pick = [&](std::size_t n) { return static_cast<std::size_t>(rng() % n); };
     const std::vector<double> intervals = {1, 2, 3, 5, 10, 30};
-    UtcNs clock = utc_now_ns();
     std::size_t admitted = 0, refused = 0;
     for (int step = 0; step < 300; ++step) {
       const int op = static_cast<int>(pick(10));
       const UserConfig& who = pick(2) ? lab.bob() : lab.alice();
-      auto mine = core.list(who.name);
+      auto mine = book.list(who.name);
       std::erase_if(mine, [](const Request& r) { return r.state != RequestState::active; });
       if (op < 5) {
         std::vector<Path> paths;
@@ -353,11 +375,11 @@ TEST(Invariants, RandomSequencesKeepBudgetsServeEveryRequestAndMatchTheReference
         sp.priority = static_cast<std::int32_t>(pick(3));
         if (pick(4) == 0) sp.latency.count = 10;  // a second argument set
         if (pick(3) == 0) sp.duration_s = 1 + pick(20);
-        const int code = fault_of([&] { core.admit(who, sp, false); });
+        const int code = fault_of([&] { book.admit(who, sp, false); });
         EXPECT_TRUE(code == 0 || code == kLimitExceeded || code == kBudgetExceeded) << code;
         (code == 0 ? admitted : refused) += 1;
       } else if (op == 5 && !mine.empty()) {
-        core.cancel(mine[pick(mine.size())].num, who);
+        book.cancel(mine[pick(mine.size())].num, who);
       } else if (op == 6 && !mine.empty()) {
         const Request& r = mine[pick(mine.size())];
         RequestSpec sp = r.spec;
@@ -365,23 +387,23 @@ TEST(Invariants, RandomSequencesKeepBudgetsServeEveryRequestAndMatchTheReference
         sp.priority = static_cast<std::int32_t>(pick(5));
         std::optional<double> for_s;
         if (pick(2)) for_s = 1 + pick(10);
-        const int code = fault_of([&] { core.edit(r.num, who, sp, for_s); });
+        const int code = fault_of([&] { book.edit(r.num, who, sp, for_s); });
         EXPECT_TRUE(code == 0 || code == kBudgetExceeded || code == kLimitExceeded) << code;
       } else if (op == 7) {
-        clock += static_cast<UtcNs>(1 + pick(8)) * 1'000'000'000;  // expiries and reverts
-        core.housekeeping(clock);
+        lab.clock.utc_ns += static_cast<UtcNs>(1 + pick(8)) * 1'000'000'000;  // expiries, reverts
+        book.housekeeping();
       } else if (op == 8) {
-        core.set_node_dead_for_test(ids[pick(ids.size())], pick(3) == 0);
+        lab.set_dead(ids[pick(ids.size())], pick(3) == 0);
       }
 
       // The incremental index equals a derivation from scratch.
-      ASSERT_EQ(flat(core.current_streams()), flat(core.derived_streams()))
+      ASSERT_EQ(flat(book.current_streams()), flat(book.derived_streams()))
           << "seed " << seed << " step " << step;
       // No budget is ever exceeded.
       const double eps = 1e-6;
       Cost recomputed;
       std::map<std::string, double> per_node;
-      for (const auto& [node, streams] : core.current_streams())
+      for (const auto& [node, streams] : book.current_streams())
         for (const auto& s : streams) {
           RequestSpec k;
           k.latency.count = s.latency().count();
@@ -392,20 +414,20 @@ TEST(Invariants, RandomSequencesKeepBudgetsServeEveryRequestAndMatchTheReference
           per_node[s.dst()] += bps;
         }
       const std::string at = fmt::format("seed {} step {} op {}", seed, step, op);
-      ASSERT_NEAR(core.global_cost().bps, recomputed.bps, 1e-3) << at;
+      ASSERT_NEAR(book.global_cost().bps, recomputed.bps, 1e-3) << at;
       ASSERT_LE(recomputed.bps, lab.config.budgets.global.bps * (1 + 1e-9) + eps) << at;
       for (const auto& [node, bps] : per_node)
         ASSERT_LE(bps, lab.config.budgets.node.bps * (1 + 1e-9) + eps) << node << " " << at;
       for (const auto* user : {"alice", "bob"}) {
-        Usage u = core.usage(user);
+        Usage u = book.usage(user);
         ASSERT_LE(u.reserved.bps, lab.config.budgets.user.bps * (1 + 1e-9) + eps);
         ASSERT_LE(u.charged.bps, u.reserved.bps + eps);
         ASSERT_LE(u.requests, lab.config.limits.max_requests_per_user);
       }
       // Every active request is served at its interval or faster on every
       // path whose ends are alive, unless held for budget (then paused).
-      auto running = flat(core.current_streams());
-      for (const auto& r : core.list(std::nullopt)) {
+      auto running = flat(book.current_streams());
+      for (const auto& r : book.list(std::nullopt)) {
         if (r.state != RequestState::active) continue;
         for (const auto& p : r.spec.paths) {
           auto it = running.find(stream_key(r.spec, p, std::nullopt));
@@ -426,16 +448,16 @@ TEST(Restart, MidRunLosesNoRequest) {
   std::vector<std::uint64_t> nums;
   for (int i = 0; i < 20; ++i) {
     auto s = spec(1 + i, {{"n1", "n2"}, {"n2", "n3"}});
-    if (i % 3 == 0) s.tool = "abw", s.interval_s = 60 + i;
+    if (i % 3 == 0) s.tool = Tool::kAbw, s.interval_s = 60 + i;
     if (i % 4 == 0) s.priority = i;
-    nums.push_back(lab.core->add_request(i % 2 ? "bob" : "alice", s).num);
+    nums.push_back(lab.book->add_request(i % 2 ? "bob" : "alice", s).num);
   }
-  lab.core->cancel(nums[3], lab.alice());
-  auto before = lab.core->list(std::nullopt);
-  auto streams = flat(lab.core->current_streams());
-  lab.core.reset();
+  lab.book->cancel(nums[3], lab.alice());
+  auto before = lab.book->list(std::nullopt);
+  auto streams = flat(lab.book->current_streams());
+  lab.book.reset();
   lab.open();
-  auto after = lab.core->list(std::nullopt);
+  auto after = lab.book->list(std::nullopt);
   ASSERT_EQ(after.size(), before.size());
   for (std::size_t i = 0; i < before.size(); ++i) {
     EXPECT_EQ(after[i].num, before[i].num);
@@ -445,10 +467,10 @@ TEST(Restart, MidRunLosesNoRequest) {
     EXPECT_EQ(after[i].spec.interval_s, before[i].spec.interval_s);
     EXPECT_EQ(after[i].spec.abw, before[i].spec.abw);
   }
-  EXPECT_EQ(flat(lab.core->current_streams()), streams);
+  EXPECT_EQ(flat(lab.book->current_streams()), streams);
   // A prober that registers gets its full assignment.
-  auto a = lab.core->on_register("n1", 9);
-  EXPECT_EQ(static_cast<std::size_t>(a.streams_size()), lab.core->current_streams()["n1"].size());
+  auto a = lab.book->fleet().on_register("n1", 9);
+  EXPECT_EQ(static_cast<std::size_t>(a.streams_size()), lab.book->current_streams()["n1"].size());
 }
 
 }  // namespace

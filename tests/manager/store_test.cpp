@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-#include "manager/core.h"
+#include "manager/request_book.h"
 #include "tests/manager/test_config.h"
 
 namespace flexmon::manager {
@@ -38,7 +38,7 @@ TEST(Store, SurvivesReopening) {
   EXPECT_GT(store.add("carol", spec, 3).num, all[1].num);
 }
 
-TEST(Store, CoreReloadsRequests) {
+TEST(Store, RequestBookReloadsRequests) {
   auto dir = testing::temp_dir();
   Config config = testing::test_config(dir);
   RequestSpec spec;
@@ -46,14 +46,14 @@ TEST(Store, CoreReloadsRequests) {
   spec.paths = {{"n1", "n3"}};
   std::uint64_t num = 0;
   {
-    Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
-    num = core.add_request("bob", spec).num;
+    RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"));
+    num = book.add_request("bob", spec).num;
   }
-  Core core(config, std::make_unique<RequestStore>(dir / "state.db"));
-  ASSERT_TRUE(core.find(num));
-  EXPECT_EQ(core.find(num)->owner, "bob");
-  EXPECT_EQ(core.current_streams()["n1"].size(), 1u);
-  EXPECT_GT(core.add_request("bob", spec).num, num);
+  RequestBook book(config, std::make_unique<RequestStore>(dir / "state.db"));
+  ASSERT_TRUE(book.find(num));
+  EXPECT_EQ(book.find(num)->owner, "bob");
+  EXPECT_EQ(book.current_streams()["n1"].size(), 1u);
+  EXPECT_GT(book.add_request("bob", spec).num, num);
 }
 
 }  // namespace

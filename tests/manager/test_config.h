@@ -7,6 +7,7 @@
 #include <random>
 #include <string>
 
+#include "common/clock.h"
 #include "common/config.h"
 
 namespace flexmon::manager::testing {
@@ -19,6 +20,15 @@ inline const std::string kBobAuth = "Basic Ym9iOmJvYi10b2tlbi0wMTIzNDU2Nzg5YWJjZ
 inline const std::string kCarolAuth = "Basic Y2Fyb2w6Y2Fyb2wtdG9rZW4tMDEyMzQ1Njc4OWFiY2RlZg==";
 // svc (service): svc-token-0123456789abcdef
 inline const std::string kSvcAuth = "Basic c3ZjOnN2Yy10b2tlbi0wMTIzNDU2Nzg5YWJjZGVm";
+
+// Clocks the test steps: UTC time is `utc_ns`, monotonic time `mono`.
+struct SteppedClock {
+  UtcNs utc_ns = utc_now_ns();
+  MonoClock::time_point mono = MonoClock::now();
+  TimeSource clock() {
+    return {[this] { return utc_ns; }, [this] { return mono; }};
+  }
+};
 
 inline std::filesystem::path temp_dir() {
   std::random_device rd;
