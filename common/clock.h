@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace flexmon {
@@ -16,6 +17,10 @@ inline UtcNs utc_now_ns() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+// Where behaviour depends on the time of day (schedules, ages, retention),
+// code takes a UtcClock, utc_now_ns in the daemons, so tests can step time.
+using UtcClock = std::function<UtcNs()>;
 
 using MonoClock = std::chrono::steady_clock;
 
