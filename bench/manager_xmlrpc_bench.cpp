@@ -30,6 +30,7 @@
 #include "manager/manager.h"
 #include "storage/cache.h"
 #include "storage/flusher.h"
+#include "storage/reader.h"
 #include "tests/manager/http_post.h"
 #include "wire.pb.h"
 
@@ -273,6 +274,7 @@ class CannedServer {
 // Usage: manager_xmlrpc_bench [SECONDS_PER_RUN] [NAME...]; NAMEs (probe_get,
 // query_latency_100) pick the calls measured, all by default.
 int main(int argc, char** argv) {
+  flexmon::keep_freed_memory_for_result_pages();  // as flexmon-manager's main does
   const double seconds = argc > 1 ? std::atof(argv[1]) : 3.0;
   const std::vector<std::string_view> only(argv + std::min(argc, 2), argv + argc);
   const int clients = 16;

@@ -189,6 +189,7 @@ long peak_rss_kb() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  flexmon::keep_freed_memory_for_result_pages();  // as flexmon-manager's main does
   if (argc != 4) {
     fmt::print(stderr, "usage: storage_bench flush|query|dump CONNINFO ROWS\n");
     return 64;
@@ -288,7 +289,7 @@ int main(int argc, char** argv) {
       int src = static_cast<int>(random() % kNodes);
       int dst = (src + 1 + static_cast<int>(random() % (kNodes - 1))) % kNodes;
       PageQuery q;
-      q.filter.tool = "latency";
+      q.filter.tool = flexmon::Tool::kLatency;
       q.filter.src = fmt::format("n{}", src);
       q.filter.dst = fmt::format("n{}", dst);
       q.filter.from = kMonday;

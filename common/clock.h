@@ -18,6 +18,10 @@ inline UtcNs utc_now_ns() {
       .count();
 }
 
+// Where behaviour depends on the time of day (schedules, ages, retention),
+// code takes a UtcClock, utc_now_ns in the daemons, so tests can step time.
+using UtcClock = std::function<UtcNs()>;
+
 using MonoClock = std::chrono::steady_clock;
 
 // The clocks a component reads where its behaviour depends on time

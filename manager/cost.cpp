@@ -4,7 +4,8 @@
 #include <numeric>
 
 #include "common/log.h"
-#include "common/sqlite.h"
+#include "common/tool.h"
+#include "storage/reader.h"
 
 namespace flexmon::manager {
 
@@ -63,23 +64,14 @@ std::vector<double> shared_rates(const std::vector<double>& rates) {
 
 History load_history(const std::filesystem::path& cache_db, UtcNs since) {
   History history;
-  std::error_code ec;
-  if (!std::filesystem::exists(cache_db, ec)) return history;
-  try {
-    sqlite::Database db(cache_db, /*read_only=*/true);
-    auto select = db.prepare(
-        "SELECT tool, src, dst, MAX(bytes_sent) FROM results "
-        "WHERE tool IN ('abw', 'throughput') AND start_ns >= ? AND bytes_sent IS NOT NULL "
-        "GROUP BY tool, src, dst");
-    select.bind(1, static_cast<std::int64_t>(since));
-    while (select.step())
-      history[{select.text(0), select.text(1), select.text(2)}] =
-          static_cast<double>(select.int64(3));
-  } catch (const std::exception& e) {
+  auto paths = largest_bytes_sent(cache_db, since);
+  if (!paths) {
     logger("manager")->warn("cost history from {}: {}; using argument bounds", cache_db.string(),
-                            e.what());
-    history.clear();
+                            paths.error().message);
+    return history;
   }
+  for (const PathBytesSent& p : *paths)
+    history[{std::string(tool_name(p.tool)), p.src, p.dst}] = static_cast<double>(p.max_bytes_sent);
   return history;
 }
 

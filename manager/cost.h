@@ -67,9 +67,10 @@ Cost standalone_cost(const RequestSpec& spec, const History* history);
 // shares in the order of `rates`.
 std::vector<double> shared_rates(const std::vector<double>& rates);
 
-// Reads, read-only from the cache database, the largest bytes_sent of the
-// abw and throughput results started since `since` per (tool, src, dst). An
-// absent or unreadable cache gives an empty history (and the bounds apply).
+// The largest bytes_sent of the abw and throughput results started since
+// `since` per (tool, src, dst), through storage (largest_bytes_sent in
+// storage/reader.h). An absent or unreadable cache gives an empty history
+// (and the bounds apply).
 History load_history(const std::filesystem::path& cache_db, UtcNs since);
 
 }  // namespace flexmon::manager

@@ -18,7 +18,6 @@
 #include "manager/rendered_rows.h"
 #include "manager/spec.h"
 #include "manager/xmlrpc_values.h"
-#include "storage/rtts.h"
 
 namespace flexmon::manager {
 
@@ -28,7 +27,7 @@ using V = xmlrpc_c::value;
 
 const std::set<std::string, std::less<>> kStatuses = {
     "ok", "timeout", "unreachable", "resolve-failure", "refused", "error"};
-const std::set<std::string, std::less<>> kTools = [] {
+const std::set<std::string, std::less<>> kToolNames = [] {
   std::set<std::string, std::less<>> names;
   for (Tool tool : kAllTools) names.emplace(tool_name(tool));
   return names;
@@ -94,10 +93,10 @@ bool pages(QueryKind kind) {
   return kind == QueryKind::latency || kind == QueryKind::abw || kind == QueryKind::throughput;
 }
 
-// The stored per-packet RTTs as ms, -1 for a lost packet.
-void write_rtts(XmlValueWriter& w, std::string_view json) {
+// The per-packet RTTs as ms, -1 for a lost packet.
+void write_rtts(XmlValueWriter& w, const PacketRtts& rtts) {
   w.begin_array();
-  visit_rtts(json, [&](std::optional<std::int64_t> rtt_ns) {
+  rtts.for_each([&](std::optional<std::int64_t> rtt_ns) {
     if (rtt_ns)
       w.scaled(*rtt_ns, 1'000'000);
     else
@@ -157,9 +156,9 @@ void write_row(XmlValueWriter& w, const ResultRow& r) {
   member_ms(w, "rtt_median_ms", r.rtt_median_ns);
   member_ms(w, "rtt_max_ms", r.rtt_max_ns);
   member_ms(w, "rtt_stddev_ms", r.rtt_stddev_ns);
-  if (r.rtts_ns) {
+  if (r.rtts) {
     w.member("rtts_ms");
-    write_rtts(w, *r.rtts_ns);
+    write_rtts(w, *r.rtts);
   }
   bps("estimate_bps", r.estimate_bps);
   bps("lower_bps", r.lower_bps);
@@ -255,9 +254,9 @@ QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
         fmt::format("{}: expected 0 to 1 arguments (filter), got {}", method, params.size()));
   QueryArgs args;
   ResultFilter& f = args.page.filter;
-  if (kind == QueryKind::latency) f.tool = "latency";
-  if (kind == QueryKind::abw) f.tool = "abw";
-  if (kind == QueryKind::throughput) f.tool = "throughput";
+  if (kind == QueryKind::latency) f.tool = Tool::kLatency;
+  if (kind == QueryKind::abw) f.tool = Tool::kAbw;
+  if (kind == QueryKind::throughput) f.tool = Tool::kThroughput;
   if (params.size() == 0) return args;
   const auto filter = get_struct(params[0], "filter");
   for (const auto& [key, value] : filter) {
@@ -277,13 +276,13 @@ QueryArgs parse_query_args(QueryKind kind, const xmlrpc_c::paramList& params,
     } else if (key == "status") {
       f.status = one_of(value, "status", kStatuses);
     } else if (key == "tool" && !pages(kind)) {
-      f.tool = one_of(value, "tool", kTools);
+      f.tool = parse_tool(one_of(value, "tool", kToolNames));
     } else if (key == "limit" && pages(kind)) {
       args.page.limit = bounded_uint(value, "limit", 1, 10000);
     } else if (key == "cursor" && pages(kind)) {
       const std::string cursor = get_string(value, "cursor");
       if (!cursor.empty()) {
-        auto position = opened_cursor(f.tool, cursor);
+        auto position = opened_cursor(tool_name(*f.tool), cursor);
         if (!position || !is_valid_cursor(*position))
           bad_argument(
               fmt::format("cursor: {} is not one that a previous page's next_cursor returned "
@@ -504,7 +503,7 @@ void QueryService::write_page(const PageQuery& query, std::unique_ptr<ResultRead
   }
   w.end_array();
   w.member("next_cursor");
-  w.string(sealed_cursor(query.filter.tool, page->next_cursor));
+  w.string(sealed_cursor(tool_name(*query.filter.tool), page->next_cursor));
   w.end_struct();
 }
 

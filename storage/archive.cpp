@@ -98,7 +98,7 @@ std::string render(const Select& s, Dialect dialect, std::vector<Param>& params)
   };
   std::string sql = fmt::format("SELECT {} FROM results WHERE TRUE", s.columns);
   const auto& f = s.filter;
-  if (!f.tool.empty()) sql += " AND tool = " + p(f.tool);
+  if (f.tool) sql += " AND tool = " + p(std::string(tool_name(*f.tool)));
   if (f.src) sql += " AND src = " + p(*f.src);
   if (f.dst) sql += " AND dst = " + p(*f.dst);
   if (f.site) {
@@ -164,7 +164,10 @@ void read_row(const Cursor& c, ResultRow& row) {
   row.rtt_median_ns = opt_int(16);
   row.rtt_max_ns = opt_int(17);
   row.rtt_stddev_ns = opt_int(18);
-  row.rtts_ns = opt_text(19);
+  if (c.is_null(19))
+    row.rtts.reset();
+  else
+    row.rtts.emplace(c.text(19));
   row.estimate_bps = opt_real(20);
   row.lower_bps = opt_real(21);
   row.upper_bps = opt_real(22);

@@ -3,18 +3,17 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
-#include <string_view>
 #include <variant>
 #include <vector>
 
 #include "common/sqlite.h"
+#include "storage/flusher.h"  // FlushHook
 #include "storage/reader.h"
 
 namespace flexmon {
@@ -132,9 +131,6 @@ class ArchiveSnapshot {
   virtual std::int64_t watermark() = 0;
   virtual std::unique_ptr<Cursor> select(const Select& select) = 0;
 };
-
-// Called at named points of a flush (tests inject faults there).
-using FlushHook = std::function<void(std::string_view point)>;
 
 class Archive {
  public:

@@ -31,7 +31,7 @@ void mark_archived(sqlite::Database& cache, std::int64_t id) {
   update.bind(1, std::to_string(id)).run();
 }
 
-FlushLag lag_of(sqlite::Database& cache) {
+FlushLag lag_of(sqlite::Database& cache, UtcNs now) {
   FlushLag lag;
   lag.archived_id = archived_id(cache);
   auto select = cache.prepare("SELECT COUNT(*), MIN(committed_ns) FROM results WHERE id > ?1");
@@ -39,7 +39,7 @@ FlushLag lag_of(sqlite::Database& cache) {
   select.step();
   lag.rows = select.int64(0);
   if (!select.is_null(1))
-    lag.seconds = std::max(0.0, static_cast<double>(utc_now_ns() - select.int64(1)) / kNsPerS);
+    lag.seconds = std::max(0.0, static_cast<double>(now - select.int64(1)) / kNsPerS);
   return lag;
 }
 
@@ -76,9 +76,10 @@ std::int64_t last_committed_by(sqlite::Database& cache, std::int64_t lower, UtcN
 
 // Deletes, in short transactions (the collector writes meanwhile), archived
 // rows that started before the retention.
-std::int64_t apply_retention(sqlite::Database& cache, double retention_s, std::stop_token stop) {
+std::int64_t apply_retention(sqlite::Database& cache, double retention_s, UtcNs now,
+                             std::stop_token stop) {
   std::int64_t upto = archived_id(cache);
-  UtcNs before = utc_now_ns() - static_cast<std::int64_t>(retention_s * kNsPerS);
+  UtcNs before = now - static_cast<std::int64_t>(retention_s * kNsPerS);
   auto remove = cache.prepare(
       "DELETE FROM results WHERE id IN (SELECT id FROM results WHERE id <= ?1 AND start_ns < ?2 "
       "LIMIT 10000)");
@@ -104,9 +105,9 @@ void check_writable(const sqlite::Database& cache) {
 
 }  // namespace
 
-FlushLag flush_lag(const Config& config) {
+FlushLag flush_lag(const Config& config, const UtcClock& now) {
   auto cache = storage::open_cache_db(config.collector.cache_db);
-  return lag_of(*cache);
+  return lag_of(*cache, now());
 }
 
 std::optional<FlushStatus> last_flush(const Config& config) {
@@ -129,8 +130,7 @@ std::optional<FlushStatus> last_flush(const Config& config) {
 
 namespace {
 
-void record_status(sqlite::Database& cache, const FlushReport& report) {
-  UtcNs now = utc_now_ns();
+void record_status(sqlite::Database& cache, const FlushReport& report, UtcNs now) {
   UtcNs last_ok = 0;
   {
     auto select = cache.prepare("SELECT value FROM cache_meta WHERE key = 'last_flush'");
@@ -156,7 +156,8 @@ void record_status(sqlite::Database& cache, const FlushReport& report) {
 
 }  // namespace
 
-FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_token stop) {
+FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_token stop,
+                       const UtcClock& now) {
   auto log = logger("flush");
   FlushReport report;
   auto cache = storage::open_cache_db(config.collector.cache_db);
@@ -167,7 +168,7 @@ FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_to
     std::int64_t lower = archive->watermark(uuid);
     mark_archived(*cache, lower);
 
-    UtcNs cutoff = utc_now_ns() - static_cast<std::int64_t>(config.archive.horizon_s * kNsPerS);
+    UtcNs cutoff = now() - static_cast<std::int64_t>(config.archive.horizon_s * kNsPerS);
     std::int64_t upper = last_committed_by(*cache, lower, cutoff);
 
     while (lower < upper) {
@@ -189,11 +190,12 @@ FlushReport flush_once(const Config& config, const FlushHook& hook, std::stop_to
     report.archive_ok = false;
     report.error = e.what();
   }
-  report.deleted = apply_retention(*cache, config.archive.retention_s, stop);
+  report.deleted = apply_retention(*cache, config.archive.retention_s, now(), stop);
   if (hook) hook("after_retention");
   check_writable(*cache);
-  report.lag = lag_of(*cache);
-  record_status(*cache, report);
+  const UtcNs ended = now();
+  report.lag = lag_of(*cache, ended);
+  record_status(*cache, report, ended);
   if (report.archive_ok)
     log->info("flush: {} rows archived, {} deleted from the cache; behind by {} rows, {:.0f} s",
               report.rows, report.deleted, report.lag.rows, report.lag.seconds);
@@ -209,16 +211,16 @@ struct Flusher::Impl {
   std::unique_ptr<PeriodicJob> job;
 };
 
-Flusher::Flusher(Config config) : impl_(std::make_shared<Impl>()) {
+Flusher::Flusher(Config config, UtcClock now) : impl_(std::make_shared<Impl>()) {
   // The job owns what it uses (a copy of the config, the shared Impl): a job
   // left running at exit never reads freed memory.
   impl_->job = std::make_unique<PeriodicJob>(
       "flush",
-      [config = std::move(config),
+      [config = std::move(config), now = std::move(now),
        impl = std::weak_ptr<Impl>(impl_)](std::stop_token stop) -> std::chrono::duration<double> {
         FlushReport report;
         try {
-          report = flush_once(config, {}, stop);
+          report = flush_once(config, {}, stop, now);
         } catch (const std::exception& e) {
           report.archive_ok = false;
           report.error = e.what();

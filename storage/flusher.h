@@ -57,11 +57,13 @@ using FlushHook = std::function<void(std::string_view point)>;
 // cache. Never throws for an archive failure (reported in the result); throws
 // for a broken cache file. When `stop` is requested it returns promptly with
 // `cancelled` set: the batch in progress is rolled back, and retention skipped.
-FlushReport flush_once(const Config& config, const FlushHook& hook = {}, std::stop_token stop = {});
+// `now` gives the horizon's and the retention's reference time.
+FlushReport flush_once(const Config& config, const FlushHook& hook = {}, std::stop_token stop = {},
+                       const UtcClock& now = utc_now_ns);
 
 // The lag, from the cache alone (no archive connection): cheap, for a status
-// method.
-FlushLag flush_lag(const Config& config);
+// method; its age is measured at now().
+FlushLag flush_lag(const Config& config, const UtcClock& now = utc_now_ns);
 
 // The status the last flush recorded; nullopt before the first one.
 std::optional<FlushStatus> last_flush(const Config& config);
@@ -73,13 +75,15 @@ std::optional<FlushStatus> last_flush(const Config& config);
 // middle of a flush (which is then rolled back and redone by the next run).
 class Flusher {
  public:
-  explicit Flusher(Config config);
+  explicit Flusher(Config config, UtcClock now = utc_now_ns);
   ~Flusher();  // stops
   Flusher(const Flusher&) = delete;
   Flusher& operator=(const Flusher&) = delete;
   void start();
   void request_stop();  // returns at once
-  void stop();          // requests and waits (a few seconds at most)
+  // Requests and waits a few seconds at most; a run still stuck then is left
+  // to the process exit (storage/periodic_job.h says why).
+  void stop();
   // The report of the last flush (lag and archive state), for status methods.
   FlushReport last() const;
 

@@ -14,8 +14,10 @@
 
 namespace flexmon::pq {
 
-// A server that accepts no connection within this long counts as down (the
-// connection string's own connect_timeout, when shorter, applies too).
+// A server that accepts no connection within this long counts as down. Not a
+// configuration default (no key sets it): the configurable timeout is the
+// connection string's own connect_timeout (archive.postgres, common/config.h),
+// which applies when shorter; this is only the ceiling over it.
 inline constexpr int kConnectTimeoutS = 30;
 
 struct ResultDeleter {

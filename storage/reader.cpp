@@ -6,7 +6,6 @@
 #include <charconv>
 #include <cmath>
 #include <map>
-#include <mutex>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -61,24 +60,6 @@ std::optional<Select::After> decode_cursor(const std::string& cursor) {
   }
   after.node = text.substr(at);
   return after;
-}
-
-// glibc serves blocks above M_MMAP_THRESHOLD from fresh mappings and gives
-// the top of the heap back to the kernel once more than M_TRIM_THRESHOLD of
-// it is free. Both limits adapt, but they settle below what a page of results
-// holds (a 10,000-row page: ~5 MB of libpq result and ~5 MB of rows), so every
-// page faulted its memory in again from the kernel: 33 of the reader's 39 ms
-// of CPU for a one-path week (bench/storage_bench query). Fixed limits keep up
-// to kKeptFreeBytes of freed memory for the next page, once per process.
-constexpr int kLargestHeapBlock = 32 << 20;  // glibc's ceiling for M_MMAP_THRESHOLD
-constexpr int kKeptFreeBytes = 32 << 20;
-
-void keep_freed_memory_for_reuse() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    mallopt(M_MMAP_THRESHOLD, kLargestHeapBlock);
-    mallopt(M_TRIM_THRESHOLD, kKeptFreeBytes);
-  });
 }
 
 // Fills a row from a cursor over the Select's columns.
@@ -187,7 +168,6 @@ struct ResultReader::Impl {
   std::unique_ptr<storage::StatementCache> statements;  // of `cache`
 
   explicit Impl(const Config& c) : config(c) {
-    keep_freed_memory_for_reuse();
     cache = storage::open_cache_db(config.collector.cache_db);
     uuid = storage::cache_uuid(*cache);
     statements = std::make_unique<storage::StatementCache>(*cache);
@@ -259,7 +239,11 @@ struct ResultReader::Impl {
       }
       for (const auto& [path, last_ns] : paths) {
         Select point = base(query.filter);
-        std::tie(point.filter.tool, point.filter.src, point.filter.dst) = path;
+        // A tool this version does not know (the filter then had none) has
+        // no point read: its rows are not results the manager serves.
+        point.filter.tool = parse_tool(std::get<0>(path));
+        if (!point.filter.tool) continue;
+        std::tie(std::ignore, point.filter.src, point.filter.dst) = path;
         point.filter.from = last_ns;
         point.filter.to = last_ns + 1;
         point.order = Select::Order::newest_first;
@@ -421,6 +405,41 @@ Status ResultReader::scan(const ResultFilter& filter,
       }
     }
   });
+}
+
+Result<std::vector<PathBytesSent>> largest_bytes_sent(const std::filesystem::path& cache_db,
+                                                      UtcNs since) {
+  std::vector<PathBytesSent> paths;
+  std::error_code ec;
+  if (!std::filesystem::exists(cache_db, ec)) return paths;
+  try {
+    sqlite::Database db(cache_db, /*read_only=*/true);
+    auto select = db.prepare(
+        "SELECT tool, src, dst, MAX(bytes_sent) FROM results "
+        "WHERE tool IN ('abw', 'throughput') AND start_ns >= ? AND bytes_sent IS NOT NULL "
+        "GROUP BY tool, src, dst");
+    select.bind(1, static_cast<std::int64_t>(since));
+    while (select.step())
+      paths.push_back(
+          {*parse_tool(select.text(0)), select.text(1), select.text(2), select.int64(3)});
+  } catch (const std::exception& e) {
+    return fail(ErrorCode::kIoError, e.what());
+  }
+  return paths;
+}
+
+// glibc serves blocks above M_MMAP_THRESHOLD from fresh mappings and gives
+// the top of the heap back to the kernel once more than M_TRIM_THRESHOLD of
+// it is free. Both limits adapt, but they settle below what a page of results
+// holds (a 10,000-row page: ~5 MB of libpq result and ~5 MB of rows), so every
+// page faulted its memory in again from the kernel: 33 of the reader's 39 ms
+// of CPU for a one-path week (bench/storage_bench query). Fixed limits keep up
+// to kKeptFreeBytes of freed memory for the next page.
+void keep_freed_memory_for_result_pages() {
+  constexpr int kLargestHeapBlock = 32 << 20;  // glibc's ceiling for M_MMAP_THRESHOLD
+  constexpr int kKeptFreeBytes = 32 << 20;
+  mallopt(M_MMAP_THRESHOLD, kLargestHeapBlock);
+  mallopt(M_TRIM_THRESHOLD, kKeptFreeBytes);
 }
 
 }  // namespace flexmon

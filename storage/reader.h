@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -15,6 +16,8 @@
 
 #include "common/clock.h"
 #include "common/result.h"
+#include "common/tool.h"
+#include "storage/rtts.h"
 
 namespace flexmon {
 
@@ -32,7 +35,7 @@ struct ResultRow {
   std::optional<std::string> error;
   std::optional<std::int64_t> sent, received, duplicates;
   std::optional<std::int64_t> rtt_min_ns, rtt_avg_ns, rtt_median_ns, rtt_max_ns, rtt_stddev_ns;
-  std::optional<std::string> rtts_ns;  // JSON array, null = lost
+  std::optional<PacketRtts> rtts;  // latency: per packet, in order
   std::optional<double> estimate_bps, lower_bps, upper_bps;
   std::optional<std::int64_t> bytes_sent, duration_ns;
   std::optional<double> throughput_bps;
@@ -41,7 +44,7 @@ struct ResultRow {
 
 // Filters shared by every read. Unset = no filter.
 struct ResultFilter {
-  std::string tool;  // "latency", "abw", "throughput"; empty = any
+  std::optional<Tool> tool;
   std::optional<std::string> src;
   std::optional<std::string> dst;
   std::optional<std::string> site;  // src or dst is a node of this site
@@ -100,7 +103,10 @@ bool is_valid_cursor(const std::string& cursor);
 // One ResultReader per thread; it keeps its prepared cache statements.
 class ResultReader {
  public:
-  // Opens the cache (config.collector.cache_db) and the configured archive.
+  // Opens the cache (config.collector.cache_db); the configured archive is
+  // opened at the first read. Throws sqlite::UnwritableError while the
+  // cache's files cannot be written (a read could write its -shm),
+  // sqlite::SqliteError for a cache that cannot be opened.
   explicit ResultReader(const Config& config);
   ~ResultReader();
   ResultReader(const ResultReader&) = delete;
@@ -123,5 +129,28 @@ class ResultReader {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The most bytes one measurement sent on a path (tool abw or throughput).
+struct PathBytesSent {
+  Tool tool = Tool::kAbw;
+  std::string src, dst;
+  std::int64_t max_bytes_sent = 0;
+};
+
+// Per path, the largest bytes_sent of the abw and throughput results started
+// since `since`: what the manager's cost model charges a bandwidth
+// measurement (manager/cost.h). Read from the cache file alone, read-only and
+// without opening the archive: the recent results it asks for are the
+// cache's (archive.retention_s keeps a week), and the manager's housekeeping
+// thread that asks holds no ResultReader. No cache file yet: no paths. An
+// unreadable one: an Error (kIoError) with SQLite's message.
+Result<std::vector<PathBytesSent>> largest_bytes_sent(const std::filesystem::path& cache_db,
+                                                      UtcNs since);
+
+// Process-wide, so never called by the library: a process that reads pages
+// of results (the manager's main, the benchmarks that stand for it) calls it
+// once at start. It makes glibc keep freed memory for the next page instead
+// of returning it to the kernel (the figures are in storage/reader.cpp).
+void keep_freed_memory_for_result_pages();
 
 }  // namespace flexmon

@@ -1,10 +1,14 @@
-// The per-packet RTTs of a latency result as stored (column rtts_ns): a JSON
-// array of integer nanoseconds with null for a lost packet, "[123,null,456]".
+// The per-packet RTTs of a latency result. Storage keeps them in the column
+// rtts_ns as a JSON array of integer nanoseconds with null for a lost packet,
+// "[123,null,456]"; that text is storage's business: readers outside storage
+// get a PacketRtts and visit the packets decoded.
 #pragma once
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <utility>
 
 namespace flexmon {
 
@@ -29,5 +33,27 @@ void visit_rtts(std::string_view json, Visit&& visit) {
     in_number = false;
   }
 }
+
+// One result's per-packet RTTs as read. It holds the stored text and decodes
+// it while it is visited: decoding once into a vector would cost a page of
+// rows an allocation and a pass each, and the rows a page keeps as XML
+// (manager.rendered_rows_mb) are never decoded again.
+class PacketRtts {
+ public:
+  explicit PacketRtts(std::string stored) : stored_(std::move(stored)) {}
+
+  // Calls visit(std::optional<std::int64_t>) per packet in order: its RTT in
+  // ns, nullopt when it was lost.
+  template <typename Visit>
+  void for_each(Visit&& visit) const {
+    visit_rtts(stored_, std::forward<Visit>(visit));
+  }
+
+  // The column's text, for storage's own writers (the weekly dump copies it).
+  const std::string& stored() const { return stored_; }
+
+ private:
+  std::string stored_;
+};
 
 }  // namespace flexmon

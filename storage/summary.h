@@ -76,7 +76,7 @@ class SummaryAccumulator {
     if (r.sent) sent_ += *r.sent;
     if (r.received) received_ += *r.received;
     if (r.rtt_min_ns) min_ = std::min(min_, *r.rtt_min_ns);
-    if (r.rtts_ns) add_rtts(*r.rtts_ns);
+    if (r.rtts) add_rtts(r.rtts->stored());
     if (r.estimate_bps) bandwidth_.add(*r.estimate_bps);
     if (r.throughput_bps) bandwidth_.add(*r.throughput_bps);
   }

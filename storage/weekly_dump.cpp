@@ -14,6 +14,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/tool.h"
 #include "storage/archive.h"
 #include "storage/periodic_job.h"
 #include "storage/reader.h"
@@ -127,12 +128,14 @@ void csv_opt(std::string& out, const std::optional<T>& value) {
 
 const char* kCommonHeader = "node,boot_epoch,seq,stream,src,dst,start_ns,start_time,status,error";
 
-std::string tool_header(const std::string& tool) {
-  if (tool == "latency")
+// The columns after the common ones: the tool's, every tool's for a row of
+// a tool this version does not know (its file is "other").
+std::string tool_header(std::optional<Tool> tool) {
+  if (tool == Tool::kLatency)
     return ",sent,received,duplicates,rtt_min_ns,rtt_avg_ns,rtt_median_ns,rtt_max_ns,"
            "rtt_stddev_ns,rtts_ns";
-  if (tool == "abw") return ",estimate_bps,lower_bps,upper_bps,bytes_sent,duration_ns";
-  if (tool == "throughput") return ",throughput_bps,bytes_sent,duration_ns";
+  if (tool == Tool::kAbw) return ",estimate_bps,lower_bps,upper_bps,bytes_sent,duration_ns";
+  if (tool == Tool::kThroughput) return ",throughput_bps,bytes_sent,duration_ns";
   return ",sent,received,duplicates,rtt_min_ns,rtt_avg_ns,rtt_median_ns,rtt_max_ns,"
          "rtt_stddev_ns,rtts_ns,estimate_bps,lower_bps,upper_bps,bytes_sent,duration_ns,"
          "throughput_bps";
@@ -154,11 +157,14 @@ void csv_row(std::string& out, const ResultRow& r) {
     out += ',';
     csv_opt(out, value);
   };
-  bool latency = r.tool == "latency", abw = r.tool == "abw", tp = r.tool == "throughput";
-  bool other = !latency && !abw && !tp;
+  const std::optional<Tool> tool = parse_tool(r.tool);
+  bool latency = tool == Tool::kLatency, abw = tool == Tool::kAbw, tp = tool == Tool::kThroughput;
+  bool other = !tool;
   if (latency || other) {
     add(r.sent), add(r.received), add(r.duplicates), add(r.rtt_min_ns), add(r.rtt_avg_ns);
-    add(r.rtt_median_ns), add(r.rtt_max_ns), add(r.rtt_stddev_ns), add(r.rtts_ns);
+    add(r.rtt_median_ns), add(r.rtt_max_ns), add(r.rtt_stddev_ns);
+    out += ',';
+    if (r.rtts) csv_field(out, r.rtts->stored());
   }
   if (abw || other) {
     add(r.estimate_bps), add(r.lower_bps), add(r.upper_bps), add(r.bytes_sent);
@@ -227,11 +233,11 @@ Result<DumpReport> dump_week(const Config& config, const std::string& week,
       if (added) {
         it->second.file =
             std::make_unique<OutFile>(report.dir / (tool + ".csv.gz.tmp"), /*gzip=*/true);
-        it->second.buffer = std::string(kCommonHeader) + tool_header(tool) + "\n";
+        it->second.buffer = std::string(kCommonHeader) + tool_header(parse_tool(tool)) + "\n";
       }
       return it->second;
     };
-    for (const char* tool : {"latency", "abw", "throughput"}) open_tool(tool);
+    for (Tool tool : kAllTools) open_tool(std::string(tool_name(tool)));
 
     ResultFilter filter;
     filter.from = *start;
@@ -397,13 +403,15 @@ WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token 
   return run;
 }
 
-WeeklyDump::WeeklyDump(Config config) {
+WeeklyDump::WeeklyDump(Config config, UtcClock now) {
   job_ = std::make_unique<PeriodicJob>(
-      "dump", [config = std::move(config)](std::stop_token stop) -> std::chrono::duration<double> {
-        UtcNs now = utc_now_ns();
-        WeeklyDumpRun run = weekly_dump_once(config, now, stop);
+      "dump",
+      [config = std::move(config),
+       now = std::move(now)](std::stop_token stop) -> std::chrono::duration<double> {
+        const UtcNs started = now();
+        WeeklyDumpRun run = weekly_dump_once(config, started, stop);
         std::chrono::duration<double> until_next(
-            static_cast<double>(run.schedule.next_due_ns - now) / 1e9);
+            static_cast<double>(run.schedule.next_due_ns - started) / 1e9);
         if (run.outcome == WeeklyDumpRun::Outcome::failed && !stop.stop_requested())
           return std::min(until_next, std::chrono::duration<double>(3600));
         return until_next;

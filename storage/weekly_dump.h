@@ -83,13 +83,16 @@ WeeklyDumpRun weekly_dump_once(const Config& config, UtcNs now, std::stop_token 
 // hourly; stop() returns within moments, abandoning a dump in progress.
 class WeeklyDump {
  public:
-  explicit WeeklyDump(Config config);
+  // `now` places the schedule (utc_now_ns in the collector).
+  explicit WeeklyDump(Config config, UtcClock now = utc_now_ns);
   ~WeeklyDump();
   WeeklyDump(const WeeklyDump&) = delete;
   WeeklyDump& operator=(const WeeklyDump&) = delete;
   void start();
   void request_stop();  // returns at once
-  void stop();          // requests and waits (a few seconds at most)
+  // Requests and waits a few seconds at most; a run still stuck then is left
+  // to the process exit (storage/periodic_job.h says why).
+  void stop();
 
  private:
   std::unique_ptr<PeriodicJob> job_;

@@ -168,18 +168,18 @@ TEST_F(QueryTest, FiltersAreCheckedAndFaultsNameTheKey) {
                                        {"status", str("timeout")},
                                        {"limit", num(7)}}),
                                config_);
-  EXPECT_EQ(args.page.filter.tool, "latency");
+  EXPECT_EQ(args.page.filter.tool, Tool::kLatency);
   EXPECT_EQ(args.page.filter.src, "n1");
   EXPECT_EQ(args.page.filter.site, "a");
   EXPECT_EQ(args.page.filter.from, 100'000'000'000);
   EXPECT_EQ(args.page.filter.to, 200'000'000'000);
   EXPECT_EQ(args.page.filter.status, "timeout");
   EXPECT_EQ(args.page.limit, 7u);
-  EXPECT_EQ(parse_query_args(QueryKind::abw, {}, config_).page.filter.tool, "abw");
+  EXPECT_EQ(parse_query_args(QueryKind::abw, {}, config_).page.filter.tool, Tool::kAbw);
   EXPECT_EQ(parse_query_args(QueryKind::summary, filter({{"tool", str("throughput")}}), config_)
                 .page.filter.tool,
-            "throughput");
-  EXPECT_EQ(parse_query_args(QueryKind::paths, {}, config_).page.filter.tool, "");
+            Tool::kThroughput);
+  EXPECT_EQ(parse_query_args(QueryKind::paths, {}, config_).page.filter.tool, std::nullopt);
 
   int code = 0;
   EXPECT_EQ(fault(QueryKind::latency, filter({{"limit", num(10001)}}), &code),

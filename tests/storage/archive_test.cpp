@@ -492,7 +492,7 @@ TEST_P(StorageTest, PagesFiltersSummaryAndPathsAcrossCacheAndArchive) {
     EXPECT_EQ(all[i].seq, static_cast<std::int64_t>(400 - i));  // newest first
 
   PageQuery abw;
-  abw.filter.tool = "abw";
+  abw.filter.tool = Tool::kAbw;
   abw.filter.dst = "n3";  // abw rows have seq % 4 == 2: even seq -> n2
   EXPECT_EQ(reader.results(abw)->rows.size(), 0u);
   abw.filter.dst = "n2";
@@ -513,7 +513,7 @@ TEST_P(StorageTest, PagesFiltersSummaryAndPathsAcrossCacheAndArchive) {
   EXPECT_FALSE(reader.results(bad).ok());
 
   ResultFilter latency;
-  latency.tool = "latency";
+  latency.tool = Tool::kLatency;
   auto summary = reader.summary(latency);
   ASSERT_TRUE(summary.ok()) << summary.error().message;
   ASSERT_EQ(summary->size(), 2u);  // n1>n2 and n1>n3
@@ -524,7 +524,7 @@ TEST_P(StorageTest, PagesFiltersSummaryAndPathsAcrossCacheAndArchive) {
   EXPECT_EQ(*s.rtt_min_ns, 1'000'000);
   EXPECT_NEAR(static_cast<double>(*s.rtt_p99_ns), 2e6, 2e4);
   ResultFilter tp;
-  tp.tool = "throughput";
+  tp.tool = Tool::kThroughput;
   EXPECT_NEAR(*reader.summary(tp)->at(0).bandwidth_median_bps, 4.25e8, 4.25e6);
 
   auto paths = reader.paths({});
