@@ -6,8 +6,8 @@
 // group commit and its acks are sized by what those bursts gather. With this
 // model the collector commits ~161,000 results/s in bench/run-collector's
 // closed loop and keeps the ack p99 under 20 ms at 100,000 results/s offered
-// (schemas/cache.md, "The collector's goals", 2026-11-30; the benchmark logs
-// may move to docs/performance.md); an Asio variant was not measured.
+// (docs/performance.md, "The collector's goals", 2026-11-30); an Asio
+// variant was not measured.
 #include "collector/collector.h"
 
 #include <netdb.h>
