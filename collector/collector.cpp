@@ -1,11 +1,19 @@
+// The collector's receive path. I/O model: poll(2) and recvmmsg(2) on plain
+// threads (receiver, writer, syncer), not the Asio loop the manager and the
+// prober use. Kept for its batching: the receiver reads up to kReceiveBurst
+// datagrams per system call and hands the writer whole bursts, which an
+// Asio async_receive_from (one datagram per completion) does not do, and the
+// group commit and its acks are sized by what those bursts gather. With this
+// model the collector commits ~161,000 results/s in bench/run-collector's
+// closed loop and keeps the ack p99 under 20 ms at 100,000 results/s offered
+// (docs/performance.md, "The collector's goals", 2026-11-30); an Asio
+// variant was not measured.
 #include "collector/collector.h"
 
-#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,14 +34,11 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <sqlite3.h>
 
 #include "collector/datagram.h"
-#include "collector/window.h"
 #include "common/log.h"
 #include "common/seal.h"
-#include "common/sqlite.h"
-#include "storage/cache.h"
+#include "storage/cache_writer.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -52,14 +57,6 @@ constexpr std::size_t kReceiveBurst = 32;
 constexpr std::size_t kMaxDatagramBytes = 65536;
 // Ack datagrams stay small: at most this many ranges each.
 constexpr int kMaxRangesPerAck = 64;
-// The RESTART waits for PASSIVE rounds (at most kCatchUpRounds) to leave at
-// most this many frames for it to copy while the writer waits.
-constexpr int kRestartLeftoverFrames = 256;
-constexpr int kCatchUpRounds = 8;
-// How long a RESTART checkpoint waits for readers still using the WAL (the
-// writer waits meanwhile); when they do not let go, the WAL grows until a
-// later try.
-constexpr int kWalRestartBusyMs = 10;
 // While the cache cannot be written, how often the writer says so again.
 constexpr auto kUnwritableReportEvery = std::chrono::seconds(60);
 
@@ -135,35 +132,21 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> to_ranges(std::vector<std::
 // Three threads in a pipeline, so that verifying, writing and waiting for the
 // disk overlap (schemas/wire.md, "Collector"):
 // - receiver: reads datagrams, decodes and verifies them, queues them;
-// - writer: takes everything queued, classifies it against the windows and
-//   commits the fresh results with their windows in one transaction
-//   (synchronous=NORMAL: the commit does not wait for the disk);
-// - syncer: fdatasyncs the cache's WAL file, then sends the acks of every
-//   batch committed before that sync began;
-// - checkpointer: copies the WAL into the database file on a connection of
-//   its own, so that the writer's commits never wait for a checkpoint.
+// - writer: takes everything queued, has storage's CacheWriter classify it
+//   against the dedupe windows and commit the fresh results (the commit does
+//   not wait for the disk);
+// - syncer: has the CacheWriter sync (fdatasync of the cache's WAL), then
+//   sends the acks of every batch committed before that sync began;
+// and the CacheWriter's own checkpointer (storage/cache_writer.h).
 class CollectorDaemon : public Collector {
  public:
   CollectorDaemon(const Config& config, const CollectorTuning& tuning)
       : tuning_(tuning),
-        max_wal_bytes_(static_cast<std::int64_t>(config.collector.max_wal_mb) << 20),
-        cache_(config.collector.cache_db),
-        cache_file_(config.collector.cache_db),
         log_(logger("collector")),
         rejects_(log_, 20, std::chrono::seconds(10)),
-        window_table_(cache_.database()) {
+        cache_(config.collector.cache_db,
+               static_cast<std::int64_t>(config.collector.max_wal_mb) << 20, tuning, counters_) {
     for (const auto& node : config.nodes) keys_.add(node);
-    // NORMAL in WAL mode: COMMIT writes the WAL without waiting for the disk;
-    // the syncer's fdatasync of the WAL makes it durable before any ack.
-    cache_.database().exec("PRAGMA synchronous=NORMAL");
-    // The indexes of `results` stay in memory while a batch is inserted.
-    cache_.database().exec("PRAGMA cache_size=-65536");
-    // Replaces SQLite's autocheckpoint on the writer's connection: the hook
-    // only tells the checkpointer how large the WAL has grown.
-    sqlite3_wal_hook(cache_.database().handle(), &CollectorDaemon::on_wal_commit, this);
-    windows_ = window_table_.load();
-    open_wal();
-    open_checkpointer();
     bind(config.collector.listen);
     stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (stop_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -172,7 +155,6 @@ class CollectorDaemon : public Collector {
     receiver_ = std::thread([this] { receive_loop(); });
     writer_ = std::thread([this] { write_loop(); });
     syncer_ = std::thread([this] { sync_loop(); });
-    checkpointer_ = std::thread([this] { checkpoint_loop(); });
   }
 
   ~CollectorDaemon() override {
@@ -180,7 +162,6 @@ class CollectorDaemon : public Collector {
     wait();
     if (socket_ >= 0) ::close(socket_);
     if (stop_fd_ >= 0) ::close(stop_fd_);
-    if (wal_fd_ >= 0) ::close(wal_fd_);
   }
 
   void stop() override {
@@ -190,18 +171,13 @@ class CollectorDaemon : public Collector {
   }
 
   // The receiver ends first; the writer commits what was queued, the syncer
-  // acks it, then they end, and the checkpointer last.
+  // acks it, then they end, and the cache's checkpointer last.
   void wait() override {
     const bool ran = receiver_.joinable();
     if (receiver_.joinable()) receiver_.join();
     if (writer_.joinable()) writer_.join();
     if (syncer_.joinable()) syncer_.join();
-    {
-      std::lock_guard lock(checkpoint_mutex_);
-      checkpoint_stop_ = true;
-      checkpoint_due_.notify_all();
-    }
-    if (checkpointer_.joinable()) checkpointer_.join();
+    cache_.close();
     if (ran) report();  // the final counts, rejected datagrams by reason among them
   }
 
@@ -236,77 +212,12 @@ class CollectorDaemon : public Collector {
     local_.port = static_cast<std::uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
   }
 
-  // The cache's WAL file, for the syncer. It exists while a connection to the
-  // cache is open (ours is, for the collector's whole life), and an fd keeps
-  // naming the same file when SQLite truncates or rewinds it.
-  void open_wal() {
-    const char* wal = sqlite3_filename_wal(sqlite3_db_filename(cache_.database().handle(), "main"));
-    wal_fd_ = wal ? ::open(wal, O_RDWR | O_CLOEXEC) : -1;
-    if (wal_fd_ < 0)
-      throw std::runtime_error(fmt::format("collector: cannot open the cache's WAL file {}: {}",
-                                           wal ? wal : "?", std::strerror(errno)));
-    fill_wal(wal);
-  }
-
-  // Writes zeros from the end of the WAL file up to its bound plus a margin.
-  // While SQLite appends past the end of the file, the fdatasync behind every
-  // ack must also journal the file's new size and blocks (ext4), and while a
-  // fresh cache's WAL grew, acks waited up to ~100 ms (collector_bench); over
-  // written blocks only the frames themselves are synced. SQLite tells valid
-  // frames by their salts and checksums, never by the file's size, so what
-  // lies past the last frame is what a rewound WAL always has: stale bytes.
-  // Runs before the writer starts, and never overwrites a byte of the file.
-  void fill_wal(const char* wal) {
-    if (!tuning_.fill_wal) return;
-    const std::int64_t size = max_wal_bytes_ + kWalFillMarginBytes;
-    struct stat file {};
-    if (::fstat(wal_fd_, &file) != 0)
-      throw std::runtime_error(fmt::format("collector: cannot stat the cache's WAL file {}: {}",
-                                           wal, std::strerror(errno)));
-    if (file.st_size >= size) return;
-    const auto started = Mono::now();
-    log_->info(
-        "collector: writing the cache's WAL file {} full: {} MiB more, to {} MiB "
-        "(collector.max_wal_mb + 16)",
-        wal, (size - file.st_size) >> 20, size >> 20);
-    static const std::vector<char> zeros(1 << 20, 0);
-    constexpr off_t kReportEvery = 1LL << 30;
-    off_t next_report = file.st_size + kReportEvery;
-    for (off_t at = file.st_size; at < size;) {
-      auto length = std::min<off_t>(static_cast<off_t>(zeros.size()), size - at);
-      ssize_t wrote = ::pwrite(wal_fd_, zeros.data(), static_cast<std::size_t>(length), at);
-      if (wrote <= 0)
-        throw std::runtime_error(
-            fmt::format("collector: cannot extend the cache's WAL file {} to {} bytes: {} (a "
-                        "smaller collector.max_wal_mb needs less disk)",
-                        wal, size, std::strerror(errno)));
-      at += wrote;
-      if (at >= next_report) {
-        log_->info("collector: WAL file at {} MiB of {} MiB", at >> 20, size >> 20);
-        next_report += kReportEvery;
-      }
-    }
-    if (::fdatasync(wal_fd_) != 0)
-      throw std::runtime_error(fmt::format("collector: cannot sync the cache's WAL file {}: {}",
-                                           wal, std::strerror(errno)));
-    log_->info("collector: WAL file written full in {:.1f} s",
-               std::chrono::duration<double>(Mono::now() - started).count());
-  }
-
-  void open_checkpointer() {
-    checkpoint_db_ = std::make_unique<sqlite::Database>(cache_file_);
-    sqlite3_busy_timeout(checkpoint_db_->handle(), kWalRestartBusyMs);
-    auto page_size = checkpoint_db_->prepare("PRAGMA page_size");
-    page_size.step();
-    max_wal_frames_ = max_wal_bytes_ / page_size.int64(0);
-  }
-
   void receive_loop() {
     std::vector<std::array<char, kMaxDatagramBytes>> buffers(kReceiveBurst);
     std::array<iovec, kReceiveBurst> iovecs{};
     std::array<mmsghdr, kReceiveBurst> headers{};
     std::array<Peer, kReceiveBurst> from{};
-    auto last_report = Mono::now();
+    auto last_report = tuning_.mono_now();
     for (;;) {
       pollfd fds[2] = {{socket_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
       int n = ::poll(fds, 2, 1000);
@@ -341,8 +252,8 @@ class CollectorDaemon : public Collector {
         }
         if (!enqueue(std::move(accepted))) break;
       }
-      if (Mono::now() - last_report >= std::chrono::seconds(60)) {
-        last_report = Mono::now();
+      if (auto now = tuning_.mono_now(); now - last_report >= std::chrono::seconds(60)) {
+        last_report = now;
         report();
       }
     }
@@ -439,14 +350,12 @@ class CollectorDaemon : public Collector {
     return decoded;
   }
 
-  // Sorts a batch into fresh (stored now), duplicates (acked again) and
-  // outside the window (dropped); commits the fresh ones with the windows
-  // that record them in one transaction; then hands the acks to the syncer.
+  // Has the cache writer sort a batch into fresh (stored now), duplicates
+  // (acked again) and outside the window (dropped) and commit the fresh ones;
+  // then hands the acks to the syncer.
   void commit(std::vector<Accepted> accepted) {
     if (accepted.empty()) return;
-    std::map<WindowKey, std::size_t> index;
-    std::vector<Cache::StoreGroup> groups;
-    std::map<WindowKey, SeqWindow> touched;  // windows as they will be after the commit
+    WriteBatch batch = cache_.begin();
     // By (node, epoch, sender, key): a prober that restarted under its new key
     // may have datagrams of both keys in one batch.
     std::map<std::tuple<std::string, std::uint64_t, Peer, std::uint32_t>,
@@ -454,18 +363,12 @@ class CollectorDaemon : public Collector {
         acks;
     std::uint64_t duplicates = 0, outside = 0;
     for (const auto& a : accepted) {
-      const auto& batch = a.message->results();
-      WindowKey key{a.message->node(), batch.boot_epoch()};
-      auto w = touched.find(key);
-      if (w == touched.end()) {
-        auto committed = windows_.find(key);
-        w = touched.emplace(key, committed != windows_.end() ? committed->second : SeqWindow{})
-                .first;
-      }
-      auto& [sealer, seqs] = acks[{key.first, key.second, a.from, a.key->id()}];
+      const auto& results = a.message->results();
+      auto& target = batch.target(a.message->node(), results.boot_epoch());
+      auto& [sealer, seqs] = acks[{a.message->node(), results.boot_epoch(), a.from, a.key->id()}];
       sealer = a.key;
-      for (const auto& r : batch.results()) {
-        switch (w->second.classify(r.seq())) {
+      for (const auto& r : results.results()) {
+        switch (batch.offer(target, r)) {
           case SeqWindow::Verdict::duplicate:
             ++duplicates;
             seqs.push_back(r.seq());
@@ -473,14 +376,9 @@ class CollectorDaemon : public Collector {
           case SeqWindow::Verdict::outside:
             ++outside;
             break;
-          case SeqWindow::Verdict::fresh: {
-            w->second.add(r.seq());
-            auto [g, added] = index.emplace(key, groups.size());
-            if (added) groups.push_back(Cache::StoreGroup{key.first, key.second, {}});
-            groups[g->second].results.push_back(&r);
+          case SeqWindow::Verdict::fresh:
             seqs.push_back(r.seq());
             break;
-          }
         }
       }
     }
@@ -489,32 +387,21 @@ class CollectorDaemon : public Collector {
       rejects_.warn("collector: dropped {} results outside the window of {} seqs", outside,
                     kSeqWindow);
     }
-    if (!groups.empty()) {
-      std::vector<StoreOutcome> outcomes;
-      try {
-        // Held for the commit: a RESTART checkpoint runs between two commits.
-        std::lock_guard between_commits(commit_mutex_);
-        auto began = Mono::now();
-        outcomes = cache_.store_many(groups, [&](sqlite::Database&) {
-          for (const auto& g : groups) {
-            WindowKey key{g.node, g.boot_epoch};
-            window_table_.save(key, touched.at(key));
-          }
-        });
-        counters_.commit_time.record(elapsed_ns(began));
-      } catch (const sqlite::UnwritableError& e) {
-        cache_unwritable(e.what(), accepted.size());
-        return;
-      } catch (const std::exception& e) {
-        ++counters_.commit_failures;
+    const bool writes = !batch.empty();
+    auto committed = cache_.commit(std::move(batch));
+    if (!committed) {
+      if (committed.error().code == ErrorCode::kUnavailable)
+        cache_unwritable(committed.error().message, accepted.size());
+      else
         rejects_.warn("collector: commit of {} datagrams failed, not acknowledged: {}",
-                      accepted.size(), e.what());
-        return;
-      }
-      ++counters_.commits;
+                      accepted.size(), committed.error().message);
+      return;
+    }
+    if (writes) {
       if (unwritable_since_) cache_writable_again();
-      for (std::size_t i = 0; i < outcomes.size(); ++i) {
-        const auto& o = outcomes[i];
+      for (std::size_t i = 0; i < committed->outcomes.size(); ++i) {
+        const auto& o = committed->outcomes[i];
+        const auto& group = committed->groups[i];
         counters_.stored += o.stored;
         // Present in the results but not in the window: a cache written before
         // the window existed. Still stored once (UNIQUE), still acked.
@@ -523,18 +410,13 @@ class CollectorDaemon : public Collector {
         if (o.rejected > 0) {
           counters_.refused += o.rejected;
           rejects_.warn("collector: refused {} results of node '{}' epoch {}, acked: {}",
-                        o.rejected, groups[i].node, groups[i].boot_epoch, o.rejection);
+                        o.rejected, group.node, group.boot_epoch, o.rejection);
         }
       }
-      for (const auto& g : groups) {
-        WindowKey key{g.node, g.boot_epoch};
-        windows_.insert_or_assign(key, touched.at(key));
-      }
-      ++commits_done_;
     }
     counters_.duplicates += duplicates;
     PendingAcks pending;
-    pending.after_commit = commits_done_;
+    pending.after_commit = committed->sync_through;
     for (auto& [key, list] : acks)
       if (!list.second.empty())
         pending.lists.push_back(AckList{std::get<0>(key), std::get<1>(key), std::get<2>(key),
@@ -555,7 +437,7 @@ class CollectorDaemon : public Collector {
   // first commit that begins again ends the pause. Said when it begins, every
   // minute while it lasts, and when it ends.
   void cache_unwritable(const std::string& why, std::size_t datagrams) {
-    auto now = Mono::now();
+    auto now = tuning_.mono_now();
     if (!unwritable_since_) {
       unwritable_since_ = unwritable_reported_ = now;
       unwritable_datagrams_before_ = counters_.unwritable_datagrams.load();
@@ -578,13 +460,12 @@ class CollectorDaemon : public Collector {
     log_->info(
         "collector: the cache can be written again after {:.0f} s ({} datagrams were left "
         "unacknowledged meanwhile); storing and acknowledging resume",
-        std::chrono::duration<double>(Mono::now() - *unwritable_since_).count(),
+        std::chrono::duration<double>(tuning_.mono_now() - *unwritable_since_).count(),
         counters_.unwritable_datagrams.load() - unwritable_datagrams_before_);
     unwritable_since_.reset();
   }
 
   void sync_loop() {
-    std::uint64_t synced = 0;  // every commit up to this one is on disk
     bool failed = false;
     for (;;) {
       std::vector<PendingAcks> pending;
@@ -597,26 +478,16 @@ class CollectorDaemon : public Collector {
       if (failed) continue;  // stopping: nothing more is acknowledged
       std::uint64_t needed = 0;
       for (const auto& p : pending) needed = std::max(needed, p.after_commit);
-      if (needed > synced) {
-        // Covers every commit that returned before this call, hence `needed`.
-        auto began = Mono::now();
-        int synced_rc = ::fdatasync(wal_fd_);
-        counters_.sync_time.record(elapsed_ns(began));
-        if (synced_rc != 0) {
-          // Linux may drop the pages that failed to write and report success
-          // on the next try: nothing written since can be trusted to be on
-          // disk, so acknowledge nothing more and stop.
-          log_->error(
-              "collector: fdatasync of the cache's WAL failed ({}); stopping, nothing "
-              "more is acknowledged",
-              std::strerror(errno));
-          ++counters_.sync_failures;
-          failed = true;
-          request_exit(kExitFailure);
-          continue;
-        }
-        synced = needed;
-        ++counters_.syncs;
+      if (auto synced = cache_.sync(needed); !synced) {
+        // Nothing written since can be trusted to be on disk: acknowledge
+        // nothing more and stop.
+        log_->error(
+            "collector: fdatasync of the cache's WAL failed ({}); stopping, nothing "
+            "more is acknowledged",
+            synced.error().message);
+        failed = true;
+        request_exit(kExitFailure);
+        continue;
       }
       // Recorded before the acks go out, so that a prober holding its ack
       // finds its datagram counted.
@@ -625,87 +496,6 @@ class CollectorDaemon : public Collector {
         for (const auto& a : p.spent) counters_.ack_delay.record(elapsed_ns(a.queued, acked));
         for (auto& list : p.lists) send_acks(list);
       }
-    }
-  }
-
-  // SQLite's WAL hook on the writer's connection, after every commit: `frames`
-  // is the WAL's length in frames.
-  static int on_wal_commit(void* self, sqlite3*, const char*, int frames) {
-    auto* daemon = static_cast<CollectorDaemon*>(self);
-    std::lock_guard lock(daemon->checkpoint_mutex_);
-    // Fewer frames than already checkpointed: the writer began the WAL anew.
-    if (frames < daemon->checkpointed_frames_) daemon->checkpointed_frames_ = 0;
-    daemon->wal_frames_ = frames;
-    if (frames - daemon->checkpointed_frames_ >= daemon->tuning_.checkpoint_every_frames)
-      daemon->checkpoint_due_.notify_one();
-    return SQLITE_OK;
-  }
-
-  // PASSIVE checkpoints do not block the writer, but under a steady load
-  // they never catch up with it exactly, and SQLite begins the WAL anew only
-  // when a commit finds it wholly checkpointed. So once the WAL exceeds
-  // config.collector.max_wal_mb the writer is held between two commits
-  // (commit_mutex_) for a RESTART checkpoint, which has only the frames since
-  // the last PASSIVE one left to copy.
-  void checkpoint_loop() {
-    sqlite3* db = checkpoint_db_->handle();
-    for (;;) {
-      {
-        std::unique_lock lock(checkpoint_mutex_);
-        checkpoint_due_.wait(lock, [&] {
-          return checkpoint_stop_ ||
-                 wal_frames_ - checkpointed_frames_ >= tuning_.checkpoint_every_frames;
-        });
-        if (checkpoint_stop_) break;
-      }
-      int wal = 0, copied = 0;
-      // A checkpoint writes the -shm too (cache_unwritable): not while the
-      // cache cannot be written; the writer commits nothing meanwhile either.
-      if (!checkpoint_db_->unwritable().empty()) {
-        std::lock_guard lock(checkpoint_mutex_);
-        checkpointed_frames_ = wal_frames_;
-        continue;
-      }
-      int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
-      if (rc == SQLITE_OK) ++counters_.checkpoints;
-      // Before holding the writer, more PASSIVE rounds while each still has
-      // much to copy: what is left for the RESTART is then about one commit.
-      for (int round = 0; rc == SQLITE_OK && wal > max_wal_frames_ &&
-                          wal - copied > kRestartLeftoverFrames && round < kCatchUpRounds;
-           ++round)
-        rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
-      if (rc == SQLITE_OK && wal > max_wal_frames_) {
-        std::unique_lock between_commits(commit_mutex_);
-        auto held_since = Mono::now();
-        rc = checkpoint_db_->unwritable().empty()
-                 ? sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_RESTART, &wal, &copied)
-                 : SQLITE_BUSY;
-        between_commits.unlock();
-        auto held = static_cast<std::uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(Mono::now() - held_since).count());
-        counters_.wal_restart_hold_ns += held;
-        if (held > counters_.wal_restart_hold_max_ns) counters_.wal_restart_hold_max_ns = held;
-        if (rc == SQLITE_OK) {
-          ++counters_.wal_restarts;
-          // The writer's next commit begins the WAL anew.
-          std::lock_guard lock(checkpoint_mutex_);
-          wal_frames_ = checkpointed_frames_ = 0;
-          continue;
-        }
-      }
-      if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-        ++counters_.checkpoint_failures;
-        rejects_.warn("collector: checkpoint of the cache's WAL failed: {}", sqlite3_errmsg(db));
-      }
-      std::lock_guard lock(checkpoint_mutex_);
-      if (rc != SQLITE_OK)
-        // Busy (readers, another connection's checkpoint) or failed: again
-        // once the WAL has grown by another round.
-        checkpointed_frames_ = wal_frames_;
-      else if (copied <= wal_frames_)
-        checkpointed_frames_ = copied;
-      else
-        checkpointed_frames_ = 0;  // the writer began the WAL anew meanwhile
     }
   }
 
@@ -751,21 +541,15 @@ class CollectorDaemon : public Collector {
   }
 
   const CollectorTuning tuning_;
-  const std::int64_t max_wal_bytes_;  // config.collector.max_wal_mb
-  Cache cache_;                       // the writer's, once started
-  std::filesystem::path cache_file_;
   KeyRing keys_;
   std::shared_ptr<spdlog::logger> log_;
   RateLimitedLog rejects_;
-  CollectorCounters counters_;
+  CollectorCounters counters_;  // before cache_, which counts into it
+  CacheWriter cache_;           // the writer's commits, the syncer's syncs
   Endpoint local_;
   int socket_ = -1;
   int stop_fd_ = -1;
-  int wal_fd_ = -1;
   std::atomic<bool> stopping_{false};
-  WindowTable window_table_;                // the writer's
-  std::map<WindowKey, SeqWindow> windows_;  // as committed; the writer's
-  std::uint64_t commits_done_ = 0;          // the writer's
   // Since when the cache could not be written (cache_unwritable), when that
   // was last said, and unwritable_datagrams when it began; the writer's.
   std::optional<Mono::time_point> unwritable_since_;
@@ -783,17 +567,7 @@ class CollectorDaemon : public Collector {
   std::vector<PendingAcks> acks_;
   bool writing_done_ = false;
 
-  std::mutex commit_mutex_;  // held by the writer's commit and the RESTART checkpoint
-
-  std::unique_ptr<sqlite::Database> checkpoint_db_;  // the checkpointer's connection
-  std::int64_t max_wal_frames_ = 0;                  // max_wal_bytes_ in frames
-  std::mutex checkpoint_mutex_;                      // writer's WAL hook -> checkpointer
-  std::condition_variable checkpoint_due_;
-  int wal_frames_ = 0;           // after the writer's last commit
-  int checkpointed_frames_ = 0;  // of those, copied to the database file
-  bool checkpoint_stop_ = false;
-
-  std::thread receiver_, writer_, syncer_, checkpointer_;
+  std::thread receiver_, writer_, syncer_;
 };
 
 }  // namespace
@@ -802,8 +576,6 @@ std::unique_ptr<Collector> start_collector(const Config& config, const Collector
   // 0 would let the writer take no datagram, ever, and spin.
   if (tuning.max_batch_results == 0)
     throw std::invalid_argument("collector: max_batch_results must be at least 1");
-  if (tuning.checkpoint_every_frames <= 0)
-    throw std::invalid_argument("collector: checkpoint_every_frames must be at least 1");
   return std::make_unique<CollectorDaemon>(config, tuning);
 }
 

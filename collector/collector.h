@@ -9,33 +9,27 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/daemon.h"
 #include "common/histogram.h"
+#include "storage/cache_writer.h"
 
 namespace flexmon {
 
-struct CollectorCounters {
+// The writer's counters (commits, syncs, checkpoints: CacheWriterCounters)
+// and the collector's own.
+struct CollectorCounters : CacheWriterCounters {
   std::atomic<std::uint64_t> datagrams{0};   // received
   std::atomic<std::uint64_t> stored{0};      // results newly stored
   std::atomic<std::uint64_t> duplicates{0};  // results already stored, acked again
   std::atomic<std::uint64_t> acks{0};        // ack datagrams sent
-  std::atomic<std::uint64_t> commits{0};     // transactions
-  std::atomic<std::uint64_t> commit_failures{0};
   // Datagrams neither stored nor acknowledged because the cache's files
   // could not be written (immutable, read-only): their probers send them again.
   std::atomic<std::uint64_t> unwritable_datagrams{0};
-  std::atomic<std::uint64_t> syncs{0};  // fdatasyncs of the cache's WAL before acks
-  std::atomic<std::uint64_t> sync_failures{0};
-  std::atomic<std::uint64_t> checkpoints{0};   // PASSIVE, by the checkpointer thread
-  std::atomic<std::uint64_t> wal_restarts{0};  // RESTART: the WAL grew past its bound
-  std::atomic<std::uint64_t> checkpoint_failures{0};
-  // How long RESTART checkpoints held the writer between two commits, in
-  // all and at most (ns of wall time).
-  std::atomic<std::uint64_t> wal_restart_hold_ns{0};
-  std::atomic<std::uint64_t> wal_restart_hold_max_ns{0};
   // CPU time of the writer thread (ns), the one whose work per result bounds
   // the committed rate: results stored per CPU-second of it.
   std::atomic<std::uint64_t> writer_cpu_ns{0};
@@ -55,10 +49,6 @@ struct CollectorCounters {
   // batch's acks (commit, sync and the waits between), since start: the
   // collector's own share of a prober's ack latency.
   Histogram ack_delay;
-  // Wall time of each commit (the writer's transaction, under its lock) and
-  // of each fdatasync of the WAL before acks, in ns.
-  Histogram commit_time;
-  Histogram sync_time;
 };
 
 class Collector : public Daemon {
@@ -68,9 +58,10 @@ class Collector : public Daemon {
   virtual const CollectorCounters& counters() const = 0;
 };
 
-// How the collector trades commit size and WAL size against ack latency.
-// The defaults are what flexmon-collector runs with; tests make them small.
-struct CollectorTuning {
+// How the collector trades commit size and WAL size against ack latency
+// (the WAL's knobs are the cache writer's: CacheWriterTuning). The defaults
+// are what flexmon-collector runs with; tests make them small.
+struct CollectorTuning : CacheWriterTuning {
   // A group commit takes the datagrams waiting, whole, until it holds this
   // many results: a commit's duration (and the ack latency of what waits
   // behind it) stays bounded when a backlog arrives at once. Not smaller:
@@ -88,24 +79,25 @@ struct CollectorTuning {
   // ~90k to ~105k; the ack p50 grew by ~1.5 ms, the p99 fell.
   std::size_t gather_results = 1024;
   std::chrono::microseconds gather_wait{2000};
-  // The checkpointer thread runs a PASSIVE checkpoint whenever the WAL has
-  // grown by this many frames (pages) since the last one (SQLite's default).
-  int checkpoint_every_frames = 1000;
-  // At start, the WAL file is written full with zeros up to
-  // config.collector.max_wal_mb plus kWalFillMarginBytes, so that commits
-  // write over allocated blocks instead of growing the file (fill_wal in
-  // collector.cpp). A test that reads the WAL file's size to see how far it
-  // grew turns it off.
-  bool fill_wal = true;
+  // The monotonic clock that paces the collector's housekeeping: its report
+  // every minute, and how often it says again that the cache cannot be
+  // written. Tests may step it.
+  std::function<MonoClock::time_point()> mono_now = MonoClock::now;
 };
 
-// Room past config.collector.max_wal_mb in the filled WAL file, for the
-// commits that land while a RESTART waits for its turn.
-constexpr std::int64_t kWalFillMarginBytes = 16LL << 20;
-
-// Opens the cache, binds config.collector.listen and starts the receiver,
-// writer, syncer and checkpointer threads. Throws on a start-up failure.
+// Opens the cache (its CacheWriter), binds config.collector.listen and starts
+// the receiver, writer and syncer threads. Throws on a start-up failure.
 std::unique_ptr<Collector> start_collector(const Config& config,
                                            const CollectorTuning& tuning = {});
+
+// The flexmon-collector process, assembled as the other daemons are
+// (common/daemon.h; collector/main.cpp only names them): the collector, the
+// write-back flush of its cache to the archive and, when archive.dump_weekly
+// is set, the weekly public dump, each on its own thread.
+void check_collector_config(const Config& config);
+// What only --check-config checks: the archive and the dump folder, which the
+// running collector rides out (flushing waits for the archive).
+void check_collector_reachable(const Config& config);
+std::unique_ptr<Daemon> start_collector_process(const Config& config);
 
 }  // namespace flexmon

@@ -6,7 +6,6 @@
 
 #include <fmt/format.h>
 #include <sqlite3.h>
-#include <nlohmann/json.hpp>
 
 #include "common/sqlite.h"
 #include "common/status.h"
@@ -18,7 +17,7 @@ namespace flexmon {
 namespace {
 
 // The per-packet RTTs as a JSON array, null for a lost packet (what
-// parse_rtts and the archive's readers expect). Written by hand rather than
+// storage/rtts.h and the archive's readers expect). Written by hand rather than
 // through a JSON library: this runs for every stored result.
 std::string rtts_json(const wire::LatencyValues& values) {
   std::string text = "[";
@@ -35,16 +34,6 @@ std::string rtts_json(const wire::LatencyValues& values) {
   }
   text.push_back(']');
   return text;
-}
-
-std::vector<std::int64_t> parse_rtts(const std::string& text) {
-  std::vector<std::int64_t> rtts;
-  if (text.empty()) return rtts;
-  auto array = nlohmann::json::parse(text, nullptr, false);
-  if (!array.is_array()) return rtts;
-  for (const auto& item : array)
-    rtts.push_back(item.is_number_integer() ? item.get<std::int64_t>() : -1);
-  return rtts;
 }
 
 // Columns written per result, in the order of kInsertColumns.
@@ -181,14 +170,16 @@ struct Cache::Impl {
     if (!inserts[rows]) inserts[rows] = std::make_unique<InsertStatement>(db, rows);
     return *inserts[rows];
   }
-  explicit Impl(const std::filesystem::path& file, bool read_only)
+  UtcClock now;
+  Impl(const std::filesystem::path& file, bool read_only, UtcClock clock)
       : owned(read_only ? std::make_unique<sqlite::Database>(file, true)
                         : storage::open_cache_db(file)),
-        db(*owned) {}
+        db(*owned),
+        now(std::move(clock)) {}
 };
 
-Cache::Cache(const std::filesystem::path& file, bool read_only)
-    : impl_(std::make_unique<Impl>(file, read_only)) {
+Cache::Cache(const std::filesystem::path& file, bool read_only, UtcClock now)
+    : impl_(std::make_unique<Impl>(file, read_only, std::move(now))) {
   // Version-1 files written before 2026-11-30 carry an index on committed_ns
   // that nothing reads any more and every stored row paid for
   // (schemas/cache.sql).
@@ -210,7 +201,7 @@ std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& group
   std::vector<StoreOutcome> outcomes;
   outcomes.reserve(groups.size());
   sqlite::Transaction transaction(db);
-  UtcNs now = utc_now_ns();
+  UtcNs now = impl_->now();
   std::vector<const wire::Result*> storable;
   for (const StoreGroup& group : groups) {
     StoreOutcome& outcome = outcomes.emplace_back();
@@ -242,64 +233,6 @@ std::vector<StoreOutcome> Cache::store_many(const std::vector<StoreGroup>& group
   if (also) also(db);
   transaction.commit();
   return outcomes;
-}
-
-std::vector<LatencyRow> Cache::query_latency(const LatencyQuery& query) {
-  std::string sql =
-      "SELECT src, dst, start_ns, status, error, sent, received, duplicates, rtt_min_ns, "
-      "rtt_avg_ns, rtt_median_ns, rtt_max_ns, rtt_stddev_ns, rtts_ns FROM results "
-      "WHERE tool = 'latency' AND (?1 IS NULL OR src = ?1) AND (?2 IS NULL OR dst = ?2) "
-      "AND (?3 IS NULL OR start_ns >= ?3) AND (?4 IS NULL OR start_ns < ?4)";
-  if (query.latest_per_path) {
-    // The newest row of each path, found through the (src, dst, start_ns) index.
-    sql +=
-        " AND start_ns = (SELECT MAX(r2.start_ns) FROM results r2 WHERE r2.tool = 'latency' "
-        "AND r2.src = results.src AND r2.dst = results.dst "
-        "AND (?3 IS NULL OR r2.start_ns >= ?3) AND (?4 IS NULL OR r2.start_ns < ?4))";
-  }
-  sql += " ORDER BY start_ns DESC, src, dst LIMIT ?5";
-  auto select = impl_->db.prepare(sql);
-  select.bind(1, query.src).bind(2, query.dst);
-  if (query.from)
-    select.bind(3, static_cast<std::int64_t>(*query.from));
-  else
-    select.bind_null(3);
-  if (query.to)
-    select.bind(4, static_cast<std::int64_t>(*query.to));
-  else
-    select.bind_null(4);
-  select.bind(5, static_cast<std::int64_t>(query.limit));
-
-  std::vector<LatencyRow> rows;
-  while (select.step()) {
-    LatencyRow row;
-    row.src = select.text(0);
-    row.dst = select.text(1);
-    row.start_ns = select.int64(2);
-    row.status = select.text(3);
-    row.error = select.text(4);
-    row.sent = select.int64(5);
-    row.received = select.int64(6);
-    row.duplicates = select.int64(7);
-    auto optional_int = [&](int column) -> std::optional<std::int64_t> {
-      if (select.is_null(column)) return std::nullopt;
-      return select.int64(column);
-    };
-    row.min_ns = optional_int(8);
-    row.avg_ns = optional_int(9);
-    row.median_ns = optional_int(10);
-    row.max_ns = optional_int(11);
-    row.stddev_ns = optional_int(12);
-    row.rtts_ns = parse_rtts(select.text(13));
-    rows.push_back(std::move(row));
-  }
-  return rows;
-}
-
-std::int64_t Cache::count_results() {
-  auto count = impl_->db.prepare("SELECT COUNT(*) FROM results");
-  count.step();
-  return count.int64(0);
 }
 
 }  // namespace flexmon

@@ -1,13 +1,14 @@
 // The cache database: recent results in SQLite (WAL), schema in
-// schemas/cache.sql. The collector writes through store(); the manager reads
-// through query_latency() on its own connection. One Cache per thread.
+// schemas/cache.sql. The collector writes through CacheWriter
+// (storage/cache_writer.h), which owns the dedupe window and durability and
+// stores through store_many(); reads go through ResultReader
+// (storage/reader.h). One Cache per thread.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,33 +36,15 @@ struct StoreOutcome {
 // Results must start in [1970-01-01, 2100-01-01) UTC (schemas/cache.md).
 inline constexpr std::int64_t kMaxStartNs = 4'102'444'800'000'000'000;
 
-struct LatencyQuery {
-  std::optional<std::string> src;
-  std::optional<std::string> dst;
-  std::optional<UtcNs> from;     // inclusive
-  std::optional<UtcNs> to;       // exclusive
-  std::uint32_t limit = 1000;    // newest first
-  bool latest_per_path = false;  // only the newest result of each path
-};
-
-struct LatencyRow {
-  std::string src;
-  std::string dst;
-  UtcNs start_ns = 0;
-  std::string status;
-  std::string error;
-  std::int64_t sent = 0;
-  std::int64_t received = 0;
-  std::int64_t duplicates = 0;
-  // Empty when no packet came back.
-  std::optional<std::int64_t> min_ns, avg_ns, median_ns, max_ns, stddev_ns;
-  std::vector<std::int64_t> rtts_ns;  // per packet; -1 = lost
-};
+// What labels a commit's rows (committed_ns): the wall clock, or a test's.
+using UtcClock = std::function<UtcNs()>;
 
 class Cache {
  public:
   // Opens or creates the cache and applies the schema (unless read-only).
-  explicit Cache(const std::filesystem::path& file, bool read_only = false);
+  // `now` gives each commit's committed_ns.
+  explicit Cache(const std::filesystem::path& file, bool read_only = false,
+                 UtcClock now = utc_now_ns);
   ~Cache();
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
@@ -84,13 +67,9 @@ class Cache {
       const std::vector<StoreGroup>& groups,
       const std::function<void(sqlite::Database&)>& also = nullptr);
 
-  // The write connection, for a writer that keeps its own tables in the cache
-  // file and sets its own durability (the collector: collector_window).
+  // The connection, for CacheWriter, which keeps its own table in the cache
+  // file (collector_window) and sets the durability.
   sqlite::Database& database();
-
-  std::vector<LatencyRow> query_latency(const LatencyQuery& query);
-
-  std::int64_t count_results();
 
  private:
   struct Impl;

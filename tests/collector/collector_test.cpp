@@ -20,7 +20,6 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <fstream>
 
-#include "collector/window.h"
 #include "common/log.h"
 #include "common/seal.h"
 #include "common/sqlite.h"
@@ -28,7 +27,9 @@
 #include "prober/result_sender.h"
 #include "prober/spool.h"
 #include "storage/cache.h"
+#include "storage/seq_window.h"
 #include "test_util.h"
+#include "tests/storage/cache_rows.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -81,8 +82,7 @@ struct Fixture {
   }
 
   std::int64_t stored_rows() {
-    Cache cache(config.collector.cache_db, true);
-    return cache.count_results();
+    return test::count_cache_results(config.collector.cache_db, /*read_only=*/true);
   }
 
   // Waits until the collector has looked at `n` datagrams.
@@ -142,8 +142,7 @@ TEST(Collector, StoresASealedBatchThenAcksIt) {
   const auto& delay = f.collector->counters().ack_delay;
   EXPECT_EQ(delay.count(), 1u);
   EXPECT_GT(delay.max(), 0);
-  Cache cache(f.config.collector.cache_db, true);
-  auto rows = cache.query_latency(LatencyQuery{});
+  auto rows = test::cached_latency(f.config.collector.cache_db);
   ASSERT_EQ(rows.size(), 5u);
   EXPECT_EQ(rows[0].src, "n1");
   EXPECT_EQ(rows[0].median_ns, 2000);
@@ -614,8 +613,7 @@ TEST(Collector, KeepsRunningWhileTheCacheCannotBeWrittenAndLosesNothing) {
   EXPECT_TRUE(logged("collector: the cache can be written again after"));
   loop.stop();
   loop.join();
-  Cache cache(f.config.collector.cache_db, true);
-  auto rows = cache.query_latency(LatencyQuery{});
+  auto rows = test::cached_latency(f.config.collector.cache_db);
   EXPECT_EQ(rows.size(), 40u);
   EXPECT_EQ(f.stored_rows(), 40);
   logger("collector")->sinks().pop_back();

@@ -11,7 +11,7 @@
 #include <string_view>
 
 #include "collector/datagram.h"
-#include "collector/window.h"
+#include "storage/seq_window.h"
 #include "fuzz_keys.h"
 #include "wire.pb.h"
 

@@ -26,6 +26,7 @@
 #include "storage/flusher.h"
 #include "tests/manager/http_post.h"
 #include "tests/manager/test_config.h"
+#include "tests/storage/cache_rows.h"
 #include "wire.pb.h"
 
 namespace flexmon::manager {
@@ -399,7 +400,7 @@ TEST_F(QueryTest, CursorPagesCoverEveryRowOnceWhileAFlushRuns) {
   // archive and are deleted from the cache between pages.
   auto report = flush_once(flushing, [&](std::string_view) { next_page(); });
   ASSERT_TRUE(report.archive_ok) << report.error;
-  EXPECT_EQ(Cache(config_.collector.cache_db).count_results(), 0);
+  EXPECT_EQ(test::count_cache_results(config_.collector.cache_db), 0);
   EXPECT_GT(pages, 5);
   while (!last) next_page();
   std::set<std::tuple<std::string, std::int64_t, std::int64_t>> distinct(seen.begin(), seen.end());

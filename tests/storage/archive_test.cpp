@@ -24,6 +24,7 @@
 #include "storage/flusher.h"
 #include "storage/reader.h"
 #include "storage/weekly_dump.h"
+#include "tests/storage/cache_rows.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -197,11 +198,11 @@ TEST_P(StorageTest, FlushArchivesEachRowOnceThenRetentionTrims) {
   EXPECT_EQ(again.rows, 0);
   EXPECT_EQ(archive_keys(), expected_keys(1000));
   // Nothing is old enough for retention yet; with retention 0 every flushed row goes.
-  EXPECT_EQ(Cache(config_.collector.cache_db).count_results(), 1000);
+  EXPECT_EQ(test::count_cache_results(config_.collector.cache_db), 1000);
   config_.archive.retention_s = 0;
   auto trimmed = flush_once(config_);
   EXPECT_EQ(trimmed.deleted, 1000);
-  EXPECT_EQ(Cache(config_.collector.cache_db).count_results(), 0);
+  EXPECT_EQ(test::count_cache_results(config_.collector.cache_db), 0);
   EXPECT_EQ(archive_keys(), expected_keys(1000));
 }
 
@@ -317,7 +318,7 @@ TEST_P(StorageTest, ReadsDuringFlushSeeEveryRowOnce) {
   EXPECT_TRUE(report.archive_ok) << report.error;
   EXPECT_EQ(failure, "");
   EXPECT_GT(reads.load(), 0);
-  EXPECT_EQ(Cache(config_.collector.cache_db).count_results(), 0);
+  EXPECT_EQ(test::count_cache_results(config_.collector.cache_db), 0);
 }
 
 TEST_P(StorageTest, ArchiveOutageDelaysFlushingOnly) {
@@ -333,7 +334,7 @@ TEST_P(StorageTest, ArchiveOutageDelaysFlushingOnly) {
   EXPECT_NE(down.error, "");
   EXPECT_EQ(down.lag.rows, 200);
   EXPECT_EQ(down.deleted, 0);
-  EXPECT_EQ(Cache(config_.collector.cache_db).count_results(), 200);
+  EXPECT_EQ(test::count_cache_results(config_.collector.cache_db), 200);
   ResultReader reader(broken);
   EXPECT_FALSE(reader.results(PageQuery{}).ok());
 
@@ -549,7 +550,7 @@ TEST_P(StorageTest, StartOutsideTheEpochRangeIsRejectedAtStore) {
   EXPECT_EQ(outcome.rejected, 2u);
   EXPECT_EQ(outcome.rejection,
             "result 2 of node 'n1': start_ns -1 is outside 1970-01-01..2100-01-01 UTC");
-  EXPECT_EQ(cache.count_results(), 2);
+  EXPECT_EQ(test::count_cache_results(config_.collector.cache_db), 2);
   auto report = flush_once(config_);
   ASSERT_TRUE(report.archive_ok) << report.error;
   EXPECT_EQ(report.rows, 2);

@@ -21,6 +21,7 @@
 #include "storage/archive.h"
 #include "storage/flusher.h"
 #include "storage/reader.h"
+#include "tests/storage/cache_rows.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -123,7 +124,7 @@ TEST_F(CacheTest, StoresOnceAndCountsDuplicates) {
   // The same seq in another boot epoch is another result.
   auto next_epoch = cache.store("n1", 8, {&a});
   EXPECT_EQ(next_epoch.stored, 1u);
-  EXPECT_EQ(cache.count_results(), 3);
+  EXPECT_EQ(test::count_cache_results(dir_ / "cache.db"), 3);
 }
 
 // Many results go in statements of many rows; each row must come back as the
@@ -145,10 +146,8 @@ TEST_F(CacheTest, ManyRowsPerStatementStoreEveryColumnAndCountDuplicates) {
   auto outcome = cache.store("n1", 1, second);
   EXPECT_EQ(outcome.stored, 60u);
   EXPECT_EQ(outcome.duplicates, 40u);
-  EXPECT_EQ(cache.count_results(), 100);
-  LatencyQuery all;
-  all.limit = 1000;
-  auto rows = cache.query_latency(all);
+  EXPECT_EQ(test::count_cache_results(dir_ / "cache.db"), 100);
+  auto rows = test::cached_latency(dir_ / "cache.db");
   ASSERT_EQ(rows.size(), 100u);
   for (const auto& row : rows) {
     auto seq = static_cast<std::int64_t>(row.start_ns / 1000);
@@ -169,35 +168,48 @@ TEST_F(CacheTest, QueryFiltersAndOrders) {
   auto r3 = latency(3, "n1", "n3", 2000, {-1});
   cache.store("n1", 1, {&r1, &r2, &r3});
 
-  auto all = cache.query_latency({});
+  // Read as the product reads: through storage's ResultReader.
+  Config config;
+  config.collector.cache_db = dir_ / "cache.db";
+  config.archive.sqlite_db = dir_ / "archive.db";
+  ResultReader reader(config);
+  auto read = [&](const ResultFilter& filter, std::uint32_t limit = 1000,
+                  bool latest_per_path = false) {
+    PageQuery query;
+    query.filter = filter;
+    query.filter.tool = "latency";
+    query.limit = limit;
+    query.latest_per_path = latest_per_path;
+    auto page = reader.results(query);
+    EXPECT_TRUE(page.ok()) << (page.ok() ? "" : page.error().message);
+    return page.ok() ? page->rows : std::vector<ResultRow>{};
+  };
+
+  auto all = read({});
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0].start_ns, 3000);  // newest first
-  EXPECT_EQ(all[0].rtts_ns, (std::vector<std::int64_t>{100, -1}));
+  EXPECT_EQ(test::decode_rtts(all[0].rtts_ns), (std::vector<std::int64_t>{100, -1}));
   EXPECT_EQ(all[0].received, 1);
 
-  LatencyQuery path;
+  ResultFilter path;
   path.src = "n1";
   path.dst = "n3";
-  auto only = cache.query_latency(path);
+  auto only = read(path);
   ASSERT_EQ(only.size(), 1u);
   EXPECT_EQ(only[0].status, "timeout");
-  EXPECT_FALSE(only[0].min_ns.has_value());
+  EXPECT_FALSE(only[0].rtt_min_ns.has_value());
 
-  LatencyQuery window;
+  ResultFilter window;
   window.from = 1000;
   window.to = 3000;
-  EXPECT_EQ(cache.query_latency(window).size(), 2u);
+  EXPECT_EQ(read(window).size(), 2u);
 
-  LatencyQuery latest;
-  latest.latest_per_path = true;
-  auto newest = cache.query_latency(latest);
+  auto newest = read({}, 1000, /*latest_per_path=*/true);
   ASSERT_EQ(newest.size(), 2u);
   EXPECT_EQ(newest[0].start_ns, 3000);
   EXPECT_EQ(newest[1].start_ns, 2000);
 
-  LatencyQuery limited;
-  limited.limit = 1;
-  EXPECT_EQ(cache.query_latency(limited).size(), 1u);
+  EXPECT_EQ(read({}, /*limit=*/1).size(), 1u);
 }
 
 // Connections that open a new file at the same moment (the flush and a
@@ -247,9 +259,9 @@ TEST_F(CacheTest, SurvivesReopen) {
     cache.store("n2", 1, {&r});
   }
   Cache reopened(dir_ / "cache.db");
-  EXPECT_EQ(reopened.count_results(), 1);
-  Cache reader(dir_ / "cache.db", /*read_only=*/true);
-  EXPECT_EQ(reader.query_latency({}).at(0).rtts_ns, std::vector<std::int64_t>{42});
+  EXPECT_EQ(test::count_cache_results(dir_ / "cache.db"), 1);
+  EXPECT_EQ(test::cached_latency(dir_ / "cache.db", /*read_only=*/true).at(0).rtts_ns,
+            std::vector<std::int64_t>{42});
 }
 
 // Caches written before 2026-11-30 (schema version 1 all the same) have an
@@ -271,7 +283,7 @@ TEST_F(CacheTest, OpeningAnOldCacheDropsTheCommitIndex) {
   EXPECT_EQ(version.int64(0), 1);
   auto r = latency(2, "n1", "n2", 6, {43});
   EXPECT_EQ(reopened.store("n1", 1, {&r}).stored, 1u);
-  EXPECT_EQ(reopened.count_results(), 2);
+  EXPECT_EQ(test::count_cache_results(dir_ / "cache.db"), 2);
 }
 
 // The flush takes every row committed before the horizon and none after,
@@ -318,7 +330,7 @@ TEST_F(CacheTest, FlushAfterTheClockSteppedBackFlushesEveryRowOnceItPassed) {
   ASSERT_TRUE(later.archive_ok) << later.error;
   EXPECT_EQ(archived_ids(), ids(1, 100));
   EXPECT_EQ(later.lag.rows, 0);
-  EXPECT_EQ(Cache(dir_ / "cache.db").count_results(), 0);
+  EXPECT_EQ(test::count_cache_results(dir_ / "cache.db"), 0);
 }
 
 // chattr +i / -i on `files`; false when it failed.

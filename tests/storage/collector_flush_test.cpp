@@ -30,6 +30,7 @@
 #include "storage/cache.h"
 #include "storage/flusher.h"
 #include "storage/weekly_dump.h"
+#include "tests/storage/cache_rows.h"
 #include "wire.pb.h"
 
 namespace flexmon {
@@ -263,7 +264,7 @@ class CollectorFlushTest : public ::testing::TestWithParam<std::string> {
   }
 
   std::int64_t cache_rows(const Config& config) {
-    return Cache(config.collector.cache_db, true).count_results();
+    return test::count_cache_results(config.collector.cache_db, /*read_only=*/true);
   }
 
   std::filesystem::path dir_;

@@ -1,4 +1,4 @@
-#include "collector/window.h"
+#include "storage/seq_window.h"
 
 #include <algorithm>
 #include <stdexcept>

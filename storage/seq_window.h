@@ -1,10 +1,12 @@
-// The collector's memory of what it committed, per (node, boot epoch): every
-// seq <= high_water, plus a few ranges above it. It is written in the same
-// transaction as the results it describes (table collector_window in the
-// cache file), so duplicates are recognised after a collector crash and after
-// retention trimmed the results themselves. Seqs further than kSeqWindow above
-// the high-water mark are outside the window: dropped and not acknowledged
-// (an honest prober never sends them, see schemas/wire.md).
+// The dedupe window: what was committed per (node, boot epoch), as every
+// seq <= high_water plus a few ranges above it. CacheWriter
+// (storage/cache_writer.h) classifies each result against it and writes it
+// in the same transaction as the results it describes (table
+// collector_window in the cache file), so duplicates are recognised after a
+// collector crash and after retention trimmed the results themselves. Seqs
+// further than kSeqWindow above the high-water mark are outside the window:
+// dropped and not acknowledged (an honest prober never sends them, see
+// schemas/wire.md).
 #pragma once
 
 #include <cstdint>
@@ -42,13 +44,13 @@ class SeqWindow {
 
 using WindowKey = std::pair<std::string, std::uint64_t>;  // (node, boot epoch)
 
-// Table collector_window on the cache's write connection, with its upsert
-// prepared once (it runs in every commit).
+// Table collector_window on the cache's write connection (CacheWriter's),
+// with its upsert prepared once (it runs in every commit).
 class WindowTable {
  public:
   // Creates the table if needed.
   explicit WindowTable(sqlite::Database& db);
-  // Every window; throws on a row the collector did not write.
+  // Every window; throws on a row CacheWriter did not write.
   std::map<WindowKey, SeqWindow> load();
   // Upserts one window; call inside the transaction that stores its results.
   void save(const WindowKey& key, const SeqWindow& window);
