@@ -27,7 +27,7 @@ using MonoClock = std::chrono::steady_clock;
 // The clocks a component reads where its behaviour depends on time
 // (housekeeping, liveness, expiries), so that tests can step them.
 struct TimeSource {
-  std::function<UtcNs()> utc = utc_now_ns;
+  UtcClock utc = utc_now_ns;
   std::function<MonoClock::time_point()> mono = MonoClock::now;
 };
 

@@ -32,6 +32,14 @@ inline std::vector<std::int64_t> decode_rtts(const std::optional<std::string>& j
   return rtts;
 }
 
+// Per-packet RTTs as the reader serves them, -1 for a lost packet.
+inline std::vector<std::int64_t> decode_rtts(const std::optional<PacketRtts>& rtts) {
+  std::vector<std::int64_t> out;
+  if (rtts)
+    rtts->for_each([&](std::optional<std::int64_t> rtt) { out.push_back(rtt.value_or(-1)); });
+  return out;
+}
+
 // A latency result as stored, with its RTTs decoded.
 struct CachedLatency {
   std::string src, dst, status;

@@ -177,7 +177,7 @@ TEST_F(CacheTest, QueryFiltersAndOrders) {
                   bool latest_per_path = false) {
     PageQuery query;
     query.filter = filter;
-    query.filter.tool = "latency";
+    query.filter.tool = Tool::kLatency;
     query.limit = limit;
     query.latest_per_path = latest_per_path;
     auto page = reader.results(query);
@@ -188,7 +188,7 @@ TEST_F(CacheTest, QueryFiltersAndOrders) {
   auto all = read({});
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0].start_ns, 3000);  // newest first
-  EXPECT_EQ(test::decode_rtts(all[0].rtts_ns), (std::vector<std::int64_t>{100, -1}));
+  EXPECT_EQ(test::decode_rtts(all[0].rtts), (std::vector<std::int64_t>{100, -1}));
   EXPECT_EQ(all[0].received, 1);
 
   ResultFilter path;
