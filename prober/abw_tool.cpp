@@ -89,7 +89,7 @@ class RealtimeWhileSending {
 class AbwSession {
  public:
   AbwSession(const Address& dst, const wire::Stream& stream, const ToolContext& context)
-      : dst_(dst), context_(context), args_(stream.abw()) {
+      : dst_(dst), context_(context), sealer_(context.key), args_(stream.abw()) {
     std::random_device rd;
     session_ = (std::uint64_t{rd()} << 32) | rd();
     fd_ = open_socket_in(stream.netns(), dst.family(), SOCK_DGRAM, 0, error_);
@@ -153,7 +153,7 @@ class AbwSession {
       put_be(&packet[16], i, 4);
       std::int64_t tx = realtime_ns();
       put_be(&packet[24], static_cast<std::uint64_t>(tx), 8);
-      auto mac = seal16(context_.key, packet.data(), kSealedPrefix);
+      auto mac = seal16(sealer_, packet.data(), kSealedPrefix);
       std::memcpy(&packet[kSealedPrefix], mac.data(), mac.size());
       if (::sendto(fd_, packet.data(), packet.size(), 0, dst_.get(), dst_.length) ==
           static_cast<ssize_t>(packet.size())) {
@@ -205,6 +205,7 @@ class AbwSession {
 
   Address dst_;
   const ToolContext& context_;
+  Sealer sealer_;  // keyed once: every probe is sealed
   const wire::AbwArgs& args_;
   std::string error_;
   int fd_ = -1;

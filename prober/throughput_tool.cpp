@@ -48,7 +48,7 @@ std::vector<std::uint8_t> throughput_hello(const std::string& node, const std::s
   std::random_device rd;
   put_be(&h[8], (std::uint64_t{rd()} << 32) | rd(), 8);
   std::memcpy(&h[16], node.data(), len);
-  auto mac = seal16(key, h.data(), 48);
+  auto mac = seal16(Sealer(key), h.data(), 48);
   std::memcpy(&h[48], mac.data(), mac.size());
   return h;
 }

@@ -29,8 +29,6 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <nlohmann/json.hpp>
 
 #include "common/clock.h"
@@ -133,11 +131,9 @@ int poll_or_stop(pollfd* fds, std::size_t count, std::int64_t timeout_ns,
   return n;
 }
 
-std::array<std::uint8_t, kSealBytes> seal16(const std::string& key, const std::uint8_t* data,
+std::array<std::uint8_t, kSealBytes> seal16(const Sealer& key, const std::uint8_t* data,
                                             std::size_t size) {
-  std::array<std::uint8_t, EVP_MAX_MD_SIZE> full{};
-  unsigned len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data, size, full.data(), &len);
+  auto full = key.mac(std::string_view(reinterpret_cast<const char*>(data), size));
   std::array<std::uint8_t, kSealBytes> out{};
   std::memcpy(out.data(), full.data(), kSealBytes);
   return out;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/seal.h"
 #include "prober/tools.h"
 
 namespace flexmon::wire {
@@ -81,8 +82,9 @@ constexpr std::uint32_t kAbwReplyMagic = 0x464D4132;  // "FMA2" responder's repl
 constexpr std::uint32_t kTputMagic = 0x464D5431;      // "FMT1" throughput hello
 constexpr std::size_t kSealBytes = 16;                // truncated HMAC-SHA256
 
-// HMAC-SHA256(key, data) truncated to kSealBytes.
-std::array<std::uint8_t, kSealBytes> seal16(const std::string& key, const std::uint8_t* data,
+// HMAC-SHA256(key, data) truncated to kSealBytes: the wire's one HMAC
+// (common/seal.h's Sealer), keyed once per session or peer.
+std::array<std::uint8_t, kSealBytes> seal16(const Sealer& key, const std::uint8_t* data,
                                             std::size_t size);
 
 void put_be(std::uint8_t* p, std::uint64_t value, int bytes);
