@@ -8,7 +8,9 @@
 
 namespace flexmon {
 
-// Nanoseconds since the Unix epoch, UTC.
+// Nanoseconds since the Unix epoch, UTC. utc_now_ns() reads CLOCK_REALTIME
+// (libstdc++'s system_clock), the clock of the kernel's socket timestamps
+// (SO_TIMESTAMPNS, SO_TIMESTAMPING), so the prober subtracts one from the other.
 using UtcNs = std::int64_t;
 
 inline UtcNs utc_now_ns() {
@@ -17,7 +19,8 @@ inline UtcNs utc_now_ns() {
       .count();
 }
 
-using MonoClock = std::chrono::steady_clock;
+using MonoClock = std::chrono::steady_clock;  // CLOCK_MONOTONIC
+using MonoTime = MonoClock::time_point;
 
 // "2026-11-22T06:30:00.123456789Z"
 std::string format_utc(UtcNs t);

@@ -24,6 +24,7 @@
 #include "prober/latency_stats.h"
 #include "prober/probe_packet.h"
 #include "prober/timestamped_socket.h"
+#include "prober/tools.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -45,12 +46,6 @@ constexpr std::size_t kReceiveBatch = 64;
 constexpr std::size_t kStampRing = 1 << 16;
 // Deadline cookie of the periodic read; measurement ids are never 0.
 constexpr std::uint64_t kPollCookie = 0;
-
-std::int64_t realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 std::int64_t ns_of(Mono::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -97,7 +92,8 @@ sockaddr_storage parse_address(const std::string& text, std::uint16_t port, sock
 
 struct Measurement {
   std::uint64_t id = 0;  // random high half, slab index low half; 0 = free
-  std::string key, tool, dst_node, dst_text;
+  wire::Result result;   // the skeleton (stream, tool, src, dst, start) from start()
+  std::string dst_text;
   sockaddr_storage dst{};
   socklen_t dst_length = 0;
   std::uint32_t count = 0;
@@ -106,7 +102,6 @@ struct Measurement {
   std::size_t size = 0;
   MonoTime due;     // the slot's time: packet 0's schedule
   MonoTime anchor;  // packet k's schedule is anchor + k * spacing (k >= 1)
-  std::int64_t start_ns = 0;
   // Per packet; capacity is kept when the record is reused.
   std::vector<std::int64_t> tx_real;    // CLOCK_REALTIME right before the send, 0 = not sent
   std::vector<std::int64_t> tx_kernel;  // the kernel's send timestamp, 0 = none
@@ -234,9 +229,6 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
     ++counters.measurements;
     Measurement& m = allocate();
     m.done = std::move(done);
-    m.key = stream.key();
-    m.tool = stream.tool();
-    m.dst_node = stream.dst();
     m.dst_text = stream.dst_address();
     const auto& args = stream.latency();
     m.count = std::max<std::uint32_t>(1, args.count());
@@ -253,7 +245,7 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
     m.local_error.clear();
     m.timer = 0;
     m.due = due;
-    m.start_ns = utc_now_ns();
+    m.result = new_result(stream, node);
     m.dst = parse_address(stream.dst_address(), static_cast<std::uint16_t>(stream.dst_port()),
                           m.dst_length);
     if (m.dst.ss_family == 0 || stream.dst_port() == 0 || stream.dst_port() > 65535 ||
@@ -384,7 +376,7 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
       std::size_t run = i;
       while (run < n && find(outgoing[run].id)) ++run;
       auto mono = Mono::now();
-      auto real = realtime_ns();
+      auto real = utc_now_ns();
       int sent = ::sendmmsg(fd, &out_msgs[i], static_cast<unsigned>(run - i), MSG_DONTWAIT);
       ++counters.send_calls;
       if (sent > 0) {
@@ -553,12 +545,7 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
   // Builds the result, frees the record, then calls back (which may start
   // another measurement in the freed record).
   void deliver(Measurement& m, wire::Status status, const std::string& error) {
-    wire::Result r;
-    r.set_stream(m.key);
-    r.set_tool(m.tool);
-    r.set_src(node);
-    r.set_dst(m.dst_node);
-    r.set_start_ns(m.start_ns);
+    wire::Result r = std::move(m.result);
     r.set_status(status);
     if (!error.empty()) r.set_error(error);
     if (m.dst.ss_family != 0 && m.dst.ss_family == family)

@@ -127,7 +127,7 @@ class DatagramPinger {
     auto p = packet(index);
     for (int attempt = 0; attempt < 2; ++attempt) {
       tx_mono = mono_ns();
-      out_.tx_utc[index] = realtime_ns();
+      out_.tx_utc[index] = utc_now_ns();
       ssize_t n = ::sendto(fd_, p.data(), p.size(), 0, dst_.get(), dst_.length);
       if (n == static_cast<ssize_t>(p.size())) {
         sends_.push_back(index);
@@ -424,7 +424,7 @@ PingOutcome ping_tcp(const Address& dst, const PingPlan& plan, const ToolContext
       bool v6 = dst.family() == AF_INET6;
       setsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one);
       Conn c{fd, i, mono_ns()};
-      out.tx_utc[i] = realtime_ns();
+      out.tx_utc[i] = utc_now_ns();
       int r = ::connect(fd, dst.get(), dst.length);
       ++out.sent;
       if (r == 0 || errno == EINPROGRESS) {
@@ -499,12 +499,7 @@ PingOutcome ping(const Address& dst, const PingPlan& plan, const ToolContext& co
 }
 
 wire::Result measure_latency(const wire::Stream& stream, const ToolContext& context) {
-  wire::Result r;
-  r.set_stream(stream.key());
-  r.set_tool(stream.tool());
-  r.set_src(context.node);
-  r.set_dst(stream.dst());
-  r.set_start_ns(utc_now_ns());
+  wire::Result r = new_result(stream, context.node);
   const auto& args = stream.latency();
   PingPlan plan;
   plan.method = args.method().empty() ? "udp" : args.method();

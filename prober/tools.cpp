@@ -33,6 +33,7 @@
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "common/tool.h"
 #include "prober/tools_internal.h"
 #include "wire.pb.h"
 
@@ -94,12 +95,6 @@ bool bind_source(int fd, const std::string& source, int family, std::string& err
     return false;
   }
   return true;
-}
-
-std::int64_t realtime_ns() {
-  timespec t{};
-  clock_gettime(CLOCK_REALTIME, &t);
-  return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
 }
 
 std::int64_t mono_ns() {
@@ -266,42 +261,52 @@ int open_socket_in(const std::string& netns, int domain, int type, int protocol,
   return fd;
 }
 
+wire::Result new_result(const wire::Stream& stream, const std::string& node) {
+  wire::Result r;
+  r.set_stream(stream.key());
+  r.set_tool(stream.tool());
+  r.set_src(node);
+  r.set_dst(stream.dst());
+  r.set_start_ns(utc_now_ns());
+  return r;
+}
+
 std::string check_tool_args(const wire::Stream& s) {
-  if (s.tool() == "latency") {
+  auto tool = parse_tool(s.tool());
+  if (!tool) return fmt::format("tool '{}' is not one of latency, abw, throughput", s.tool());
+  if (*tool == Tool::kLatency) {
     const auto& m = s.latency().method();
     if (m != "udp" && m != "icmp" && m != "tcp")
       return fmt::format("latency method '{}' is not one of udp, icmp, tcp", m);
     if (m == "udp" && s.latency().size() < 16) return "udp probes need size >= 16";
     return {};
   }
-  if (s.tool() == "abw") {
+  if (*tool == Tool::kAbw) {
     const auto& a = s.abw();
     if (a.max_rate_bps() < 100'000) return "abw: max_rate_bps must be >= 100000";
     if (a.max_bytes() < 100'000) return "abw: max_bytes must be >= 100000";
     if (a.max_duration_ms() < 200) return "abw: max_duration_ms must be >= 200";
     return {};
   }
-  if (s.tool() == "throughput") {
-    if (s.throughput().duration_ms() < 100) return "throughput: duration_ms must be >= 100";
-    return {};
-  }
-  return fmt::format("tool '{}' is not one of latency, abw, throughput", s.tool());
+  if (s.throughput().duration_ms() < 100) return "throughput: duration_ms must be >= 100";
+  return {};
 }
 
 wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context) {
   if (auto why = check_tool_args(stream); !why.empty()) {
-    wire::Result r;
-    r.set_stream(stream.key());
-    r.set_tool(stream.tool());
-    r.set_src(context.node);
-    r.set_dst(stream.dst());
-    r.set_start_ns(utc_now_ns());
+    wire::Result r = new_result(stream, context.node);
     r.set_status(wire::ERROR);
     r.set_error(why);
     return r;
   }
-  if (stream.tool() == "abw") return tools::measure_abw(stream, context);
-  if (stream.tool() == "throughput") return tools::measure_throughput(stream, context);
+  switch (*parse_tool(stream.tool())) {  // checked above
+    case Tool::kAbw:
+      return tools::measure_abw(stream, context);
+    case Tool::kThroughput:
+      return tools::measure_throughput(stream, context);
+    case Tool::kLatency:
+      break;
+  }
   return tools::measure_latency(stream, context);
 }
 
@@ -383,7 +388,7 @@ struct ToolRunner::Impl {
       if (job.outage_of) {
         r = std::move(*job.outage_of);
         prober::follow_outage(job.stream, context, r);
-      } else if (job.stream.tool() == "latency") {
+      } else if (parse_tool(job.stream.tool()) == Tool::kLatency) {
         r = run_measurement(job.stream, context);
       } else {
         std::lock_guard lock(bandwidth);

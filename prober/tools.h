@@ -37,6 +37,10 @@ struct ToolContext {
   int stop_fd = -1;
 };
 
+// The result of one measurement of `stream` by `node`, starting now: stream,
+// tool, src, dst and start_ns set; every tool fills in the rest from it.
+wire::Result new_result(const wire::Stream& stream, const std::string& node);
+
 // Runs one measurement of `stream` and returns its result (seq unset). Never
 // throws for a measurement failure: the status and error say what happened.
 wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context);

@@ -35,7 +35,6 @@ std::optional<Address> resolve(const std::string& host, std::uint16_t port, std:
 // Binds `fd` to `source` (any port); empty = no bind. False + `error`.
 bool bind_source(int fd, const std::string& source, int family, std::string& error);
 
-std::int64_t realtime_ns();
 std::int64_t mono_ns();
 // Sleeps until `mono_deadline_ns` (CLOCK_MONOTONIC, absolute).
 void sleep_until(std::int64_t mono_deadline_ns);
