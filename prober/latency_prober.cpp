@@ -452,21 +452,13 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
       ++m->duplicates;
       return;
     }
-    std::int64_t tx = m->tx_real[index];
-    // The kernel's stamp (at the device) comes after ours, before the reply.
-    if (std::int64_t k = m->tx_kernel[index]; k >= tx && k - tx < 10'000'000 && k < d.rx_utc_ns)
-      tx = k;
-    std::int64_t rtt = d.rx_utc_ns - tx;
-    // An upper bound from the monotonic clock (read now, possibly well after
-    // the kernel's stamp): a wall clock stepped between send and receive
-    // falls back to it.
-    std::int64_t mono_rtt = ns_of(rx_mono - m->tx_mono[index]);
-    if (rtt <= 0 || rtt > mono_rtt + 1'000'000) rtt = mono_rtt;
+    std::int64_t rtt = probe_rtt_ns(m->tx_real[index], m->tx_kernel[index], d.rx_utc_ns,
+                                    ns_of(rx_mono - m->tx_mono[index]));
     if (rtt > ns_of(m->timeout)) {
       ++counters.late;
       return;
     }
-    m->rtt[index] = std::max<std::int64_t>(rtt, 1);
+    m->rtt[index] = rtt;
     ++m->received;
     if (m->next >= m->count && m->received == m->sent && m->in_batch == 0) {
       timers.cancel(m->timer);
