@@ -92,8 +92,10 @@ sockaddr_storage parse_address(const std::string& text, std::uint16_t port, sock
 
 struct Measurement {
   std::uint64_t id = 0;  // random high half, slab index low half; 0 = free
-  wire::Result result;   // the skeleton (stream, tool, src, dst, start) from start()
-  std::string dst_text;
+  // The result skeleton's fields, kept as strings whose capacity the reused
+  // record keeps: start() copies without allocating, before packet 0 leaves.
+  std::string key, tool, dst_node, dst_text;
+  std::int64_t start_ns = 0;
   sockaddr_storage dst{};
   socklen_t dst_length = 0;
   std::uint32_t count = 0;
@@ -245,7 +247,10 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
     m.local_error.clear();
     m.timer = 0;
     m.due = due;
-    m.result = new_result(stream, node);
+    m.key = stream.key();
+    m.tool = stream.tool();
+    m.dst_node = stream.dst();
+    m.start_ns = utc_now_ns();
     m.dst = parse_address(stream.dst_address(), static_cast<std::uint16_t>(stream.dst_port()),
                           m.dst_length);
     if (m.dst.ss_family == 0 || stream.dst_port() == 0 || stream.dst_port() > 65535 ||
@@ -537,7 +542,7 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
   // Builds the result, frees the record, then calls back (which may start
   // another measurement in the freed record).
   void deliver(Measurement& m, wire::Status status, const std::string& error) {
-    wire::Result r = std::move(m.result);
+    wire::Result r = new_result(m.key, m.tool, node, m.dst_node, m.start_ns);
     r.set_status(status);
     if (!error.empty()) r.set_error(error);
     if (m.dst.ss_family != 0 && m.dst.ss_family == family)

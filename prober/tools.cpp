@@ -261,14 +261,19 @@ int open_socket_in(const std::string& netns, int domain, int type, int protocol,
   return fd;
 }
 
-wire::Result new_result(const wire::Stream& stream, const std::string& node) {
+wire::Result new_result(const std::string& stream_key, const std::string& tool,
+                        const std::string& node, const std::string& dst, std::int64_t start_ns) {
   wire::Result r;
-  r.set_stream(stream.key());
-  r.set_tool(stream.tool());
+  r.set_stream(stream_key);
+  r.set_tool(tool);
   r.set_src(node);
-  r.set_dst(stream.dst());
-  r.set_start_ns(utc_now_ns());
+  r.set_dst(dst);
+  r.set_start_ns(start_ns);
   return r;
+}
+
+wire::Result new_result(const wire::Stream& stream, const std::string& node) {
+  return new_result(stream.key(), stream.tool(), node, stream.dst(), utc_now_ns());
 }
 
 std::string check_tool_args(const wire::Stream& s) {
