@@ -20,8 +20,6 @@ namespace flexmon::prober {
 
 using asio::ip::tcp;
 using asio::ip::udp;
-using tools::get_be;
-using tools::put_be;
 
 namespace {
 constexpr std::size_t kMaxTcpConnections = 64;

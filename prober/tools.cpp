@@ -134,19 +134,6 @@ std::array<std::uint8_t, kSealBytes> seal16(const Sealer& key, const std::uint8_
   return out;
 }
 
-void put_be(std::uint8_t* p, std::uint64_t value, int bytes) {
-  for (int i = bytes - 1; i >= 0; --i) {
-    p[i] = static_cast<std::uint8_t>(value);
-    value >>= 8;
-  }
-}
-
-std::uint64_t get_be(const std::uint8_t* p, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v = (v << 8) | p[i];
-  return v;
-}
-
 }  // namespace tools
 
 namespace {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/seal.h"
+#include "prober/probe_packet.h"  // put_be, get_be
 #include "prober/tools.h"
 
 namespace flexmon::wire {
@@ -85,9 +86,6 @@ constexpr std::size_t kSealBytes = 16;                // truncated HMAC-SHA256
 // (common/seal.h's Sealer), keyed once per session or peer.
 std::array<std::uint8_t, kSealBytes> seal16(const Sealer& key, const std::uint8_t* data,
                                             std::size_t size);
-
-void put_be(std::uint8_t* p, std::uint64_t value, int bytes);
-std::uint64_t get_be(const std::uint8_t* p, int bytes);
 
 wire::Result measure_latency(const wire::Stream& stream, const ToolContext& context);
 wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context);
