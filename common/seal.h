@@ -35,7 +35,9 @@ constexpr std::size_t kMacBytes = 32;
 constexpr std::uint32_t kDefaultKeyId = 1;
 
 // HMAC-SHA256 under one key (OpenSSL EVP_MAC), and the key's id, which every
-// frame sealed under it carries. Thread-safe for concurrent use.
+// frame sealed under it carries. The tree's one HMAC: frames, and the seals
+// of the prober's abw / throughput probes (truncated, prober/tools_internal.h).
+// Thread-safe for concurrent use.
 class Sealer {
  public:
   explicit Sealer(std::string_view key, std::uint32_t id = kDefaultKeyId);

@@ -89,7 +89,7 @@ class RealtimeWhileSending {
 class AbwSession {
  public:
   AbwSession(const Address& dst, const wire::Stream& stream, const ToolContext& context)
-      : dst_(dst), context_(context), args_(stream.abw()) {
+      : dst_(dst), context_(context), sealer_(context.key), args_(stream.abw()) {
     std::random_device rd;
     session_ = (std::uint64_t{rd()} << 32) | rd();
     fd_ = open_socket_in(stream.netns(), dst.family(), SOCK_DGRAM, 0, error_);
@@ -151,9 +151,9 @@ class AbwSession {
       while (mono_ns() < at) {
       }
       put_be(&packet[16], i, 4);
-      std::int64_t tx = realtime_ns();
+      std::int64_t tx = utc_now_ns();
       put_be(&packet[24], static_cast<std::uint64_t>(tx), 8);
-      auto mac = seal16(context_.key, packet.data(), kSealedPrefix);
+      auto mac = seal16(sealer_, packet.data(), kSealedPrefix);
       std::memcpy(&packet[kSealedPrefix], mac.data(), mac.size());
       if (::sendto(fd_, packet.data(), packet.size(), 0, dst_.get(), dst_.length) ==
           static_cast<ssize_t>(packet.size())) {
@@ -197,7 +197,7 @@ class AbwSession {
         probes[i].rx = static_cast<std::int64_t>(get_be(&buf[24], 8));
         bytes_ += kReplyBytes;
         ++got;
-        std::int64_t rtt = std::max<std::int64_t>(1, realtime_ns() - probes[i].tx);
+        std::int64_t rtt = std::max<std::int64_t>(1, utc_now_ns() - probes[i].tx);
         if (rtt_ns_ == 0 || rtt < rtt_ns_) rtt_ns_ = rtt;
       }
     }
@@ -205,6 +205,7 @@ class AbwSession {
 
   Address dst_;
   const ToolContext& context_;
+  Sealer sealer_;  // keyed once: every probe is sealed
   const wire::AbwArgs& args_;
   std::string error_;
   int fd_ = -1;
@@ -318,12 +319,7 @@ StreamVerdict classify(const std::vector<Probe>& probes, double threshold_ns) {
 }  // namespace
 
 wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context) {
-  wire::Result r;
-  r.set_stream(stream.key());
-  r.set_tool(stream.tool());
-  r.set_src(context.node);
-  r.set_dst(stream.dst());
-  r.set_start_ns(utc_now_ns());
+  wire::Result r = new_result(stream, context.node);
   std::string error;
   auto dst = resolve(stream.dst_address(), static_cast<std::uint16_t>(stream.dst_port()), error);
   if (!dst) {

@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/seal.h"
 #include "prober/asio_loop.h"
+#include "prober/backoff.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -54,7 +55,8 @@ struct ControlClient::Impl : std::enable_shared_from_this<ControlClient::Impl> {
   std::atomic<bool> connected{false};
   std::shared_ptr<Session> session;
   asio::steady_timer retry;
-  double backoff_s;
+  Backoff backoff;
+  int failed_sessions = 0;  // since the last working one: the next retry's attempt number - 1
   std::mt19937_64 random{std::random_device{}()};
   std::shared_ptr<spdlog::logger> log = logger("prober");
 
@@ -65,7 +67,7 @@ struct ControlClient::Impl : std::enable_shared_from_this<ControlClient::Impl> {
         on_assignment(std::move(a)),
         heartbeat(std::move(h)),
         retry(context),
-        backoff_s(options.initial_backoff_s) {}
+        backoff{options.initial_backoff_s, options.max_backoff_s} {}
 
   void connect();
   void session_ended(const std::string& reason, bool protocol_error);
@@ -191,7 +193,7 @@ struct Session : std::enable_shared_from_this<Session> {
           fmt::format("unexpected message (kind {})", static_cast<int>(message->kind_case())),
           true);
     ++impl.counters.assignments;
-    impl.backoff_s = impl.options.initial_backoff_s;  // a working session
+    impl.failed_sessions = 0;  // a working session: the backoff restarts
     const auto& a = message->assignment();
     impl.log->info("prober {}: assignment generation {} with {} streams", impl.options.node,
                    a.generation(), a.streams_size());
@@ -255,8 +257,7 @@ void ControlClient::Impl::session_ended(const std::string& reason, bool protocol
   connected = false;
   ++counters.disconnects;
   if (protocol_error) ++counters.protocol_errors;
-  double delay = backoff_s * std::uniform_real_distribution<double>(0.8, 1.2)(random);
-  backoff_s = std::min(backoff_s * 2, options.max_backoff_s);
+  double delay = backoff.delay(++failed_sessions, random).count();
   auto level = protocol_error ? spdlog::level::warn : spdlog::level::info;
   log->log(level, "prober {}: control channel to {}: {}; retrying in {:.1f} s", options.node,
            options.manager.to_string(), reason, delay);

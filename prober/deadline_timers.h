@@ -13,11 +13,10 @@
 #include <memory>
 #include <vector>
 
+#include "common/clock.h"
 #include "prober/event_loop.h"
 
 namespace flexmon::prober {
-
-using MonoTime = std::chrono::steady_clock::time_point;  // CLOCK_MONOTONIC
 
 // Receives the deadlines it scheduled.
 class DeadlineClient {

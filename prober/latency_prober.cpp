@@ -24,6 +24,7 @@
 #include "prober/latency_stats.h"
 #include "prober/probe_packet.h"
 #include "prober/timestamped_socket.h"
+#include "prober/tools.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -45,12 +46,6 @@ constexpr std::size_t kReceiveBatch = 64;
 constexpr std::size_t kStampRing = 1 << 16;
 // Deadline cookie of the periodic read; measurement ids are never 0.
 constexpr std::uint64_t kPollCookie = 0;
-
-std::int64_t realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 std::int64_t ns_of(Mono::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -97,7 +92,10 @@ sockaddr_storage parse_address(const std::string& text, std::uint16_t port, sock
 
 struct Measurement {
   std::uint64_t id = 0;  // random high half, slab index low half; 0 = free
+  // The result skeleton's fields, kept as strings whose capacity the reused
+  // record keeps: start() copies without allocating, before packet 0 leaves.
   std::string key, tool, dst_node, dst_text;
+  std::int64_t start_ns = 0;
   sockaddr_storage dst{};
   socklen_t dst_length = 0;
   std::uint32_t count = 0;
@@ -106,7 +104,6 @@ struct Measurement {
   std::size_t size = 0;
   MonoTime due;     // the slot's time: packet 0's schedule
   MonoTime anchor;  // packet k's schedule is anchor + k * spacing (k >= 1)
-  std::int64_t start_ns = 0;
   // Per packet; capacity is kept when the record is reused.
   std::vector<std::int64_t> tx_real;    // CLOCK_REALTIME right before the send, 0 = not sent
   std::vector<std::int64_t> tx_kernel;  // the kernel's send timestamp, 0 = none
@@ -234,9 +231,6 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
     ++counters.measurements;
     Measurement& m = allocate();
     m.done = std::move(done);
-    m.key = stream.key();
-    m.tool = stream.tool();
-    m.dst_node = stream.dst();
     m.dst_text = stream.dst_address();
     const auto& args = stream.latency();
     m.count = std::max<std::uint32_t>(1, args.count());
@@ -253,6 +247,9 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
     m.local_error.clear();
     m.timer = 0;
     m.due = due;
+    m.key = stream.key();
+    m.tool = stream.tool();
+    m.dst_node = stream.dst();
     m.start_ns = utc_now_ns();
     m.dst = parse_address(stream.dst_address(), static_cast<std::uint16_t>(stream.dst_port()),
                           m.dst_length);
@@ -384,7 +381,7 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
       std::size_t run = i;
       while (run < n && find(outgoing[run].id)) ++run;
       auto mono = Mono::now();
-      auto real = realtime_ns();
+      auto real = utc_now_ns();
       int sent = ::sendmmsg(fd, &out_msgs[i], static_cast<unsigned>(run - i), MSG_DONTWAIT);
       ++counters.send_calls;
       if (sent > 0) {
@@ -460,21 +457,13 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
       ++m->duplicates;
       return;
     }
-    std::int64_t tx = m->tx_real[index];
-    // The kernel's stamp (at the device) comes after ours, before the reply.
-    if (std::int64_t k = m->tx_kernel[index]; k >= tx && k - tx < 10'000'000 && k < d.rx_utc_ns)
-      tx = k;
-    std::int64_t rtt = d.rx_utc_ns - tx;
-    // An upper bound from the monotonic clock (read now, possibly well after
-    // the kernel's stamp): a wall clock stepped between send and receive
-    // falls back to it.
-    std::int64_t mono_rtt = ns_of(rx_mono - m->tx_mono[index]);
-    if (rtt <= 0 || rtt > mono_rtt + 1'000'000) rtt = mono_rtt;
+    std::int64_t rtt = probe_rtt_ns(m->tx_real[index], m->tx_kernel[index], d.rx_utc_ns,
+                                    ns_of(rx_mono - m->tx_mono[index]));
     if (rtt > ns_of(m->timeout)) {
       ++counters.late;
       return;
     }
-    m->rtt[index] = std::max<std::int64_t>(rtt, 1);
+    m->rtt[index] = rtt;
     ++m->received;
     if (m->next >= m->count && m->received == m->sent && m->in_batch == 0) {
       timers.cancel(m->timer);
@@ -553,12 +542,7 @@ struct LatencyProber::Impl : DeadlineClient, std::enable_shared_from_this<Latenc
   // Builds the result, frees the record, then calls back (which may start
   // another measurement in the freed record).
   void deliver(Measurement& m, wire::Status status, const std::string& error) {
-    wire::Result r;
-    r.set_stream(m.key);
-    r.set_tool(m.tool);
-    r.set_src(node);
-    r.set_dst(m.dst_node);
-    r.set_start_ns(m.start_ns);
+    wire::Result r = new_result(m.key, m.tool, node, m.dst_node, m.start_ns);
     r.set_status(status);
     if (!error.empty()) r.set_error(error);
     if (m.dst.ss_family != 0 && m.dst.ss_family == family)

@@ -13,6 +13,11 @@
 // while measurements run, without a wake-up per packet (their timestamps come
 // from the kernel, so reading them later changes no RTT); a measurement's
 // timeout reads what is queued before it judges.
+//
+// The daemon's UDP streams in its own namespace run here; streams with a
+// netns, the one-shot CLI and the outage probing that follows a result that
+// lost every packet run on the synchronous engine (latency_tools.cpp, whose
+// header says why there are two). Both compute RTTs with probe_rtt_ns.
 #pragma once
 
 #include <array>

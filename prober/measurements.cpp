@@ -1,6 +1,7 @@
 #include "prober/measurements.h"
 
 #include "common/clock.h"
+#include "common/tool.h"
 #include "prober/latency_prober.h"
 #include "prober/tools.h"
 #include "wire.pb.h"
@@ -23,7 +24,7 @@ Measurements::Measurements(EventLoop& loop, const std::string& source_address,
 Measurements::~Measurements() { tools_.reset(); }
 
 void Measurements::measure(std::shared_ptr<const wire::Stream> stream, MonoTime due, Done done) {
-  if (stream->tool() == "latency" && stream->latency().method() == "udp" &&
+  if (parse_tool(stream->tool()) == Tool::kLatency && stream->latency().method() == "udp" &&
       stream->netns().empty()) {
     // A result that lost every probe is followed by the outage probing (on a
     // worker: it blocks), then handed back on the loop.

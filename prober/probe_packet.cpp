@@ -4,8 +4,6 @@
 
 namespace flexmon::prober {
 
-namespace {
-
 void put_be(std::uint8_t* p, std::uint64_t value, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) {
     p[i] = static_cast<std::uint8_t>(value);
@@ -18,8 +16,6 @@ std::uint64_t get_be(const std::uint8_t* p, int bytes) {
   for (int i = 0; i < bytes; ++i) value = (value << 8) | p[i];
   return value;
 }
-
-}  // namespace
 
 bool encode_probe(const ProbeHeader& header, std::span<std::uint8_t> out) {
   if (out.size() < kProbeHeaderBytes) return false;

@@ -23,6 +23,11 @@ struct ProbeHeader {
   std::uint64_t measurement = 0;  // random id of the measurement
 };
 
+// Big-endian fields of `bytes` bytes, for every probe format of the prober
+// (this header, ICMP echo, the abw / throughput probes of tools_internal.h).
+void put_be(std::uint8_t* p, std::uint64_t value, int bytes);
+std::uint64_t get_be(const std::uint8_t* p, int bytes);
+
 // Writes `header` followed by zero padding into `out` (its size is the
 // packet's size); false if `out` is smaller than the header.
 bool encode_probe(const ProbeHeader& header, std::span<std::uint8_t> out);

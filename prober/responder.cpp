@@ -20,8 +20,6 @@ namespace flexmon::prober {
 
 using asio::ip::tcp;
 using asio::ip::udp;
-using tools::get_be;
-using tools::put_be;
 
 namespace {
 constexpr std::size_t kMaxTcpConnections = 64;
@@ -36,7 +34,8 @@ struct Responder::Impl : std::enable_shared_from_this<Responder::Impl> {
   ResponderCounters counters;
   std::array<std::uint8_t, 65536> buffer{};
   std::mutex keys_mutex;
-  std::map<std::string, std::string> keys;
+  // Each peer's key, keyed once (every abw probe is checked).
+  std::map<std::string, std::shared_ptr<const Sealer>> keys;
   std::atomic<std::size_t> connections{0};
 
   Impl(asio::io_context& context, const std::string& address, std::uint16_t port, std::size_t min,
@@ -113,19 +112,19 @@ struct Responder::Impl : std::enable_shared_from_this<Responder::Impl> {
   }
 
   // The key of `node`, or empty.
-  std::string key_of(const std::string& node) {
+  std::shared_ptr<const Sealer> key_of(const std::string& node) {
     std::lock_guard lock(keys_mutex);
     auto it = keys.find(node);
-    return it == keys.end() ? std::string() : it->second;
+    return it == keys.end() ? nullptr : it->second;
   }
 
   bool sealed_by_peer(const std::uint8_t* p, std::size_t node_at, std::size_t node_len,
                       std::size_t sealed, std::size_t seal_at) {
     if (node_len == 0 || node_len > 32) return false;
     std::string node(reinterpret_cast<const char*>(p + node_at), node_len);
-    std::string key = key_of(node);
-    if (key.empty()) return false;
-    auto mac = tools::seal16(key, p, sealed);
+    auto key = key_of(node);
+    if (!key) return false;
+    auto mac = tools::seal16(*key, p, sealed);
     return CRYPTO_memcmp(mac.data(), p + seal_at, mac.size()) == 0;
   }
 
@@ -246,8 +245,11 @@ Responder::~Responder() {
 }
 
 void Responder::set_peer_keys(std::map<std::string, std::string> keys) {
+  std::map<std::string, std::shared_ptr<const Sealer>> sealers;
+  for (const auto& [node, key] : keys)
+    if (!key.empty()) sealers.emplace(node, std::make_shared<const Sealer>(key));
   std::lock_guard lock(impl_->keys_mutex);
-  impl_->keys = std::move(keys);
+  impl_->keys = std::move(sealers);
 }
 
 std::uint16_t Responder::port() const { return impl_->socket.local_endpoint().port(); }

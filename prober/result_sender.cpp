@@ -1,7 +1,6 @@
 #include "prober/result_sender.h"
 
 #include <array>
-#include <cmath>
 #include <limits>
 #include <map>
 #include <random>
@@ -11,6 +10,7 @@
 #include "common/log.h"
 #include "common/seal.h"
 #include "prober/asio_loop.h"
+#include "prober/backoff.h"
 #include "wire.pb.h"
 
 namespace flexmon::prober {
@@ -60,6 +60,7 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
   std::size_t soft_at = 0;  // streams below the top priority pause
   std::atomic<int> top_priority{std::numeric_limits<int>::min()};
   std::atomic<double> load{-1};
+  Backoff backoff{options.initial_backoff_s, options.max_backoff_s};
   std::mt19937_64 random{std::random_device{}()};
   std::array<char, 65536> buffer{};
   udp::endpoint ack_from;
@@ -206,11 +207,8 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
           options.node, spool_capacity, hours, per_second);
   }
 
-  Mono::duration backoff(int attempts) {
-    double d = options.initial_backoff_s * std::pow(2.0, std::min(attempts - 1, 30));
-    d = std::min(d, options.max_backoff_s);
-    d *= std::uniform_real_distribution<double>(0.8, 1.2)(random);
-    return std::chrono::duration_cast<Mono::duration>(std::chrono::duration<double>(d));
+  Mono::duration backoff_after(int attempts) {
+    return std::chrono::duration_cast<Mono::duration>(backoff.delay(attempts, random));
   }
 
   // Whether `key` may enter the window: its epoch's lowest unacknowledged seq
@@ -274,7 +272,7 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
       }
       if (f.attempts > 0) ++counters.retransmitted;
       ++f.attempts;
-      f.due = now + backoff(f.attempts);
+      f.due = now + backoff_after(f.attempts);
       waiting = true;
     }
     if (batch->results_size() > 0) send(message);
@@ -322,9 +320,7 @@ struct ResultSender::Impl : std::enable_shared_from_this<ResultSender::Impl> {
   // collector takes over and the backoff restarts.
   void check_failover(Mono::time_point now) {
     if (!waiting) return;
-    double rounds_s = 0;
-    for (int i = 0; i < kFailoverRounds; ++i)
-      rounds_s += std::min(options.initial_backoff_s * std::pow(2.0, i), options.max_backoff_s);
+    double rounds_s = backoff.total_s(kFailoverRounds);
     if (now - last_progress < std::chrono::duration<double>(rounds_s)) return;
     last_progress = now;
     if (collectors.size() < 2) {

@@ -16,6 +16,7 @@
 #include "common/config.h"
 #include "common/daemon.h"
 #include "common/status.h"
+#include "common/tool.h"
 #include "prober/event_loop.h"
 #include "prober/responder.h"
 #include "prober/tools.h"
@@ -233,25 +234,24 @@ int run_main(int argc, char** argv) {
   s.set_dst_tcp_port(tcp_port);
   s.set_netns(netns);
   s.set_oneshot(true);
-  if (lat->parsed()) {
-    s.set_tool("latency");
+  Tool tool = lat->parsed() ? Tool::kLatency : abw->parsed() ? Tool::kAbw : Tool::kThroughput;
+  s.set_tool(std::string(tool_name(tool)));
+  if (tool == Tool::kLatency) {
     auto* a = s.mutable_latency();
     a->set_method(method);
     a->set_count(count);
     a->set_spacing_ms(spacing_ms);
     a->set_timeout_ms(timeout_ms);
     a->set_size(size ? size : (method == "icmp" ? 56 : 64));
-  } else if (abw->parsed()) {
-    s.set_tool("abw");
+  } else if (tool == Tool::kAbw) {
     s.mutable_abw()->set_max_rate_bps(max_rate);
     s.mutable_abw()->set_max_bytes(max_bytes);
     s.mutable_abw()->set_max_duration_ms(max_duration_ms);
   } else {
-    s.set_tool("throughput");
     s.mutable_throughput()->set_duration_ms(duration_ms);
     s.mutable_throughput()->set_max_bytes(tput_max_bytes);
   }
-  if (s.tool() != "latency" && context.key.empty()) {
+  if (tool != Tool::kLatency && context.key.empty()) {
     std::fprintf(stderr, "flexmon-prober run %s: needs --node with --key-hex or --config\n",
                  s.tool().c_str());
     return kExitUsage;

@@ -7,9 +7,10 @@
 #include <chrono>
 #include <cstdint>
 
+#include "common/clock.h"
+
 namespace flexmon::prober {
 
-using MonoTime = std::chrono::steady_clock::time_point;
 using Nanos = std::chrono::nanoseconds;
 
 struct Slot {

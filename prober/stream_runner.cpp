@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "common/log.h"
+#include "common/tool.h"
 #include "prober/asio_loop.h"
 #include "prober/deadline_timers.h"
 #include "prober/schedule.h"
@@ -28,7 +29,8 @@ std::string check_stream(const wire::Stream& s, const std::string& node, const L
   if (auto why = check_tool_args(s); !why.empty()) return why;
   if (!(s.interval_s() >= 0.001 && s.interval_s() <= limits.max_interval_s) && !s.oneshot())
     return fmt::format("interval_s {} is out of bounds", s.interval_s());
-  if (s.tool() != "latency") return {};  // abw / throughput: caps checked by check_tool_args
+  if (parse_tool(s.tool()) != Tool::kLatency)
+    return {};  // abw / throughput: caps checked by check_tool_args
   if (a.count() < 1 || a.count() > l.max_count || a.count() > 65535)
     return fmt::format("count {} is out of bounds 1..{}", a.count(), l.max_count);
   if (a.spacing_ms() > l.max_spacing_ms)
@@ -71,7 +73,10 @@ struct Running {
   bool paused = false;  // its last slot was not admitted (spool full)
 };
 
-bool is_bandwidth(const wire::Stream& s) { return s.tool() == "abw" || s.tool() == "throughput"; }
+bool is_bandwidth(const wire::Stream& s) {
+  auto tool = parse_tool(s.tool());
+  return tool && is_bandwidth_tool(*tool);
+}
 
 // A stream's slab index and generation, in one deadline cookie.
 std::uint64_t cookie_of(std::uint32_t index, std::uint32_t generation) {

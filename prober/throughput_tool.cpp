@@ -48,18 +48,13 @@ std::vector<std::uint8_t> throughput_hello(const std::string& node, const std::s
   std::random_device rd;
   put_be(&h[8], (std::uint64_t{rd()} << 32) | rd(), 8);
   std::memcpy(&h[16], node.data(), len);
-  auto mac = seal16(key, h.data(), 48);
+  auto mac = seal16(Sealer(key), h.data(), 48);
   std::memcpy(&h[48], mac.data(), mac.size());
   return h;
 }
 
 wire::Result measure_throughput(const wire::Stream& stream, const ToolContext& context) {
-  wire::Result r;
-  r.set_stream(stream.key());
-  r.set_tool(stream.tool());
-  r.set_src(context.node);
-  r.set_dst(stream.dst());
-  r.set_start_ns(utc_now_ns());
+  wire::Result r = new_result(stream, context.node);
   auto fail = [&](wire::Status status, std::string why) {
     r.set_status(status);
     r.set_error(std::move(why));

@@ -7,17 +7,13 @@
 
 #include <fmt/format.h>
 
+#include "common/clock.h"
+
 namespace flexmon::prober {
 
 namespace {
 
 std::int64_t to_ns(const timespec& t) { return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
-
-std::int64_t realtime_now_ns() {
-  timespec now{};
-  clock_gettime(CLOCK_REALTIME, &now);
-  return to_ns(now);
-}
 
 // The kernel's receive stamp among the control messages, or 0.
 std::int64_t rx_stamp(msghdr& msg) {
@@ -65,7 +61,7 @@ Result<std::optional<Datagram>> recv_timestamped(int fd, std::span<std::uint8_t>
   d.from_length = msg.msg_namelen;
   d.rx_utc_ns = rx_stamp(msg);
   d.kernel_stamped = d.rx_utc_ns != 0;
-  if (!d.kernel_stamped) d.rx_utc_ns = realtime_now_ns();
+  if (!d.kernel_stamped) d.rx_utc_ns = utc_now_ns();
   return std::optional<Datagram>(d);
 }
 
@@ -107,7 +103,7 @@ Result<std::size_t> BatchReceiver::receive(int fd, bool error_queue) {
     d.from_length = m.msg_namelen;
     d.rx_utc_ns = error_queue ? 0 : rx_stamp(m);
     d.kernel_stamped = d.rx_utc_ns != 0;
-    if (!d.kernel_stamped && !error_queue) d.rx_utc_ns = now ? now : (now = realtime_now_ns());
+    if (!d.kernel_stamped && !error_queue) d.rx_utc_ns = now ? now : (now = utc_now_ns());
   }
   return static_cast<std::size_t>(n);
 }

@@ -29,6 +29,23 @@ struct Datagram {
 // errno set when the kernel refuses.
 bool enable_rx_timestamps(int fd);
 
+// The RTT of one UDP / ICMP probe, the rule both latency engines apply
+// (latency_prober.cpp, latency_tools.cpp): the kernel's receive stamp `rx`
+// minus the send time, which is the kernel's send stamp `tx_kernel` when it
+// is plausible (after our own `tx_user`, within 10 ms of it, before the
+// reply; 0 = none) and `tx_user` otherwise. A wall clock stepped between
+// send and receive (RTT <= 0, or 1 ms above the monotonic interval
+// `mono_rtt`, an upper bound read after the stamp) falls back to `mono_rtt`.
+// At least 1 ns.
+inline std::int64_t probe_rtt_ns(std::int64_t tx_user, std::int64_t tx_kernel, std::int64_t rx,
+                                 std::int64_t mono_rtt) {
+  std::int64_t tx = tx_user;
+  if (tx_kernel >= tx_user && tx_kernel - tx_user < 10'000'000 && tx_kernel < rx) tx = tx_kernel;
+  std::int64_t rtt = rx - tx;
+  if (rtt <= 0 || rtt > mono_rtt + 1'000'000) rtt = mono_rtt;
+  return rtt < 1 ? 1 : rtt;
+}
+
 // Reads one queued datagram from `fd` without blocking. nullopt: nothing is
 // queued. Error: the socket reported an error instead (e.g. a pending ICMP
 // error of an earlier send, with IP_RECVERR), named in the message.

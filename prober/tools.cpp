@@ -29,12 +29,11 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <nlohmann/json.hpp>
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "common/tool.h"
 #include "prober/tools_internal.h"
 #include "wire.pb.h"
 
@@ -98,12 +97,6 @@ bool bind_source(int fd, const std::string& source, int family, std::string& err
   return true;
 }
 
-std::int64_t realtime_ns() {
-  timespec t{};
-  clock_gettime(CLOCK_REALTIME, &t);
-  return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
-}
-
 std::int64_t mono_ns() {
   timespec t{};
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -133,27 +126,12 @@ int poll_or_stop(pollfd* fds, std::size_t count, std::int64_t timeout_ns,
   return n;
 }
 
-std::array<std::uint8_t, kSealBytes> seal16(const std::string& key, const std::uint8_t* data,
+std::array<std::uint8_t, kSealBytes> seal16(const Sealer& key, const std::uint8_t* data,
                                             std::size_t size) {
-  std::array<std::uint8_t, EVP_MAX_MD_SIZE> full{};
-  unsigned len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data, size, full.data(), &len);
+  auto full = key.mac(std::string_view(reinterpret_cast<const char*>(data), size));
   std::array<std::uint8_t, kSealBytes> out{};
   std::memcpy(out.data(), full.data(), kSealBytes);
   return out;
-}
-
-void put_be(std::uint8_t* p, std::uint64_t value, int bytes) {
-  for (int i = bytes - 1; i >= 0; --i) {
-    p[i] = static_cast<std::uint8_t>(value);
-    value >>= 8;
-  }
-}
-
-std::uint64_t get_be(const std::uint8_t* p, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v = (v << 8) | p[i];
-  return v;
 }
 
 }  // namespace tools
@@ -270,42 +248,57 @@ int open_socket_in(const std::string& netns, int domain, int type, int protocol,
   return fd;
 }
 
+wire::Result new_result(const std::string& stream_key, const std::string& tool,
+                        const std::string& node, const std::string& dst, std::int64_t start_ns) {
+  wire::Result r;
+  r.set_stream(stream_key);
+  r.set_tool(tool);
+  r.set_src(node);
+  r.set_dst(dst);
+  r.set_start_ns(start_ns);
+  return r;
+}
+
+wire::Result new_result(const wire::Stream& stream, const std::string& node) {
+  return new_result(stream.key(), stream.tool(), node, stream.dst(), utc_now_ns());
+}
+
 std::string check_tool_args(const wire::Stream& s) {
-  if (s.tool() == "latency") {
+  auto tool = parse_tool(s.tool());
+  if (!tool) return fmt::format("tool '{}' is not one of latency, abw, throughput", s.tool());
+  if (*tool == Tool::kLatency) {
     const auto& m = s.latency().method();
     if (m != "udp" && m != "icmp" && m != "tcp")
       return fmt::format("latency method '{}' is not one of udp, icmp, tcp", m);
     if (m == "udp" && s.latency().size() < 16) return "udp probes need size >= 16";
     return {};
   }
-  if (s.tool() == "abw") {
+  if (*tool == Tool::kAbw) {
     const auto& a = s.abw();
     if (a.max_rate_bps() < 100'000) return "abw: max_rate_bps must be >= 100000";
     if (a.max_bytes() < 100'000) return "abw: max_bytes must be >= 100000";
     if (a.max_duration_ms() < 200) return "abw: max_duration_ms must be >= 200";
     return {};
   }
-  if (s.tool() == "throughput") {
-    if (s.throughput().duration_ms() < 100) return "throughput: duration_ms must be >= 100";
-    return {};
-  }
-  return fmt::format("tool '{}' is not one of latency, abw, throughput", s.tool());
+  if (s.throughput().duration_ms() < 100) return "throughput: duration_ms must be >= 100";
+  return {};
 }
 
 wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context) {
   if (auto why = check_tool_args(stream); !why.empty()) {
-    wire::Result r;
-    r.set_stream(stream.key());
-    r.set_tool(stream.tool());
-    r.set_src(context.node);
-    r.set_dst(stream.dst());
-    r.set_start_ns(utc_now_ns());
+    wire::Result r = new_result(stream, context.node);
     r.set_status(wire::ERROR);
     r.set_error(why);
     return r;
   }
-  if (stream.tool() == "abw") return tools::measure_abw(stream, context);
-  if (stream.tool() == "throughput") return tools::measure_throughput(stream, context);
+  switch (*parse_tool(stream.tool())) {  // checked above
+    case Tool::kAbw:
+      return tools::measure_abw(stream, context);
+    case Tool::kThroughput:
+      return tools::measure_throughput(stream, context);
+    case Tool::kLatency:
+      break;
+  }
   return tools::measure_latency(stream, context);
 }
 
@@ -387,7 +380,7 @@ struct ToolRunner::Impl {
       if (job.outage_of) {
         r = std::move(*job.outage_of);
         prober::follow_outage(job.stream, context, r);
-      } else if (job.stream.tool() == "latency") {
+      } else if (parse_tool(job.stream.tool()) == Tool::kLatency) {
         r = run_measurement(job.stream, context);
       } else {
         std::lock_guard lock(bandwidth);

@@ -37,6 +37,14 @@ struct ToolContext {
   int stop_fd = -1;
 };
 
+// The result of one measurement of `stream` by `node`, starting now: stream,
+// tool, src, dst and start_ns set; every tool fills in the rest from it.
+wire::Result new_result(const wire::Stream& stream, const std::string& node);
+// The same from the fields, for LatencyProber, which keeps them in its
+// reused records rather than the stream.
+wire::Result new_result(const std::string& stream_key, const std::string& tool,
+                        const std::string& node, const std::string& dst, std::int64_t start_ns);
+
 // Runs one measurement of `stream` and returns its result (seq unset). Never
 // throws for a measurement failure: the status and error say what happened.
 wire::Result run_measurement(const wire::Stream& stream, const ToolContext& context);

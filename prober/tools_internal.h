@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "common/seal.h"
+#include "prober/probe_packet.h"  // put_be, get_be
 #include "prober/tools.h"
 
 namespace flexmon::wire {
@@ -34,7 +36,6 @@ std::optional<Address> resolve(const std::string& host, std::uint16_t port, std:
 // Binds `fd` to `source` (any port); empty = no bind. False + `error`.
 bool bind_source(int fd, const std::string& source, int family, std::string& error);
 
-std::int64_t realtime_ns();
 std::int64_t mono_ns();
 // Sleeps until `mono_deadline_ns` (CLOCK_MONOTONIC, absolute).
 void sleep_until(std::int64_t mono_deadline_ns);
@@ -81,12 +82,10 @@ constexpr std::uint32_t kAbwReplyMagic = 0x464D4132;  // "FMA2" responder's repl
 constexpr std::uint32_t kTputMagic = 0x464D5431;      // "FMT1" throughput hello
 constexpr std::size_t kSealBytes = 16;                // truncated HMAC-SHA256
 
-// HMAC-SHA256(key, data) truncated to kSealBytes.
-std::array<std::uint8_t, kSealBytes> seal16(const std::string& key, const std::uint8_t* data,
+// HMAC-SHA256(key, data) truncated to kSealBytes: the wire's one HMAC
+// (common/seal.h's Sealer), keyed once per session or peer.
+std::array<std::uint8_t, kSealBytes> seal16(const Sealer& key, const std::uint8_t* data,
                                             std::size_t size);
-
-void put_be(std::uint8_t* p, std::uint64_t value, int bytes);
-std::uint64_t get_be(const std::uint8_t* p, int bytes);
 
 wire::Result measure_latency(const wire::Stream& stream, const ToolContext& context);
 wire::Result measure_abw(const wire::Stream& stream, const ToolContext& context);
