@@ -36,9 +36,6 @@ struct StoreOutcome {
 // Results must start in [1970-01-01, 2100-01-01) UTC (schemas/cache.md).
 inline constexpr std::int64_t kMaxStartNs = 4'102'444'800'000'000'000;
 
-// What labels a commit's rows (committed_ns): the wall clock, or a test's.
-using UtcClock = std::function<UtcNs()>;
-
 class Cache {
  public:
   // Opens or creates the cache and applies the schema (unless read-only).
